@@ -1,0 +1,14 @@
+"""Shared pytest set-up. Fixtures live in tests/support/<topic>.py and are imported here by name."""
+import os
+import sys
+from pathlib import Path
+
+# Keep every Ray port on loopback and never phone home, before anything imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
