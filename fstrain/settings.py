@@ -1,0 +1,87 @@
+"""The typed schema of a style-pipeline config (one YAML per style, or one per job with per-style overrides).
+
+Each section belongs to the stage that reads it: `models`/`data` are shared, `train` to fstrain.train, `pairs`,
+`stylize` and `evaluate` to their modules. Load with `fstrain.config.load_config(path, PipelineConfig)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelsConfig:
+    """Where every pretrained network comes from: local paths or s3:// URIs, each optionally pinned by sha256."""
+    base_generator: str            # rosinality StyleGAN2 .pt: {"g_ema", "latent_avg"} or a training ckpt with "d"
+    encoder_wplus: str             # pSp W+ encoder .pt
+    encoder_zplus: str             # Z+ encoder .pt (pSp layout, codes without latent_avg)
+    identity: str                  # arcface_torch backbone.pth or pSp model_ir_se50.pth
+    lpips_backbone: str            # torchvision-format VGG16 (or AlexNet) state dict for LPIPS
+    identity_kind: str = "auto"    # arcface_r50 | arcface_r100 | irse50 | auto
+    lpips_net: str = "vgg"         # vgg | alex
+    sha256: dict[str, str] = field(default_factory=dict)   # field name -> expected sha256
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 1024
+    batch_size: int = 4
+    num_workers: int = 2
+    shuffle_buffer: int = 256
+
+
+@dataclass
+class TrainConfig:
+    """Owned by fstrain.train (fields may be added there)."""
+    steps: int = 600
+    lr: float = 0.002
+    lambda_sem: float = 1.0
+    lambda_id: float = 0.1
+    lambda_pair: float = 1.0
+    r1_gamma: float = 10.0
+    d_reg_every: int = 16
+    ema_half_life_steps: float = 10.0
+    checkpoint_every: int = 100
+    sample_every: int = 100
+    mixed_precision: str = "no"     # no | bf16 | fp16 (GPU only)
+    gradient_accumulation_steps: int = 1
+    pair_level: int = 3
+    seed: int = 0
+
+
+@dataclass
+class PairsConfig:
+    """Owned by fstrain.pairs (fields may be added there)."""
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    optimise_steps: int = 300
+    lr: float = 0.1
+    batch_size: int = 4
+    samples_per_shard: int = 64
+
+
+@dataclass
+class StylizeConfig:
+    """Owned by fstrain.stylize (fields may be added there)."""
+    mix_layer: int = 7
+    truncation: float = 0.7
+    samples: int = 3
+    reference_steps: int = 1000
+    reference_lr: float = 0.1
+
+
+@dataclass
+class EvaluateConfig:
+    """Owned by fstrain.evaluate (fields may be added there)."""
+    inception_weights: str = ""     # path/URI of the FID feature extractor's weights; empty = FID not computed
+    num_samples: int = 1000
+    batch_size: int = 8
+
+
+@dataclass
+class PipelineConfig:
+    models: ModelsConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    stylize: StylizeConfig = field(default_factory=StylizeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    styles: list[str] = field(default_factory=lambda: ["cartoon", "anime", "fantasy", "illustration", "impasto"])
