@@ -1,0 +1,136 @@
+"""Loss terms of one style fine-tuning run (paper Eq. 1-3) and StyleGAN2's adversarial losses.
+
+- `generator_adversarial_loss` / `discriminator_adversarial_loss`: non-saturating logistic GAN loss.
+- `r1_penalty`: R1 gradient penalty on real images (applied lazily, every `d_reg_every` steps).
+- `SemanticLoss` (Eq. 1): L_sem(G(z), G'(z)) = LPIPS + lambda_id * (1 - cos(ID(G(z)), ID(G'(z)))).
+- `PairLoss` (Eq. 2): L_pair = LPIPS(G'(w+), S) on pseudo-pairs.
+Eq. 3 (the total) is assembled in `fstrain.train.loop`, where the mode decides which terms take part.
+
+Images are NCHW in [-1, 1]. Perceptual nets are passed in as callables so this module does not care how they
+were loaded (`fstrain.models.perceptual.load_lpips`, `fstrain.models.identity.load_identity`).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ImageMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (a, b) -> per-sample distance
+ImageEmbedder = Callable[[torch.Tensor], torch.Tensor]              # images -> (N, D) embeddings
+
+
+# ---------------------------------------------------------------- adversarial
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating logistic loss for G: mean softplus(-D(G(z)))."""
+    return F.softplus(-fake_logits).mean()
+
+
+def discriminator_adversarial_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Logistic loss for D: mean softplus(-D(x)) + mean softplus(D(G(z)))."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1: mean over the batch of |d D(x) / d x|^2. `real_images` must have requires_grad=True.
+
+    create_graph=True so the penalty itself can be back-propagated into D's weights (second-order gradient).
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+
+
+def lazy_regularization_ratio(reg_every: int) -> float:
+    """Adam hyper-parameter scaling for lazy regularisation (StyleGAN2 appendix B): reg_every / (reg_every + 1)."""
+    return reg_every / (reg_every + 1) if reg_every > 0 else 1.0
+
+
+# ---------------------------------------------------------------- perceptual terms
+
+
+def resize_for_metric(images: torch.Tensor, min_size: int = 64, max_size: int = 256) -> torch.Tensor:
+    """Bring images into the size range perceptual nets are meant for.
+
+    Large renders are average-pooled down (LPIPS at 1024 px costs 16x the compute for no better signal, and
+    the literature pools to 256); tiny test renders are upsampled because AlexNet's strided stem collapses
+    anything under ~32 px to nothing.
+    """
+    size = images.shape[-1]
+    if size > max_size:
+        return F.adaptive_avg_pool2d(images, (max_size, max_size))
+    if size < min_size:
+        return F.interpolate(images, size=(min_size, min_size), mode="bilinear", align_corners=False)
+    return images
+
+
+def perceptual_distance(lpips: ImageMetric, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample LPIPS distance (N,) after `resize_for_metric`; `b` is resized to `a`'s size first."""
+    if b.shape[-2:] != a.shape[-2:]:
+        b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+    d = lpips(resize_for_metric(a), resize_for_metric(b))
+    return d.reshape(a.shape[0], -1).mean(1)
+
+
+def identity_distance(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
+    """Per-sample 1 - cosine similarity of identity embeddings (N,)."""
+    return 1 - F.cosine_similarity(emb_a.flatten(1), emb_b.flatten(1), dim=1)
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    if reduction == "none":
+        return values
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
+
+
+class SemanticTerms(NamedTuple):
+    total: torch.Tensor
+    perceptual: torch.Tensor
+    identity: torch.Tensor
+
+
+class SemanticLoss(nn.Module):
+    """Eq. 1: keep a stylised render semantically close to the base render of the same latent.
+
+    L_sem(x, y) = LPIPS(x, y) + lambda_id * (1 - cos(ID(x), ID(y))). The identity term is skipped (reported as 0)
+    when no identity net is given or lambda_id == 0. Gradients flow into both inputs; in training the base render
+    G(z) is computed under no_grad, in pseudo-pair optimisation the reference is fixed.
+    """
+
+    def __init__(self, lpips: ImageMetric, identity: ImageEmbedder | None = None, lambda_id: float = 0.1,
+                 reduction: str = "mean"):
+        super().__init__()
+        self.lpips = lpips
+        self.identity = identity
+        self.lambda_id = float(lambda_id)
+        self.reduction = reduction
+
+    def terms(self, reference: torch.Tensor, candidate: torch.Tensor) -> SemanticTerms:
+        perceptual = perceptual_distance(self.lpips, reference, candidate)
+        if self.identity is not None and self.lambda_id != 0:
+            ident = identity_distance(self.identity(reference), self.identity(candidate))
+        else:
+            ident = torch.zeros_like(perceptual)
+        total = perceptual + self.lambda_id * ident
+        return SemanticTerms(*(_reduce(t, self.reduction) for t in (total, perceptual, ident)))
+
+    def forward(self, reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        return self.terms(reference, candidate).total
+
+
+class PairLoss(nn.Module):
+    """Eq. 2: L_pair = LPIPS(G'(w+), S), the stylised render of a pseudo-pair's code against its style image."""
+
+    def __init__(self, lpips: ImageMetric, reduction: str = "mean"):
+        super().__init__()
+        self.lpips = lpips
+        self.reduction = reduction
+
+    def forward(self, rendered: torch.Tensor, style_images: torch.Tensor) -> torch.Tensor:
+        return _reduce(perceptual_distance(self.lpips, rendered, style_images), self.reduction)
