@@ -396,6 +396,8 @@ class Generator(nn.Module):
             raise ValueError(f"styles must hold one or two codes; got {len(styles)}")
         if inject_index is None:
             inject_index = random.randint(1, self.n_latent - 1)
+        if not 0 <= inject_index <= self.n_latent:
+            raise ValueError(f"inject_index={inject_index} is outside 0..{self.n_latent}")
         first, second = (w if w.ndim == 3 else w.unsqueeze(1).repeat(1, self.n_latent, 1) for w in styles)
         return torch.cat([first[:, :inject_index], second[:, inject_index:]], 1)
 
