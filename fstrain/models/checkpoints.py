@@ -1,0 +1,318 @@
+"""Load and save StyleGAN2 generators in rosinality/stylegan2-pytorch's checkpoint layout.
+
+Accepted inputs (all read with `torch.load(weights_only=True)`):
+- converted checkpoints `{"g_ema", "latent_avg"}` (optionally `"g"`, `"d"`),
+- training checkpoints `{"g", "d", "g_ema", "g_optim", "d_optim", "args", "ada_aug_p"}`; `args` is an
+  argparse.Namespace, allow-listed for the weights-only unpickler,
+- a bare generator state dict.
+The architecture (size, style_dim, n_mlp, channel table) is read off the state dict itself, so any rosinality
+file loads without flags; loading is strict and errors name the file, the key and both shapes.
+
+What we write: `{"g_ema", "latent_avg"[, "d"]}` (readable by rosinality's own scripts) plus a `<uri>.json`
+sidecar with our metadata and the architecture (`lr_mlp`, `channel_max`, ... that weights cannot show).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fstrain.models.stylegan2 import Discriminator, Generator, channel_table
+
+FORMAT_NAME = "rosinality-stylegan2"
+MEAN_LATENT_SAMPLES = 4096  # rosinality's generate.py / projector.py use 4096 samples too
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit the StyleGAN2 layout; the message names file and key."""
+
+
+@dataclass
+class LoadedGenerator:
+    generator: Generator
+    latent_avg: torch.Tensor  # (style_dim,)
+    discriminator: Discriminator | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+# ---------------------------------------------------------------- byte I/O (storage URIs or local paths)
+
+
+def _storage():
+    """The shared storage module when it is available (s3:// and local URIs), else None (local paths only)."""
+    try:
+        from fstrain.data import storage
+    except ImportError:
+        return None
+    return storage
+
+
+def _read_bytes(uri: str) -> bytes:
+    storage = _storage()
+    if storage is not None:
+        return storage.read_bytes(uri)
+    if "://" in uri:
+        raise CheckpointError(f"{uri}: cannot read remote URIs without fstrain.data.storage")
+    with open(uri, "rb") as f:
+        return f.read()
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
+    """Atomic write: readers see the old file or the whole new one."""
+    storage = _storage()
+    if storage is not None:
+        storage.write_bytes(uri, data)
+        return
+    if "://" in uri:
+        raise CheckpointError(f"{uri}: cannot write remote URIs without fstrain.data.storage")
+    directory = os.path.dirname(os.path.abspath(uri))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(uri))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, uri)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _exists(uri: str) -> bool:
+    storage = _storage()
+    if storage is not None:
+        return storage.exists(uri)
+    return os.path.exists(uri)
+
+
+def metadata_uri(uri: str) -> str:
+    """The sidecar metadata file of a checkpoint: `<uri>.json`."""
+    return uri + ".json"
+
+
+def _not_found(exc: Exception) -> bool:
+    storage = _storage()
+    if isinstance(exc, FileNotFoundError):
+        return True
+    return storage is not None and isinstance(exc, getattr(storage, "NotFoundError", ()))
+
+
+def read_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """torch.load a checkpoint with weights_only=True, allowing the argparse.Namespace of training checkpoints."""
+    try:
+        data = _read_bytes(uri)
+    except Exception as exc:
+        if _not_found(exc):
+            raise CheckpointError(f"{uri}: checkpoint not found; check the path or URI") from exc
+        raise
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{uri}: not a loadable weights-only torch checkpoint ({exc})") from exc
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{uri}: expected a dict checkpoint, got {type(checkpoint).__name__}")
+    return dict(checkpoint)
+
+
+# ---------------------------------------------------------------- architecture inference
+
+
+def _indices(state: Mapping[str, torch.Tensor], pattern: str) -> list[int]:
+    regex = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in state if (m := regex.fullmatch(k))})
+
+
+def _match_channel_table(observed: dict[int, int], preferred_multiplier: int | None, uri: str,
+                         what: str) -> tuple[int, int]:
+    """(channel_multiplier, channel_max) whose table reproduces the observed channels per resolution.
+
+    Prefers rosinality's uncapped table (channel_max 512) and the recorded / default multiplier when several fit
+    (at <= 32 px every multiplier gives the same table).
+    """
+    multipliers = [m for m in (preferred_multiplier, 2, 1, 4, 3, 5, 6, 7, 8) if m]
+    caps = [512] + sorted(set(observed.values()), reverse=True)
+    for cap in caps:
+        for multiplier in multipliers:
+            table = channel_table(multiplier, cap)
+            if all(table[res] == ch for res, ch in observed.items()):
+                return multiplier, cap
+    raise CheckpointError(f"{uri}: {what} channels per resolution {dict(sorted(observed.items()))} match no "
+                          f"rosinality channel table (channel_multiplier 1..8, optionally capped)")
+
+
+def _require(state: Mapping[str, torch.Tensor], key: str, uri: str, what: str) -> torch.Tensor:
+    if key not in state:
+        raise CheckpointError(f"{uri}: {what}: missing key '{key}'; is this a rosinality StyleGAN2 checkpoint?")
+    return state[key]
+
+
+def infer_generator_architecture(state: Mapping[str, torch.Tensor], uri: str = "<state dict>",
+                                 hints: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Generator constructor arguments read off a rosinality state dict (hints fill in what weights cannot show)."""
+    hints = dict(hints or {})
+    what = "generator"
+    n_mlp = len(_indices(state, r"style\.(\d+)\.weight"))
+    style_dim = _require(state, "conv1.conv.modulation.weight", uri, what).shape[1]
+    n_to_rgbs = len(_indices(state, r"to_rgbs\.(\d+)\.bias"))
+    log_size = n_to_rgbs + 2
+    observed = {4: _require(state, "conv1.conv.weight", uri, what).shape[1]}
+    for i in range(3, log_size + 1):
+        observed[2 ** i] = _require(state, f"convs.{2 * (i - 3)}.conv.weight", uri, what).shape[1]
+    multiplier, cap = _match_channel_table(observed, hints.get("channel_multiplier"), uri, what)
+    return {"size": 2 ** log_size, "style_dim": int(style_dim), "n_mlp": n_mlp, "channel_multiplier": multiplier,
+            "channel_max": cap, "blur_kernel": tuple(hints.get("blur_kernel", (1, 3, 3, 1))),
+            "lr_mlp": float(hints.get("lr_mlp", 0.01))}
+
+
+def infer_discriminator_architecture(state: Mapping[str, torch.Tensor], uri: str = "<state dict>",
+                                     hints: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    hints = dict(hints or {})
+    what = "discriminator"
+    n_blocks = len(_indices(state, r"convs\.(\d+)\.conv1\.0\.weight"))
+    log_size = n_blocks + 2
+    size = 2 ** log_size
+    observed = {size: _require(state, "convs.0.0.weight", uri, what).shape[0],
+                4: _require(state, "final_conv.0.weight", uri, what).shape[0]}
+    for j in range(1, n_blocks + 1):
+        observed[2 ** (log_size - j)] = _require(state, f"convs.{j}.conv2.1.weight", uri, what).shape[0]
+    multiplier, cap = _match_channel_table(observed, hints.get("channel_multiplier"), uri, what)
+    return {"size": size, "channel_multiplier": multiplier, "channel_max": cap,
+            "blur_kernel": tuple(hints.get("blur_kernel", (1, 3, 3, 1)))}
+
+
+# ---------------------------------------------------------------- strict loading
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], uri: str, what: str) -> None:
+    """load_state_dict(strict=True) with errors that name the file, every offending key and both shapes."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    problems += [f"missing key '{k}' (expected shape {tuple(expected[k].shape)})" for k in missing]
+    problems += [f"unexpected key '{k}' (shape {tuple(state[k].shape)})" for k in unexpected]
+    problems += [f"shape mismatch for '{k}': checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+                 for k in mismatched]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; ... {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise CheckpointError(f"{uri}: {what} does not match the rosinality layout: {shown}")
+    module.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _architecture_hints(checkpoint: Mapping[str, Any], metadata: Mapping[str, Any], key: str) -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    args = checkpoint.get("args")
+    if isinstance(args, argparse.Namespace) and hasattr(args, "channel_multiplier"):
+        hints["channel_multiplier"] = int(args.channel_multiplier)
+    hints.update(metadata.get(key) or {})
+    return hints
+
+
+def _read_metadata(uri: str) -> dict[str, Any]:
+    sidecar = metadata_uri(uri)
+    if not _exists(sidecar):
+        return {}
+    try:
+        return json.loads(_read_bytes(sidecar).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{sidecar}: metadata sidecar is not valid JSON ({exc}); fix or delete it") from exc
+
+
+def load_generator(path_or_uri: str, *, map_location: str | torch.device = "cpu", which: str = "g_ema",
+                   load_discriminator: bool = True) -> LoadedGenerator:
+    """Build and strictly load a Generator (and the Discriminator when the file has `d`) from a checkpoint.
+
+    `which` picks the generator weights ("g_ema" or "g"). `latent_avg` comes from the file; training
+    checkpoints lack it, so it is then computed as mean_latent(4096) with seed 0 and metadata says so.
+    """
+    uri = str(path_or_uri)
+    checkpoint = read_checkpoint(uri)
+    metadata = _read_metadata(uri)
+
+    if "conv1.conv.weight" in checkpoint:  # a bare generator state dict
+        checkpoint = {which: checkpoint}
+    if which not in checkpoint:
+        raise CheckpointError(f"{uri}: no '{which}' entry; the checkpoint has {sorted(checkpoint)}. "
+                              f"Pass which='g_ema' or which='g' to pick the generator weights.")
+    state = checkpoint[which]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{uri}: '{which}' is a {type(state).__name__}, expected a state dict")
+
+    arch = infer_generator_architecture(state, uri, _architecture_hints(checkpoint, metadata, "architecture"))
+    generator = Generator(**arch)
+    load_state_strict(generator, state, uri, f"generator '{which}'")
+    generator = generator.to(map_location).eval()
+
+    metadata = dict(metadata)
+    if "args" in checkpoint and isinstance(checkpoint["args"], argparse.Namespace):
+        metadata.setdefault("training_args", {k: v for k, v in vars(checkpoint["args"]).items()
+                                              if isinstance(v, (int, float, str, bool, type(None)))})
+    if "latent_avg" in checkpoint and checkpoint["latent_avg"] is not None:
+        latent_avg = torch.as_tensor(checkpoint["latent_avg"]).reshape(-1)
+        if latent_avg.numel() != generator.style_dim:
+            raise CheckpointError(f"{uri}: 'latent_avg' has {latent_avg.numel()} values, the generator's style_dim "
+                                  f"is {generator.style_dim}")
+        latent_avg = latent_avg.to(map_location, torch.float32)
+    else:
+        rng = torch.Generator().manual_seed(0)
+        latent_avg = generator.mean_latent(MEAN_LATENT_SAMPLES, generator=rng).reshape(-1)
+        metadata["latent_avg_source"] = f"computed: mean_latent({MEAN_LATENT_SAMPLES}, seed=0)"
+
+    discriminator = None
+    if load_discriminator and isinstance(checkpoint.get("d"), Mapping):
+        d_state = checkpoint["d"]
+        d_arch = infer_discriminator_architecture(d_state, uri,
+                                                  _architecture_hints(checkpoint, metadata,
+                                                                      "discriminator_architecture"))
+        discriminator = Discriminator(**d_arch)
+        load_state_strict(discriminator, d_state, uri, "discriminator 'd'")
+        discriminator = discriminator.to(map_location).eval()
+
+    return LoadedGenerator(generator=generator, latent_avg=latent_avg, discriminator=discriminator,
+                           metadata=metadata, source=uri)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_generator(path_or_uri: str, g_ema: Generator, latent_avg: torch.Tensor,
+                   metadata: Mapping[str, Any] | None = None, discriminator: Discriminator | None = None) -> str:
+    """Write `{"g_ema", "latent_avg"[, "d"]}` (rosinality layout) atomically, then the `<uri>.json` sidecar.
+
+    Returns the checkpoint URI. Metadata must be JSON-serialisable.
+    """
+    uri = str(path_or_uri)
+    latent_avg = torch.as_tensor(latent_avg).detach().to("cpu", torch.float32).reshape(-1)
+    if latent_avg.numel() != g_ema.style_dim:
+        raise ValueError(f"latent_avg has {latent_avg.numel()} values, expected style_dim={g_ema.style_dim}")
+    sidecar = {"format": FORMAT_NAME, **dict(metadata or {}), "architecture": g_ema.architecture()}
+    if discriminator is not None:
+        sidecar["discriminator_architecture"] = discriminator.architecture()
+    try:
+        sidecar_text = json.dumps(sidecar, indent=2, sort_keys=True)
+    except TypeError as exc:
+        raise ValueError(f"{uri}: metadata must be JSON-serialisable ({exc})") from exc
+
+    payload: dict[str, Any] = {"g_ema": _cpu_state(g_ema), "latent_avg": latent_avg}
+    if discriminator is not None:
+        payload["d"] = _cpu_state(discriminator)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    _write_bytes(uri, buffer.getvalue())
+    _write_bytes(metadata_uri(uri), sidecar_text.encode("utf-8"))
+    return uri
