@@ -66,6 +66,8 @@ class StylizeConfig:
     samples: int = 3
     reference_steps: int = 1000
     reference_lr: float = 0.1
+    reference_noise_reg: float = 1e5   # weight of the noise-map regularisation during reference inversion (UI2I)
+    seed: int = 0                      # multimodal samples and reference-inversion noise are drawn from it
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""Stylization of aligned faces: general, multimodal and reference-guided modes (`Stylizer`), V-space reference
+inversion with stored, reusable codes (`invert_reference`, `ReferenceStore`)."""
+from fstrain.stylize.modes import Stylizer  # noqa: F401
+from fstrain.stylize.reference import (ReferenceCode, ReferenceStore, generator_fingerprint,  # noqa: F401
+                                       invert_reference, reference_id)

@@ -1,0 +1,155 @@
+"""Stylize one aligned face or a folder of them and write a grid per style.
+
+    python -m fstrain.stylize CONFIG INPUT --root URI --styles cartoon,anime --out DIR
+        [--generator STYLE=URI ...] [--layer K] [--psi PSI] [--samples N] [--seed S]
+        [--reference IMAGE] [--reference-id ID] [--device cpu|cuda]
+
+Inputs must be aligned face crops (batch.stylize detects and aligns photos). Each style's G' is
+`<root>/styles/<style>/generator.pt` unless `--generator STYLE=URI` says otherwise. Grid rows are inputs; columns:
+input | general | multimodal x N | reference (when a reference is given). A reference image is inverted once per
+style and stored under `<root>/references/<style>/<id>.npz` (id = content hash, or `--reference-id`); a later run
+with the same image or `--reference-id` alone reuses the stored code.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from fstrain.data import storage
+from fstrain.stylize.images import image_grid, pil_to_tensor, png_bytes, to_uint8
+from fstrain.stylize.modes import Stylizer
+from fstrain.stylize.reference import (ReferenceStore, generator_fingerprint, invert_reference,
+                                       reference_id)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def resolve_uri(uri: str, root: str) -> str:
+    return uri if uri.startswith(("/", "s3://", "file://")) else storage.join(root, uri)
+
+
+def style_generator_uri(root: str, style: str) -> str:
+    return storage.join(root, "styles", style, "generator.pt")
+
+
+def load_stylizer(config, *, root: str, styles: list[str], generator_uris: dict[str, str] | None = None,
+                  device: str | torch.device = "cpu") -> Stylizer:
+    """The W+ encoder from the config and each style's G' (published location unless overridden)."""
+    from fstrain.models.checkpoints import load_generator
+    from fstrain.models.psp import load_encoder
+    from fstrain.models.registry import fetch
+
+    sha = config.models.sha256
+    encoder = load_encoder(str(fetch(resolve_uri(config.models.encoder_wplus, root), sha.get("encoder_wplus"))))
+    generators, latent_avgs = {}, {}
+    for style in styles:
+        uri = (generator_uris or {}).get(style) or style_generator_uri(root, style)
+        loaded = load_generator(str(fetch(uri)), load_discriminator=False)
+        generators[style] = loaded.generator.to(device)
+        latent_avgs[style] = loaded.latent_avg.to(device)
+    return Stylizer(encoder.to(device), generators, latent_avgs)
+
+
+def list_inputs(path: str) -> list[str]:
+    if storage.is_s3(path) or Path(path).is_dir():
+        uris = storage.list_uris(path, suffixes=IMAGE_SUFFIXES)
+        if not uris:
+            raise SystemExit(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        return uris
+    if not storage.exists(path):
+        raise SystemExit(f"{path}: no such image or folder")
+    return [path]
+
+
+def read_image(uri: str) -> tuple[Image.Image, bytes]:
+    import io
+    data = storage.read_bytes(uri)
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB"), data
+    except Exception as exc:
+        raise SystemExit(f"{uri}: not a readable image ({exc})") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fstrain.config import load_config
+    from fstrain.settings import PipelineConfig
+
+    parser = argparse.ArgumentParser(prog="python -m fstrain.stylize", description=__doc__.split("\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("input", help="an aligned face image or a folder/prefix of them")
+    parser.add_argument("--root", required=True, help="pipeline root (local dir or s3://bucket/prefix)")
+    parser.add_argument("--styles", required=True, help="comma-separated style names")
+    parser.add_argument("--out", required=True, help="output folder or URI for <style>_grid.png")
+    parser.add_argument("--generator", action="append", default=[], metavar="STYLE=URI",
+                        help="use this G' for STYLE instead of <root>/styles/<style>/generator.pt")
+    parser.add_argument("--layer", type=int, default=None, help="mixing layer k (default: config stylize.mix_layer)")
+    parser.add_argument("--psi", type=float, default=None, help="truncation (default: config stylize.truncation)")
+    parser.add_argument("--samples", type=int, default=None, help="multimodal samples per face")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--reference", default=None, help="reference image to invert (or reuse) per style")
+    parser.add_argument("--reference-id", default=None, help="name of the stored reference code")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config, PipelineConfig)
+    cfg = config.stylize
+    k = cfg.mix_layer if args.layer is None else args.layer
+    psi = cfg.truncation if args.psi is None else args.psi
+    n = cfg.samples if args.samples is None else args.samples
+    seed = cfg.seed if args.seed is None else args.seed
+    styles = [s for s in args.styles.split(",") if s]
+    overrides = dict(item.split("=", 1) for item in args.generator)
+
+    stylizer = load_stylizer(config, root=args.root, styles=styles, generator_uris=overrides, device=args.device)
+    size = next(iter(stylizer.generators.values())).size
+    inputs = list_inputs(args.input)
+    faces = torch.cat([pil_to_tensor(read_image(uri)[0], size) for uri in inputs]).to(args.device)
+    w_plus = stylizer.encode(faces)
+
+    reference_tensor, ref_id = None, args.reference_id
+    if args.reference:
+        ref_image, ref_bytes = read_image(args.reference)
+        reference_tensor = pil_to_tensor(ref_image, size).to(args.device)
+        ref_id = ref_id or reference_id(ref_bytes)
+    store = ReferenceStore(args.root)
+    lpips = None
+
+    for style in styles:
+        row_cells = [to_uint8(faces), to_uint8(stylizer.general(w_plus, style))]
+        multimodal = stylizer.multimodal(w_plus, style, k, psi, n, seed)
+        row_cells += [to_uint8(multimodal[:, i]) for i in range(n)]
+        if ref_id:
+            generator = stylizer.generator(style)
+
+            def invert(generator=generator):
+                nonlocal lpips
+                if reference_tensor is None:
+                    raise SystemExit(f"{store.uri(style, ref_id)}: no stored code for this G'; pass --reference "
+                                     f"IMAGE to invert it")
+                if lpips is None:
+                    from fstrain.models.perceptual import load_lpips
+                    from fstrain.models.registry import fetch
+                    lpips = load_lpips(str(fetch(resolve_uri(config.models.lpips_backbone, args.root))),
+                                       net=config.models.lpips_net).to(args.device)
+                print(f"[{style}] inverting reference {ref_id} ({cfg.reference_steps} steps)", file=sys.stderr)
+                return invert_reference(generator, reference_tensor, lpips, cfg.reference_steps, cfg.reference_lr,
+                                        cfg.reference_noise_reg, w_init=stylizer.latent_avg(style), seed=seed)
+
+            code, reused = store.get_or_invert(style, ref_id, invert, generator_fingerprint(generator))
+            print(f"[{style}] reference {ref_id}: {'reused stored code' if reused else 'inverted and stored'} "
+                  f"({store.uri(style, ref_id)})", file=sys.stderr)
+            row_cells.append(to_uint8(stylizer.reference(w_plus, style, code, k)))
+        grid = [[column[i] for column in row_cells] for i in range(len(inputs))]
+        out_uri = storage.join(args.out, f"{style}_grid.png")
+        storage.write_bytes(out_uri, png_bytes(image_grid(grid)))
+        print(f"[{style}] wrote {out_uri} ({len(inputs)} inputs; columns: input | general | multimodal x {n}"
+              f"{' | reference' if ref_id else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
