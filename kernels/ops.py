@@ -1,15 +1,134 @@
-"""Dispatch between the reference ops and the compiled CUDA kernels."""
+"""Public ops and the choice between the reference ops and the compiled CUDA kernels.
+
+`impl="ref"` always uses the PyTorch reference. `impl="cuda"` uses the compiled kernels and raises when it cannot.
+`impl="auto"` uses CUDA when the tensor is on a GPU, the arguments are ones the kernels support and the extension
+builds (on first use, cached on disk), else the reference; it logs once per op and reason, in one line, which
+it chose and why. `using_impl("ref")` switches what "auto" means inside a block (benchmarks compare both paths
+through an unchanged model that way).
+"""
 from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Iterator
 
 import torch
 
-from kernels.reference import bias_act_ref, upfirdn2d_ref
+from kernels.autograd import BiasAct, Upfirdn2d
+from kernels.backends import ACT_CODES, CudaBackend
+from kernels.reference import ACTIVATIONS, as_padding, as_pair, bias_act_ref, upfirdn2d_ref
+
+log = logging.getLogger("kernels")
+
+IMPLS = ("auto", "ref", "cuda")
+_auto_means = "auto"
+_announced: set[tuple[str, str]] = set()
+
+
+@contextlib.contextmanager
+def using_impl(impl: str) -> Iterator[None]:
+    """Make impl="auto" mean `impl` ("auto", "ref" or "cuda") inside the block."""
+    global _auto_means
+    check_impl(impl)
+    previous, _auto_means = _auto_means, impl
+    try:
+        yield
+    finally:
+        _auto_means = previous
+
+
+def check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+def announce(op: str, message: str) -> None:
+    """Log `message` the first time it is seen for `op`."""
+    if (op, message) not in _announced:
+        _announced.add((op, message))
+        log.warning("kernels: %s", message)
+
+
+def cuda_backend(device: torch.device) -> CudaBackend:
+    """The compiled backend for `device`; raises BuildError (from kernels.build) when it cannot be had."""
+    from kernels.build import extension_for  # imported lazily: nothing is built or loaded at import time
+
+    return CudaBackend(extension_for(device).module)
+
+
+def choose(op: str, x: torch.Tensor, impl: str, unsupported: str | None) -> CudaBackend | None:
+    """The CUDA backend to use, or None for the reference. `unsupported` says why the kernels can't take the call."""
+    check_impl(impl)
+    if impl == "auto":
+        impl = _auto_means
+    if impl == "ref":
+        return None
+    if impl == "cuda":
+        if not x.is_cuda:
+            raise ValueError(f"kernels: impl='cuda' for {op} needs a CUDA tensor, got one on {x.device}")
+        if unsupported:
+            raise ValueError(f"kernels: impl='cuda' for {op} does not support {unsupported}; use impl='ref'")
+        return cuda_backend(x.device)  # BuildError propagates with the compiler's message
+    # auto
+    if not x.is_cuda:
+        announce(op, f"using reference {op} (tensor on {x.device.type})")
+        return None
+    if unsupported:
+        announce(op, f"using reference {op} ({unsupported})")
+        return None
+    from kernels.build import BuildError
+
+    try:
+        backend = cuda_backend(x.device)
+    except BuildError as error:
+        first_line = next((line for line in str(error).splitlines() if line.strip()), "unknown error")
+        announce(op, f"using reference {op} (CUDA build failed: {first_line}; see python -m kernels.build)")
+        return None
+    announce(op, f"using CUDA {op} (tensor on {x.device})")
+    return backend
 
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up=1, down=1, pad=(0, 0), impl: str = "auto") -> torch.Tensor:
-    return upfirdn2d_ref(x, kernel, up=up, down=down, pad=pad)
+    """Upsample by zero insertion, pad (negative crops), FIR-filter with `kernel` (true convolution), downsample.
+
+    x: (N, C, H, W); kernel: (kh, kw); up/down: int or (x, y); pad: int, (p0, p1) for both axes or
+    (x0, x1, y0, y1). Output height is (H*up + pad_y0 + pad_y1 - kh + down) // down.
+    """
+    up, down, pad = as_pair(up), as_pair(down), as_padding(pad)
+    unsupported = "a kernel that requires grad" if kernel.requires_grad else None
+    backend = choose("upfirdn2d", x, impl, unsupported)
+    if backend is None:
+        return upfirdn2d_ref(x, kernel, up=up, down=down, pad=pad)
+    if x.ndim != 4 or kernel.ndim != 2:
+        raise ValueError(f"upfirdn2d expects x (N,C,H,W) and a 2-D kernel; got {tuple(x.shape)} and {tuple(kernel.shape)}")
+    if kernel.device != x.device:
+        kernel = kernel.to(x.device)
+    return Upfirdn2d.apply(x, kernel, up, down, pad, backend)
 
 
 def bias_act(x: torch.Tensor, bias: torch.Tensor | None = None, act: str = "lrelu", alpha: float = 0.2,
              gain: float | None = None, clamp: float | None = None, dim: int = 1, impl: str = "auto") -> torch.Tensor:
-    return bias_act_ref(x, bias, act=act, alpha=alpha, gain=gain, clamp=clamp, dim=dim)
+    """gain * act(x + bias) clamped to [-clamp, clamp]; bias broadcasts along `dim`; gain defaults to sqrt(2)
+    for relu/lrelu and 1 for linear."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}")
+    gain = ACTIVATIONS[act][1] if gain is None else float(gain)
+    unsupported = None
+    if gain <= 0 or not math.isfinite(gain):
+        unsupported = f"gain={gain} (the kernels need a positive gain)"
+    elif act == "lrelu" and alpha < 0:
+        unsupported = f"alpha={alpha} (the kernels need alpha >= 0)"
+    elif x.ndim == 0 or not -x.ndim <= dim < x.ndim:
+        unsupported = f"dim={dim} for x of shape {tuple(x.shape)}"
+    backend = choose("bias_act", x, impl, unsupported)
+    if backend is None:
+        return bias_act_ref(x, bias, act=act, alpha=alpha, gain=gain, clamp=clamp, dim=dim)
+    dim = dim % x.ndim
+    if bias is not None:
+        if bias.ndim != 1 or bias.shape[0] != x.shape[dim]:
+            raise ValueError(f"bias of shape {tuple(bias.shape)} does not match dim {dim} of x {tuple(x.shape)}")
+        if bias.device != x.device:
+            bias = bias.to(x.device)
+    assert act in ACT_CODES
+    return BiasAct.apply(x, bias, act, float(alpha), gain, clamp, dim, backend)
