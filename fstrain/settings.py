@@ -44,8 +44,9 @@ class TrainConfig:
     sample_every: int = 100
     mixed_precision: str = "no"     # no | bf16 | fp16 (GPU only)
     gradient_accumulation_steps: int = 1
-    pair_level: int = 3
+    pair_level: int = 3             # which pseudo-pair level (1, 2 or 3) L_pair trains on
     seed: int = 0
+    sample_grid_size: int = 8       # fixed z per sample grid (G(z) row above G'(z) row)
 
 
 @dataclass
