@@ -1,0 +1,398 @@
+"""One style fine-tuning run: G' initialised from the base G, trained against D on a style's images.
+
+Per step (rosinality's schedule, without path-length regularisation):
+  D phase   L_D = softplus(-D(x)) + softplus(D(G'(z)))             every step
+  R1 phase  r1_gamma/2 * |grad_x D(x)|^2 * d_reg_every               every `d_reg_every` steps (lazy)
+  G phase   L = L_adv + lambda_sem * L_sem(G(z), G'(z)) + lambda_pair * L_pair(G'(w+), S)     (Eq. 3)
+  EMA       g_ema <- decay * g_ema + (1 - decay) * G',  decay = 0.5 ** (1 / ema_half_life_steps)
+The mode switches the terms: baseline (L_adv only, gives G*), sc (+L_sem), pc (+L_pair), sc+pc (both).
+
+Reproducibility: all randomness of a step (z, noise) comes from a generator seeded by (seed, step, rank), data
+order from (seed, epoch), and checkpoints hold weights, optimiser moments, data positions and RNG states, so a run
+resumed from step k follows the uninterrupted run exactly.
+
+Devices and scale come from Accelerate: the device, mixed precision on GPU (bf16/fp16 autocast + fp16 loss
+scaling via the prepared optimisers), gradient accumulation (Accelerator.backward divides by the number of
+micro-batches) and several processes (launched with torchrun / accelerate launch; gradients are averaged across
+processes by hand because G' is called through more than one entry point per backward, which DDP's wrapper
+does not allow).
+"""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fstrain.config import config_to_dict
+from fstrain.data import storage
+from fstrain.losses import (PairLoss, SemanticLoss, discriminator_adversarial_loss, generator_adversarial_loss,
+                            lazy_regularization_ratio, r1_penalty)
+from fstrain.models.checkpoints import save_generator
+from fstrain.models.stylegan2 import Discriminator, Generator
+from fstrain.settings import PipelineConfig
+from fstrain.train import checkpointing, resources, visibility
+from fstrain.train.data import ShardStream, pair_decoder, style_image_decoder
+
+MEAN_LATENT_SAMPLES = 4096
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int):
+    from accelerate import Accelerator
+    on_gpu = torch.cuda.is_available()
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision must be no, bf16 or fp16; got {mixed_precision!r}")
+    # Mixed precision is a GPU feature here; on CPU the tiny test configs run in float32.
+    return Accelerator(cpu=not on_gpu, mixed_precision=mixed_precision if on_gpu else "no",
+                       gradient_accumulation_steps=gradient_accumulation_steps)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """CPU RNG for everything random in one step; well mixed so nearby (seed, step) pairs are unrelated."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint64)
+    return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def random_noise(g: Generator, batch: int, rng: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """Per-sample noise maps for every layer, drawn from `rng` (so G and G' can share them)."""
+    return [torch.randn(batch, 1, *buf.shape[2:], generator=rng).to(device) for buf in g.noise_buffers()]
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def average_gradients(module: nn.Module, world_size: int) -> None:
+    """Mean of the gradients over processes, in one flat all-reduce (missing grads count as zero)."""
+    if world_size <= 1:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+
+
+def comparable_config(config: PipelineConfig) -> dict[str, Any]:
+    """The config as saved in checkpoints, without `train.steps` (a resumed run may be asked to go further)."""
+    data = config_to_dict(config)
+    data["train"].pop("steps", None)
+    return data
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Networks:
+    g_base: Generator            # frozen: the reference for L_sem and the top row of sample grids
+    g: Generator                 # G', trained
+    g_ema: Generator
+    d: Discriminator
+    latent_avg: torch.Tensor
+
+
+class FineTuneRun:
+    """State and one training step of a run. `run_finetune` drives it; tests may drive it directly."""
+
+    def __init__(self, config: PipelineConfig, *, style: str, mode: str, root: str, run_id: str):
+        self.config = config
+        self.tcfg = config.train
+        self.style, self.mode, self.root, self.run_id = style, mode, root, run_id
+        self.use_sem, self.use_pair = resources.mode_terms(mode)
+        self.run_dir = resources.run_dir(root, run_id, style, mode)
+        self.accelerator = make_accelerator(self.tcfg.mixed_precision, self.tcfg.gradient_accumulation_steps)
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.world_size = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+
+        self.base = resources.load_base_generator(config.models, root)
+        self.nets = self._build_networks()
+        size, n_latent, style_dim = self.nets.g.size, self.nets.g.n_latent, self.nets.g.style_dim
+        self.style_stream = ShardStream(
+            resources.dataset_prefix(root, style), style_image_decoder(size), seed=self.tcfg.seed, rank=self.rank,
+            world_size=self.world_size, shuffle_buffer=config.data.shuffle_buffer, what=f"style dataset '{style}'",
+            how_to_fix=f"Ingest the '{style}' style images first (fstrain.ingest writes <root>/datasets/{style}/).")
+        self.pair_stream = None
+        if self.use_pair:
+            level = self.tcfg.pair_level
+            self.pair_stream = ShardStream(
+                resources.pairs_prefix(root, style, level), pair_decoder(size, n_latent, style_dim),
+                seed=self.tcfg.seed + 1, rank=self.rank, world_size=self.world_size,
+                shuffle_buffer=config.data.shuffle_buffer, what=f"level-{level} pseudo-pairs of '{style}'",
+                how_to_fix="Build the pseudo-pairs first (fstrain.pairs, from the baseline run's G*).")
+
+        lpips = resources.load_lpips_metric(config.models, root).to(self.device) \
+            if (self.use_sem or self.use_pair) else None
+        identity = None
+        if self.use_sem and self.tcfg.lambda_id > 0:
+            identity = resources.load_identity_net(config.models, root).to(self.device)
+        self.semantic_loss = SemanticLoss(lpips, identity, self.tcfg.lambda_id) if self.use_sem else None
+        self.pair_loss = PairLoss(lpips) if self.use_pair else None
+
+        ratio = lazy_regularization_ratio(self.tcfg.d_reg_every)
+        g_optim = torch.optim.Adam(self.nets.g.parameters(), lr=self.tcfg.lr, betas=(0.0, 0.99))
+        d_optim = torch.optim.Adam(self.nets.d.parameters(), lr=self.tcfg.lr * ratio,
+                                   betas=(0.0 ** ratio, 0.99 ** ratio))
+        self.step = 0
+        self.resumed_from = self._resume(g_optim, d_optim)
+        self.g_optim, self.d_optim = self.accelerator.prepare(g_optim, d_optim)
+        self.ema_decay = 0.5 ** (1.0 / self.tcfg.ema_half_life_steps) if self.tcfg.ema_half_life_steps > 0 else 0.0
+        self.fixed_z = torch.randn(self.tcfg.sample_grid_size, style_dim,
+                                   generator=torch.Generator().manual_seed(self.tcfg.seed + 7919)).to(self.device)
+
+    def _build_networks(self) -> Networks:
+        loaded = self.base.loaded
+        g_base = resources.frozen(loaded.generator.to(self.device))
+        g = resources.clone_module(g_base).train()
+        g_ema = resources.frozen(copy.deepcopy(g_base))
+        d = loaded.discriminator
+        if d is None:
+            warnings.warn(f"{self.base.uri} has no discriminator ('d'); starting D from random weights "
+                          f"(seed {self.tcfg.seed}). Fine-tuning converges faster from the checkpoint's D.")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.tcfg.seed)
+                d = Discriminator(g_base.size, channel_multiplier=g_base.channel_multiplier,
+                                  channel_max=g_base.channel_max, blur_kernel=g_base.blur_kernel)
+        d = d.to(self.device).train()
+        resources.set_requires_grad(d, True)
+        return Networks(g_base=g_base, g=g, g_ema=g_ema, d=d, latent_avg=loaded.latent_avg.detach().cpu())
+
+    # -- checkpoints
+    def _resume(self, g_optim: torch.optim.Optimizer, d_optim: torch.optim.Optimizer) -> int | None:
+        latest = checkpointing.latest_checkpoint(self.run_dir)
+        if latest is None:
+            return None
+        step, uri = latest
+        ckpt = checkpointing.load_checkpoint(uri)
+        diffs = checkpointing.config_differences(ckpt["config"], comparable_config(self.config))
+        if diffs:
+            raise checkpointing.ResumeError(
+                f"{uri}: run '{self.run_id}' was started with a different config (keys: {', '.join(diffs)}); "
+                f"resume with the original config or start a new run id")
+        positions = ckpt["data"]
+        if len(positions["style"]) != self.world_size:
+            raise checkpointing.ResumeError(
+                f"{uri}: saved with {len(positions['style'])} processes, resumed with {self.world_size}; "
+                f"resume with the same number of processes or start a new run id")
+        self.nets.g.load_state_dict(ckpt["g"])
+        self.nets.g_ema.load_state_dict(ckpt["g_ema"])
+        self.nets.d.load_state_dict(ckpt["d"])
+        g_optim.load_state_dict(ckpt["g_optim"])
+        d_optim.load_state_dict(ckpt["d_optim"])
+        self.style_stream.load_state_dict(positions["style"][self.rank])
+        if self.pair_stream is not None:
+            self.pair_stream.load_state_dict(positions["pairs"][self.rank])
+        checkpointing.restore_rng_state(ckpt["rng"])
+        self.step = int(ckpt["step"])
+        return self.step
+
+    def save_checkpoint(self) -> str | None:
+        """All processes call this (positions are gathered); the main process writes."""
+        from accelerate.utils import gather_object
+        style_positions = gather_object([self.style_stream.state_dict()])
+        pair_positions = gather_object([self.pair_stream.state_dict()]) if self.pair_stream is not None else []
+        uri = None
+        if self.is_main:
+            payload = {
+                "g": cpu_state(self.nets.g), "g_ema": cpu_state(self.nets.g_ema), "d": cpu_state(self.nets.d),
+                "g_optim": self.g_optim.state_dict(), "d_optim": self.d_optim.state_dict(),
+                "rng": checkpointing.capture_rng_state(),
+                "data": {"style": style_positions, "pairs": pair_positions},
+                "config": comparable_config(self.config), "style": self.style, "mode": self.mode,
+                "run_id": self.run_id, "latent_avg": self.nets.latent_avg,
+                "base_generator_sha256": self.base.sha256,
+            }
+            uri = checkpointing.save_checkpoint(self.run_dir, self.step, payload)
+        self.accelerator.wait_for_everyone()
+        return uri
+
+    # -- one step
+    def _real_batch(self) -> torch.Tensor:
+        return torch.stack(self.style_stream.next_batch(self.config.data.batch_size)).to(self.device)
+
+    def _pair_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        samples = self.pair_stream.next_batch(self.config.data.batch_size)
+        images = torch.stack([s for s, _ in samples]).to(self.device)
+        w_plus = torch.stack([w for _, w in samples]).to(self.device)
+        return images, w_plus
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step of D (+ lazy R1) and of G'; returns the step's loss terms (means over micro-batches)."""
+        nets, acc, tcfg = self.nets, self.accelerator, self.tcfg
+        rng = step_generator(tcfg.seed, self.step, self.rank)
+        batch = self.config.data.batch_size
+        micro_batches = tcfg.gradient_accumulation_steps
+        style_dim = nets.g.style_dim
+        logs: dict[str, float] = {}
+
+        def log(name: str, value: torch.Tensor) -> None:
+            logs[name] = logs.get(name, 0.0) + float(value.detach()) / micro_batches
+
+        # D phase
+        resources.set_requires_grad(nets.g, False)
+        resources.set_requires_grad(nets.d, True)
+        reals = []
+        for _ in range(micro_batches):
+            real = self._real_batch()
+            reals.append(real)
+            z = torch.randn(batch, style_dim, generator=rng).to(self.device)
+            noise = random_noise(nets.g, batch, rng, self.device)
+            with torch.no_grad(), acc.autocast():
+                fake, _ = nets.g([z], noise=noise)
+            with acc.autocast():
+                d_loss = discriminator_adversarial_loss(nets.d(real), nets.d(fake))
+            acc.backward(d_loss)
+            log("d_adv", d_loss)
+        average_gradients(nets.d, self.world_size)
+        self.d_optim.step()
+        self.d_optim.zero_grad(set_to_none=True)
+
+        # Lazy R1, in float32 (second-order gradients under autocast are fragile), on the D phase's reals.
+        if tcfg.d_reg_every > 0 and self.step % tcfg.d_reg_every == 0:
+            for real in reals:
+                real = real.detach().requires_grad_(True)
+                real_logits = nets.d(real)
+                r1 = r1_penalty(real_logits, real)
+                acc.backward(tcfg.r1_gamma / 2 * r1 * tcfg.d_reg_every)
+                log("r1", r1)
+            average_gradients(nets.d, self.world_size)
+            self.d_optim.step()
+            self.d_optim.zero_grad(set_to_none=True)
+
+        # G phase (Eq. 3)
+        resources.set_requires_grad(nets.g, True)
+        resources.set_requires_grad(nets.d, False)
+        for _ in range(micro_batches):
+            z = torch.randn(batch, style_dim, generator=rng).to(self.device)
+            noise = random_noise(nets.g, batch, rng, self.device)
+            with acc.autocast():
+                fake, _ = nets.g([z], noise=noise)
+                g_adv = generator_adversarial_loss(nets.d(fake))
+                total = g_adv
+                log("g_adv", g_adv)
+                if self.semantic_loss is not None:
+                    with torch.no_grad():
+                        reference, _ = nets.g_base([z], noise=noise)
+                    sem = self.semantic_loss.terms(reference, fake)
+                    total = total + tcfg.lambda_sem * sem.total
+                    log("sem", sem.total)
+                    log("sem_lpips", sem.perceptual)
+                    log("sem_id", sem.identity)
+                if self.pair_loss is not None:
+                    style_images, w_plus = self._pair_batch()
+                    rendered, _ = nets.g([w_plus], input_is_latent=True, randomize_noise=False)
+                    pair = self.pair_loss(rendered, style_images)
+                    total = total + tcfg.lambda_pair * pair
+                    log("pair", pair)
+            acc.backward(total)
+            log("g_total", total)
+        average_gradients(nets.g, self.world_size)
+        self.g_optim.step()
+        self.g_optim.zero_grad(set_to_none=True)
+        resources.set_requires_grad(nets.g, False)
+
+        update_ema(nets.g_ema, nets.g, self.ema_decay)
+        self.step += 1
+        return logs
+
+    # -- outputs
+    @torch.no_grad()
+    def sample_grid(self) -> np.ndarray:
+        """Top row G(z), bottom row G'(z) (the EMA weights), same fixed z and stored noise."""
+        base, _ = self.nets.g_base([self.fixed_z], randomize_noise=False)
+        styled, _ = self.nets.g_ema([self.fixed_z], randomize_noise=False)
+        return visibility.sample_grid([base, styled])
+
+    def publish_final(self) -> str:
+        """g_ema in rosinality's layout at `<run_dir>/final/generator.pt`, with run metadata alongside."""
+        rng = torch.Generator().manual_seed(0)
+        latent_avg = self.nets.g_ema.mean_latent(MEAN_LATENT_SAMPLES, generator=rng).reshape(-1)
+        metadata = {
+            "style": self.style, "mode": self.mode, "run_id": self.run_id, "steps": self.step,
+            "lambda_sem": self.tcfg.lambda_sem if self.use_sem else 0.0,
+            "lambda_id": self.tcfg.lambda_id if self.use_sem else 0.0,
+            "lambda_pair": self.tcfg.lambda_pair if self.use_pair else 0.0,
+            "pair_level": self.tcfg.pair_level if self.use_pair else None,
+            "base_generator": self.base.uri, "base_generator_sha256": self.base.sha256,
+            "seed": self.tcfg.seed, "latent_avg_source": f"mean_latent({MEAN_LATENT_SAMPLES}, seed=0) of g_ema",
+        }
+        return save_generator(checkpointing.final_generator_uri(self.run_dir), self.nets.g_ema, latent_avg,
+                              metadata)
+
+
+def run_finetune(config: PipelineConfig, *, style: str, mode: str, root: str, run_id: str,
+                 steps: int | None = None, progress: visibility.ProgressCallback | None = None) -> dict[str, Any]:
+    """Fine-tune G' for one style and mode; resume from `<root>/runs/<run_id>/<style>/<mode>/` when it exists.
+
+    Returns {"final_step", "resumed_from", "checkpoint", "generator" (final g_ema, rosinality layout),
+    "run_dir", "metrics" (last record), "skipped_samples"}.
+    """
+    total = config.train.steps if steps is None else int(steps)
+    run = FineTuneRun(config, style=style, mode=mode, root=root, run_id=run_id)
+    if run.step > total:
+        raise checkpointing.ResumeError(f"{run.run_dir}: the checkpoint is at step {run.step}, past the requested "
+                                        f"{total} steps; ask for at least {run.step} steps or use a new run id")
+    tcfg = config.train
+    final_uri = checkpointing.final_generator_uri(run.run_dir)
+    metrics = visibility.MetricsLog(storage.join(run.run_dir, "metrics.jsonl"))
+    tensorboard = None
+    if run.is_main:
+        metrics.resume(run.step)
+        tensorboard = visibility.TensorBoardLog(storage.join(run.run_dir, "tensorboard"), purge_step=run.step + 1)
+    bar = visibility.ProgressBar(total, run.step, run.is_main, f"{style}/{mode}", progress)
+    checkpoint_uri = checkpointing.latest_checkpoint(run.run_dir)
+    checkpoint_uri = checkpoint_uri[1] if checkpoint_uri else None
+    try:
+        while run.step < total:
+            started = time.perf_counter()
+            losses = run.train_step()
+            record = {"step": run.step, **losses, "seconds_per_step": time.perf_counter() - started}
+            bar.update(run.step, losses)
+            last = run.step == total
+            if run.is_main:
+                metrics.append(record)
+                tensorboard.scalars(run.step, {f"loss/{k}": v for k, v in losses.items()})
+                if run.step % tcfg.sample_every == 0 or last:
+                    grid = run.sample_grid()
+                    visibility.write_png(storage.join(run.run_dir, "samples", f"step-{run.step:06d}.png"), grid)
+                    tensorboard.image(run.step, "samples/G_top_Gprime_bottom", grid)
+            if run.step % tcfg.checkpoint_every == 0 or last:
+                checkpoint_uri = run.save_checkpoint()
+                if run.is_main:
+                    metrics.flush()
+                    tensorboard.flush()
+        if run.is_main and (run.resumed_from != total or not storage.exists(final_uri)):
+            run.publish_final()
+        run.accelerator.wait_for_everyone()
+    finally:
+        bar.close()
+        if tensorboard is not None:
+            tensorboard.close()
+    skipped = {"style": run.style_stream.position.skipped}
+    if run.pair_stream is not None:
+        skipped["pairs"] = run.pair_stream.position.skipped
+    return {"style": style, "mode": mode, "run_id": run_id, "run_dir": run.run_dir, "final_step": run.step,
+            "resumed_from": run.resumed_from, "checkpoint": checkpoint_uri, "generator": final_uri,
+            "metrics": metrics.records[-1] if metrics.records else None, "skipped_samples": skipped}

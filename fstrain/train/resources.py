@@ -1,0 +1,121 @@
+"""Where a run's inputs live and how they are loaded: model URIs, run directories, dataset prefixes.
+
+URI convention (shared with the pipeline configs): a model URI that is neither absolute (`/...`) nor carries a
+scheme (`s3://...`, `file://...`) is relative to the pipeline root, so `models/generator.pt` in a config means
+`<root>/models/generator.pt`. One YAML then serves a local demo root and an S3 root alike.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fstrain.data import storage
+from fstrain.models import registry
+from fstrain.models.checkpoints import CheckpointError, LoadedGenerator, load_generator
+from fstrain.settings import ModelsConfig
+
+MODES = ("baseline", "sc", "pc", "sc+pc")
+
+
+class ModelMissingError(FileNotFoundError):
+    """A model the run needs is missing or unreadable; the message names the config key, URI and the fix."""
+
+
+def resolve_uri(uri: str, root: str) -> str:
+    """`uri` as given when absolute or schemed, else joined onto `root`."""
+    if not uri or uri.startswith("/") or "://" in uri:
+        return uri
+    return storage.join(root, uri)
+
+
+def run_dir(root: str, run_id: str, style: str, mode: str) -> str:
+    return storage.join(root, "runs", run_id, style, mode)
+
+
+def dataset_prefix(root: str, style: str) -> str:
+    return storage.join(root, "datasets", style)
+
+
+def pairs_prefix(root: str, style: str, level: int) -> str:
+    return storage.join(root, "pairs", style, f"level{level}")
+
+
+def mode_terms(mode: str) -> tuple[bool, bool]:
+    """(uses L_sem, uses L_pair) for a mode; the paper's ablation is just this switch."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    return "sc" in mode, "pc" in mode
+
+
+def _fetch(models: ModelsConfig, field_name: str, root: str) -> tuple[str, str]:
+    """(resolved URI, local path) of a configured model, with a message that says what to do when absent."""
+    uri = resolve_uri(getattr(models, field_name), root)
+    if not uri:
+        raise ModelMissingError(f"models.{field_name} is empty in the config; set it to the model's path or URI")
+    try:
+        return uri, str(registry.fetch(uri, models.sha256.get(field_name)))
+    except registry.MissingWeightsError as exc:
+        raise ModelMissingError(f"models.{field_name}: {exc}") from exc
+
+
+@dataclass
+class BaseModel:
+    loaded: LoadedGenerator
+    uri: str
+    sha256: str
+
+
+def load_base_generator(models: ModelsConfig, root: str) -> BaseModel:
+    uri, path = _fetch(models, "base_generator", root)
+    try:
+        loaded = load_generator(path)
+    except CheckpointError as exc:
+        raise ModelMissingError(f"models.base_generator ({uri}): {exc}") from exc
+    return BaseModel(loaded=loaded, uri=uri, sha256=registry.sha256_file(path))
+
+
+def load_lpips_metric(models: ModelsConfig, root: str) -> nn.Module:
+    from fstrain.models.perceptual import load_lpips
+    uri, path = _fetch(models, "lpips_backbone", root)
+    return load_lpips(path, net=models.lpips_net).eval().requires_grad_(False)
+
+
+def load_identity_net(models: ModelsConfig, root: str) -> nn.Module:
+    from fstrain.models.identity import load_identity
+    uri, path = _fetch(models, "identity", root)
+    return load_identity(path, models.identity_kind).eval().requires_grad_(False)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def describe_models(base: BaseModel) -> dict[str, Any]:
+    g = base.loaded.generator
+    return {"base_generator": base.uri, "base_generator_sha256": base.sha256, "size": g.size,
+            "n_latent": g.n_latent, "has_discriminator": base.loaded.discriminator is not None}
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def clone_module(module: nn.Module) -> nn.Module:
+    import copy
+    clone = copy.deepcopy(module)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.requires_grad_(True)
+    return clone

@@ -1,0 +1,125 @@
+"""What a person watching a run sees: metrics.jsonl, TensorBoard events, sample grids, a progress bar.
+
+Everything is written under the run directory, which may be on S3; S3 has no append, so metrics are kept in
+memory and the whole file is rewritten atomically on each flush, and TensorBoard writes to a local staging
+folder that is uploaded on flush.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fstrain.data import storage
+
+ProgressCallback = Callable[[int, int, dict[str, float]], None]
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per step (step, every loss term, seconds/step)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.records: list[dict[str, Any]] = []
+
+    def resume(self, step: int) -> None:
+        """Keep the records of steps up to `step`: later ones belong to work the checkpoint does not hold."""
+        if not storage.exists(self.uri):
+            return
+        lines = storage.read_text(self.uri).splitlines()
+        self.records = [r for r in (json.loads(line) for line in lines if line.strip()) if r["step"] <= step]
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def flush(self) -> None:
+        storage.write_text(self.uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
+
+
+class TensorBoardLog:
+    """Scalars and sample images as TensorBoard event files under `<run_dir>/tensorboard/`."""
+
+    def __init__(self, uri: str, purge_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+        self.uri = uri
+        self._staging = None if is_local(uri) else tempfile.mkdtemp(prefix="fstrain-tb-")
+        self.writer = SummaryWriter(log_dir=local_path(uri) if self._staging is None else self._staging,
+                                    purge_step=purge_step)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+
+    def image(self, step: int, name: str, grid: np.ndarray) -> None:
+        self.writer.add_image(name, grid, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        self.writer.flush()
+        if self._staging is not None:
+            for name in sorted(os.listdir(self._staging)):
+                storage.upload_file(os.path.join(self._staging, name), storage.join(self.uri, name))
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    array = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return array.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def sample_grid(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
+    """Stack rows of images (each (N, 3, H, W)) into one HWC uint8 grid with a white gutter."""
+    tiles = [to_uint8(r) for r in rows]
+    n, h, w, _ = tiles[0].shape
+    grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(tiles):
+        for c in range(n):
+            top, left = pad + r * (h + pad), pad + c * (w + pad)
+            grid[top:top + h, left:left + w] = row[c]
+    return grid
+
+
+def write_png(uri: str, grid: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+class ProgressBar:
+    """tqdm bar on the main process with the latest losses; also forwards to an optional callback."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, description: str,
+                 callback: ProgressCallback | None = None):
+        from tqdm.auto import tqdm
+        self.total = total
+        self.callback = callback
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc=description, dynamic_ncols=True)
+
+    def update(self, step: int, losses: dict[str, float]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        if self.callback is not None:
+            self.callback(step, self.total, dict(losses))
+
+    def close(self) -> None:
+        self.bar.close()
