@@ -105,9 +105,9 @@ class Stylizer:
     def multimodal(self, w_plus: torch.Tensor, style: str, k: int, psi: float, n: int, seed: int) -> torch.Tensor:
         """Multimodal stylization: (N, n, 3, H, W), `n` samples per face differing only in layers >= k."""
         codes = self.multimodal_codes(w_plus, style, k, psi, n, seed)
-        batch = codes.shape[0]
-        images = self.render(codes.flatten(0, 1), style)
-        return images.unflatten(0, (batch, n))
+        # One render per sample index over the face batch: the same batching as `general`, so k = n_latent
+        # gives exactly the general images (grouped convs round differently for other batch sizes).
+        return torch.stack([self.render(codes[:, i], style) for i in range(n)], 1)
 
     @torch.no_grad()
     def reference_codes(self, w_plus: torch.Tensor, reference_w: torch.Tensor, k: int) -> torch.Tensor:

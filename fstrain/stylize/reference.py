@@ -122,7 +122,7 @@ def invert_reference(generator: nn.Module, image: torch.Tensor, lpips: Callable[
         optimizer.step()
         _normalize_noises(noises)
         if progress is not None:
-            progress(step + 1, steps, float(distance.mean()))
+            progress(step + 1, steps, float(distance.detach().mean()))
 
     for param, flag in zip(generator.parameters(), grad_flags):
         param.requires_grad_(flag)
@@ -184,8 +184,8 @@ class ReferenceStore:
             data = storage.read_bytes(uri)
         except storage.NotFoundError:
             raise storage.NotFoundError(
-                f"{uri}: no stored reference code {ref_id!r} for style {style!r}; invert the reference image first "
-                f"(fstrain.stylize --reference IMAGE) or check the id") from None
+                uri, f"no stored reference code {ref_id!r} for style {style!r}; invert the reference image first "
+                     f"(python -m fstrain.stylize ... --reference IMAGE) or check the id") from None
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
                 v, w, meta = arrays["v"], arrays["w"], json.loads(str(arrays["meta"]))

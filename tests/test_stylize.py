@@ -1,0 +1,190 @@
+"""Stylization modes and reference codes on tiny random models (CPU).
+
+The generators/encoder are random, so images mean nothing; the tests check the arithmetic of each mode, the
+reference inversion's objective, and the storage/reuse contract of reference codes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fstrain.data import storage
+from fstrain.losses import perceptual_distance
+from fstrain.models.latents import broadcast_w
+from fstrain.models.psp import PSPEncoder, build_encoder
+from fstrain.models.stylegan2 import Generator
+from fstrain.stylize import ReferenceStore, Stylizer, generator_fingerprint, invert_reference, reference_id
+from fstrain.stylize.images import decode_png, encode_png, to_uint8
+
+SIZE, STYLE_DIM = 32, 32
+
+
+def tiny_generator(seed: int) -> Generator:
+    torch.manual_seed(seed)
+    return Generator(SIZE, style_dim=STYLE_DIM, n_mlp=2, channel_multiplier=1, channel_max=32).eval()
+
+
+@pytest.fixture(scope="module")
+def stylizer() -> Stylizer:
+    generators = {"cartoon": tiny_generator(1), "anime": tiny_generator(2)}
+    n_latent = generators["cartoon"].n_latent
+    latent_avg = generators["cartoon"].mean_latent(256, generator=torch.Generator().manual_seed(0))
+    encoder = PSPEncoder(build_encoder("tiny", n_styles=n_latent, style_dim=STYLE_DIM, input_size=32, seed=3),
+                         latent_avg.repeat(n_latent, 1)).eval()
+    return Stylizer(encoder, generators)
+
+
+@pytest.fixture(scope="module")
+def faces() -> torch.Tensor:
+    rng = torch.Generator().manual_seed(7)
+    return torch.rand(3, 3, SIZE, SIZE, generator=rng) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def lpips_alex_random():
+    # Explicitly random AlexNet backbone (no weights can be downloaded here); the linear heads ship with lpips.
+    import lpips
+    torch.manual_seed(0)
+    return lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval().requires_grad_(False)
+
+
+def test_encode_shape_and_general_is_render(stylizer: Stylizer, faces: torch.Tensor):
+    w_plus = stylizer.encode(faces)
+    assert w_plus.shape == (3, stylizer.n_latent, STYLE_DIM)
+    general = stylizer.general(w_plus, "cartoon")
+    assert general.shape == (3, 3, SIZE, SIZE)
+    assert torch.equal(general, stylizer.generator("cartoon").synthesis(w_plus))
+    # Different styles render the same content code differently.
+    assert not torch.allclose(general, stylizer.general(w_plus, "anime"))
+
+
+def test_multimodal_with_k_equal_n_latent_is_general(stylizer: Stylizer, faces: torch.Tensor):
+    w_plus = stylizer.encode(faces)
+    samples = stylizer.multimodal(w_plus, "cartoon", k=stylizer.n_latent, psi=0.7, n=2, seed=5)
+    general = stylizer.general(w_plus, "cartoon")
+    assert samples.shape == (3, 2, 3, SIZE, SIZE)
+    for i in range(2):
+        assert torch.equal(samples[:, i], general)
+
+
+def test_multimodal_samples_differ_only_in_layers_from_k(stylizer: Stylizer, faces: torch.Tensor):
+    w_plus = stylizer.encode(faces)
+    k = 4
+    codes = stylizer.multimodal_codes(w_plus, "cartoon", k=k, psi=0.7, n=2, seed=11)
+    assert codes.shape == (3, 2, stylizer.n_latent, STYLE_DIM)
+    for i in range(2):
+        assert torch.equal(codes[:, i, :k], w_plus[:, :k])          # content layers untouched
+    differs = (codes[:, 0] - codes[:, 1]).abs().amax(-1)           # (N, n_latent)
+    assert torch.all(differs[:, :k] == 0)
+    assert torch.all(differs[:, k:] > 1e-4)                         # every style layer differs
+    images = stylizer.multimodal(w_plus, "cartoon", k=k, psi=0.7, n=2, seed=11)
+    assert (images[:, 0] - images[:, 1]).abs().amax() > 1e-3
+    # Reproducible and independent of the batch a face is in.
+    alone = stylizer.multimodal(w_plus[1:2], "cartoon", k=k, psi=0.7, n=2, seed=11)
+    assert torch.allclose(alone[0], images[1], atol=1e-5)
+    assert not torch.allclose(stylizer.multimodal_codes(w_plus, "cartoon", k, 0.7, 2, seed=12), codes)
+
+
+def test_multimodal_truncation_psi_zero_gives_mean_latent(stylizer: Stylizer, faces: torch.Tensor):
+    w_plus = stylizer.encode(faces)
+    codes = stylizer.multimodal_codes(w_plus, "anime", k=2, psi=0.0, n=2, seed=1)
+    mean = stylizer.latent_avg("anime").reshape(1, 1, -1)
+    assert torch.allclose(codes[:, :, 2:], mean.unsqueeze(0).expand_as(codes[:, :, 2:]), atol=1e-6)
+
+
+def test_reference_mode_mixes_reference_w_into_layers_from_k(stylizer: Stylizer, faces: torch.Tensor):
+    w_plus = stylizer.encode(faces)
+    reference_w = torch.randn(1, STYLE_DIM)
+    mixed = stylizer.reference_codes(w_plus, reference_w, k=3)
+    assert torch.equal(mixed[:, :3], w_plus[:, :3])
+    assert torch.equal(mixed[:, 3:], reference_w.expand(3, stylizer.n_latent - 3, -1))
+    # k = 0: every layer is the reference, so every face renders the reference's image.
+    images = stylizer.reference(w_plus, "cartoon", reference_w, k=0)
+    expected = stylizer.generator("cartoon").synthesis(broadcast_w(reference_w, stylizer.n_latent))
+    assert torch.allclose(images, expected.expand_as(images), atol=1e-5)
+
+
+def test_unknown_style_and_mismatched_generators_are_clear_errors(stylizer: Stylizer):
+    with pytest.raises(KeyError, match="no generator loaded for style 'fantasy'"):
+        stylizer.generator("fantasy")
+    with pytest.raises(ValueError, match="n_latent"):
+        Stylizer(stylizer.encoder, {"a": tiny_generator(0),
+                                    "b": Generator(16, style_dim=STYLE_DIM, n_mlp=2, channel_max=32)})
+
+
+def test_reference_inversion_lowers_lpips_to_reference(lpips_alex_random):
+    generator = tiny_generator(1)
+    with torch.no_grad():   # a reference the generator can reach: a render from another w
+        target = generator.synthesis(broadcast_w(generator.get_latent(torch.randn(1, STYLE_DIM)), generator.n_latent))
+    calls = []
+    code = invert_reference(generator, target, lpips_alex_random, steps=60, lr=0.1, noise_reg=1e5,
+                            progress=lambda step, total, d: calls.append(d))
+    assert code.v.shape == code.w.shape == (1, STYLE_DIM)
+    assert len(calls) == 60
+    # Measured independently: render w (stored noise, as reference mode does) and compare with the start.
+    with torch.no_grad():
+        start = generator.synthesis(broadcast_w(generator.mean_latent(4096, torch.Generator().manual_seed(0)),
+                                                generator.n_latent))
+        final = generator.synthesis(broadcast_w(code.w, generator.n_latent))
+        d_start = float(perceptual_distance(lpips_alex_random, start, target))
+        d_final = float(perceptual_distance(lpips_alex_random, final, target))
+    assert d_final < 0.6 * d_start, (d_start, d_final)
+    assert code.meta["lpips_initial"][0] == pytest.approx(d_start, rel=1e-4)
+    assert code.meta["lpips_final"][0] == pytest.approx(d_final, rel=1e-4)
+    # The generator is left as it was: no gradients requested, no weights touched.
+    assert all(p.requires_grad for p in generator.parameters())
+    assert all(p.grad is None for p in generator.parameters())
+
+
+@pytest.mark.parametrize("root_kind", ["local", "s3"])
+def test_reference_codes_are_stored_reloaded_and_reused(root_kind, request, lpips_alex_random,
+                                                        stylizer: Stylizer, faces: torch.Tensor):
+    root = request.getfixturevalue("local_root" if root_kind == "local" else "s3_root")
+    generator = stylizer.generator("cartoon")
+    reference_image = faces[2:3]
+    ref_id = reference_id(encode_png(to_uint8(reference_image)[0]))
+    store = ReferenceStore(root)
+    inversions = []
+
+    def invert():
+        inversions.append(1)
+        return invert_reference(generator, reference_image, lpips_alex_random, steps=5, lr=0.1)
+
+    fingerprint = generator_fingerprint(generator)
+    code, reused = store.get_or_invert("cartoon", ref_id, invert, fingerprint)
+    assert (reused, len(inversions)) == (False, 1)
+    uri = storage.join(root, "references", "cartoon", f"{ref_id}.npz")
+    assert store.uri("cartoon", ref_id) == uri and storage.exists(uri)
+
+    again, reused = store.get_or_invert("cartoon", ref_id, invert, fingerprint)
+    assert (reused, len(inversions)) == (True, 1)             # the optimiser did not run again
+    assert torch.equal(again.v, code.v) and torch.equal(again.w, code.w)
+    assert again.meta["generator_fingerprint"] == fingerprint and again.meta["id"] == ref_id
+    w_plus = stylizer.encode(faces)
+    assert torch.equal(stylizer.reference(w_plus, "cartoon", again, k=3),
+                       stylizer.reference(w_plus, "cartoon", code, k=3))
+
+    # A code inverted for another G' (the style was retrained) is not reused.
+    _, reused = store.get_or_invert("cartoon", ref_id, invert, generator_fingerprint(tiny_generator(9)))
+    assert (reused, len(inversions)) == (False, 2)
+
+
+def test_reference_store_errors_name_the_uri(local_root):
+    store = ReferenceStore(local_root)
+    with pytest.raises(storage.NotFoundError, match=r"references/cartoon/nope\.npz.*invert the reference"):
+        store.load("cartoon", "nope")
+    with pytest.raises(ValueError, match="reference id"):
+        store.uri("cartoon", "../escape")
+    storage.write_bytes(store.uri("cartoon", "junk"), b"not an npz")
+    with pytest.raises(ValueError, match=r"junk\.npz: not a reference code file"):
+        store.load("cartoon", "junk")
+
+
+def test_reference_id_is_a_content_hash():
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    other = pixels.copy()
+    other[0, 0, 0] = 1
+    assert reference_id(pixels) == reference_id(pixels.copy()) != reference_id(other)
+    assert reference_id(encode_png(pixels)) == reference_id(encode_png(pixels)) != reference_id(encode_png(other))
+    assert np.array_equal(decode_png(encode_png(other)), other)
