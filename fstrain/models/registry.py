@@ -1,0 +1,200 @@
+"""Model registry: pretrained files named by URI (local path or s3://), optionally pinned by sha256.
+
+`fetch(uri, sha256)` returns a local path: local files as they are, remote files downloaded once per machine into
+`~/.cache/fstrain/models/` (override with `$FSTRAIN_MODEL_CACHE` or `cache_dir=`), atomically and verified.
+`load_torch(uri)` fetches and `torch.load`s with `weights_only=True`. `save_torch(obj, uri)` writes atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+CACHE_ENV = "FSTRAIN_MODEL_CACHE"
+REMOTE_SCHEMES = ("s3://",)
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A weights file named in config does not exist; the message names the URI and how to supply it."""
+
+
+class ChecksumError(ValueError):
+    """A weights file does not have the sha256 its config pins."""
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file loaded but its keys or shapes do not fit the network; the message names the keys."""
+
+
+@dataclass
+class ModelSpec:
+    """How configs name a model: a URI and an optional sha256 pin."""
+    uri: str
+    sha256: str | None = None
+
+    def fetch(self, cache_dir: str | os.PathLike | None = None) -> Path:
+        return fetch(self.uri, self.sha256, cache_dir)
+
+
+def is_remote(uri: str) -> bool:
+    return str(uri).startswith(REMOTE_SCHEMES)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "fstrain" / "models")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _storage():
+    # Imported lazily: only remote URIs need it, and it pulls in boto3/pyarrow.
+    from fstrain.data import storage
+    return storage
+
+
+def _check_sha(path: Path, uri: str, sha256: str | None) -> None:
+    if sha256 is None:
+        return
+    actual = sha256_file(path)
+    if actual != sha256.lower():
+        raise ChecksumError(f"{uri}: sha256 is {actual}, config pins {sha256}. The file changed or the pin is "
+                            f"stale: fix the file or update the sha256 in the config.")
+
+
+def _remote_version(uri: str) -> str:
+    """A string that changes when the remote object changes (size + mtime; S3 mtime changes on every PUT)."""
+    fs, path = _storage().pyarrow_filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type.name != "File":
+        raise MissingWeightsError(f"{uri}: no such object. Upload the weights there or fix the URI in the config.")
+    mtime = info.mtime.timestamp() if info.mtime is not None else ""
+    return f"{info.size}:{mtime}"
+
+
+def _suffix(uri: str) -> str:
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return Path(name).suffix if "." in name else ""
+
+
+def _make_readable(path: str | os.PathLike) -> None:
+    """mkstemp files are 0600; model files are shared, so give them the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def fetch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Local path of the model file at `uri`, verified against `sha256` when given."""
+    uri = str(uri)
+    if not is_remote(uri):
+        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(f"{uri}: weights file not found. Put the file there or point the config at "
+                                      f"it (python -m fstrain.models.init writes random test models).")
+        _check_sha(path, uri, sha256)
+        return path
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    # A pinned file is cached by content; an unpinned one by URI + object version, so an overwrite refetches.
+    key = sha256.lower() if sha256 else hashlib.sha256(f"{uri}\n{_remote_version(uri)}".encode()).hexdigest()
+    target = cache / f"{key}{_suffix(uri)}"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=".partial-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        storage = _storage()
+        try:
+            storage.download_file(uri, str(tmp))
+        except storage.NotFoundError as exc:
+            raise MissingWeightsError(f"{uri}: no such object. Upload the weights there or fix the URI in the "
+                                      f"config.") from exc
+        _check_sha(tmp, uri, sha256)
+        _make_readable(tmp)
+        os.replace(tmp, target)  # atomic: concurrent fetches on one machine each land a complete file
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def load_torch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None,
+               safe_globals: Iterable[Any] = ()) -> Any:
+    """fetch + torch.load(weights_only=True, map_location='cpu'); errors name the URI."""
+    path = fetch(uri, sha256, cache_dir)
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsMismatchError(f"{uri}: not a loadable weights-only torch file ({exc})") from exc
+
+
+def write_bytes_atomic(data: bytes, uri: str | os.PathLike) -> str:
+    """Write to a local path (temp + rename) or an s3:// URI (one PUT); readers never see half a file."""
+    uri = str(uri)
+    if is_remote(uri):
+        _storage().write_bytes(uri, data)
+        return uri
+    path = Path(uri).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _make_readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return uri
+
+
+def save_torch(obj: Any, uri: str | os.PathLike) -> str:
+    """torch.save to a local path or s3:// URI atomically. Returns the URI."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes_atomic(buffer.getvalue(), uri)
+
+
+def save_json(data: Any, uri: str | os.PathLike) -> str:
+    return write_bytes_atomic(json.dumps(data, indent=2, sort_keys=True).encode("utf-8"), uri)
+
+
+def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], uri: str, what: str,
+                     ignore_missing: Iterable[str] = ("num_batches_tracked",)) -> None:
+    """Strict key/shape check with a message naming every offending key, then load_state_dict(strict=True).
+
+    BatchNorm `num_batches_tracked` may be absent from files written by old PyTorch versions; torch fills it in.
+    """
+    expected = module.state_dict()
+    ignore = tuple(ignore_missing)
+    missing = [k for k in expected if k not in state and not k.endswith(ignore)]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = [f"missing key '{k}' (expected shape {tuple(expected[k].shape)})" for k in missing]
+    problems += [f"unexpected key '{k}' (shape {tuple(state[k].shape)})" for k in unexpected]
+    problems += [f"shape mismatch for '{k}': file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+                 for k in mismatched]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; ... {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise WeightsMismatchError(f"{uri}: {what} weights do not fit: {shown}")
+    # Fill absent num_batches_tracked with the module's own (torch only does this for legacy-versioned dicts).
+    full = dict(state)
+    for k in expected:
+        if k not in full:
+            full[k] = expected[k]
+    module.load_state_dict(full, strict=True)
