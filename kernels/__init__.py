@@ -3,4 +3,4 @@
 `impl="auto"` picks CUDA when the tensor is on a GPU and the extension builds, the reference otherwise.
 Nothing is compiled at import time.
 """
-from kernels.ops import bias_act, upfirdn2d  # noqa: F401
+from kernels.ops import bias_act, upfirdn2d, using_impl  # noqa: F401

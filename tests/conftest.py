@@ -13,3 +13,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 from support.s3_server import *  # noqa
+from support.kernels import *  # noqa
