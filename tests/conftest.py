@@ -14,3 +14,4 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 from support.s3_server import *  # noqa
 from support.kernels import *  # noqa
+from support.tiny_models import *  # noqa
