@@ -75,13 +75,12 @@ def _check_sha(path: Path, uri: str, sha256: str | None) -> None:
 
 
 def _remote_version(uri: str) -> str:
-    """A string that changes when the remote object changes (size + mtime; S3 mtime changes on every PUT)."""
-    fs, path = _storage().pyarrow_filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type.name != "File":
+    """The object's ETag: it changes whenever the object is overwritten, so an unpinned cache entry refetches."""
+    storage = _storage()
+    if not storage.exists(uri):
         raise MissingWeightsError(f"{uri}: no such object. Upload the weights there or fix the URI in the config.")
-    mtime = info.mtime.timestamp() if info.mtime is not None else ""
-    return f"{info.size}:{mtime}"
+    bucket, key = storage.parse_s3(uri)
+    return str(storage.s3_client().head_object(Bucket=bucket, Key=key)["ETag"])
 
 
 def _suffix(uri: str) -> str:
@@ -97,7 +96,11 @@ def _make_readable(path: str | os.PathLike) -> None:
 
 
 def fetch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Local path of the model file at `uri`, verified against `sha256` when given."""
+    """Local path of the model file at `uri`, verified against `sha256` when given.
+
+    Remote files are cached under `<sha256>` when pinned, else under hash(uri + ETag); a cached file is
+    reused without a download (pinned entries are re-hashed first; a damaged one is fetched again).
+    """
     uri = str(uri)
     if not is_remote(uri):
         path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
@@ -112,7 +115,9 @@ def fetch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os
     key = sha256.lower() if sha256 else hashlib.sha256(f"{uri}\n{_remote_version(uri)}".encode()).hexdigest()
     target = cache / f"{key}{_suffix(uri)}"
     if target.is_file():
-        return target
+        if sha256 is None or sha256_file(target) == sha256.lower():
+            return target
+        target.unlink(missing_ok=True)  # a damaged cache entry: fetch it again
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=".partial-")
     os.close(fd)
