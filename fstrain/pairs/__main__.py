@@ -3,8 +3,8 @@
     python -m fstrain.pairs CONFIG --style NAME --root URI [--levels 1,2,3] [--baseline URI] [--device cuda]
 
 Reads `<root>/datasets/<style>/`, writes `<root>/pairs/<style>/level{1,2,3}/shard-*.tar`, a contact sheet and a
-summary. Level 2 needs the baseline fine-tune G*: `--baseline URI` (a rosinality generator .pt, e.g. the baseline
-run's published g_ema). Rerunning skips finished shards.
+summary. Level 2 needs the baseline fine-tune G*: `--baseline URI` (a rosinality generator .pt) or `--run-id ID`
+(the baseline run's final g_ema under `<root>/runs/<ID>/<style>/baseline/`). Rerunning skips finished shards.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from fstrain.pairs.build import PairsError, make_pairs
+from fstrain.pairs.build import PairsError, baseline_generator_uri, make_pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="pipeline root (local dir or s3://bucket/prefix)")
     parser.add_argument("--levels", default=None, help="comma-separated subset of 1,2,3 (default: config pairs.levels)")
     parser.add_argument("--baseline", default=None, help="URI of the baseline fine-tune G* (needed for level 2)")
+    parser.add_argument("--run-id", default=None,
+                        help="take G* from the run's baseline: <root>/runs/<run>/<style>/baseline/final/generator.pt")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
     config = load_config(args.config, PipelineConfig)
+    baseline = args.baseline
+    if baseline is None and args.run_id:
+        baseline = baseline_generator_uri(args.root, args.run_id, args.style)
     bar = tqdm(desc=f"pairs {args.style}", unit="shard")
 
     def progress(done: int, total: int, info: dict) -> None:
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = make_pairs(config, style=args.style, root=args.root, levels=args.levels,
-                             baseline_generator_uri=args.baseline, progress=progress, device=args.device)
+                             baseline_generator_uri=baseline, progress=progress, device=args.device)
     except PairsError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ Output: `<root>/pairs/<style>/level{1,2,3}/shard-*.tar`, one output shard per in
 from __future__ import annotations
 
 import io
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -43,10 +44,17 @@ def dataset_prefix(root: str, style: str) -> str:
 
 
 def resolve_uri(uri: str, root: str) -> str:
-    """Model URIs in configs are absolute paths, `s3://` URIs, or relative to the pipeline root."""
-    if uri.startswith(("/", "s3://", "file://")):
+    """Model URIs in configs are absolute paths, schemed URIs (`s3://`), or relative to the pipeline root
+    (the convention of `fstrain.train.resources.resolve_uri`)."""
+    if not uri or uri.startswith("/") or "://" in uri:
         return uri
     return storage.join(root, uri)
+
+
+def baseline_generator_uri(root: str, run_id: str, style: str) -> str:
+    """The baseline run's final g_ema: `<root>/runs/<run>/<style>/baseline/final/generator.pt` (fstrain.train)."""
+    from fstrain.train.checkpointing import final_generator_uri
+    return final_generator_uri(storage.join(root, "runs", run_id, style, "baseline"))
 
 
 def parse_levels(levels: Iterable[int] | str | None) -> list[int]:
@@ -163,15 +171,27 @@ def pairs_for_batch(models: PairModels, keys: Sequence[str], style_pixels: np.nd
 # ---------------------------------------------------------------- shard I/O
 
 
-def write_pair_shard(uri: str, samples: Sequence[PairSample]) -> None:
-    """Write one tar shard in a single atomic write (so existence of `uri` means the shard is complete)."""
-    import webdataset as wds   # imported here: only writers need it
+def shard_index(name: str) -> int:
+    match = re.fullmatch(r"shard-(\d+)\.tar", name)
+    if match is None:
+        raise PairsError(f"{name}: not a shard-NNNNNN.tar name; dataset shards come from fstrain.ingest")
+    return int(match.group(1))
 
-    buffer = io.BytesIO()
-    with wds.TarWriter(buffer, encoder=False) as writer:
+
+def write_pair_shard(prefix_uri: str, name: str, samples: Sequence[PairSample]) -> str:
+    """Write `samples` as the one shard `<prefix>/<name>` (same index as its input shard).
+
+    ShardWriter builds the tar locally and uploads it in one atomic write, so the shard's existence means it is
+    complete. An empty sample list writes nothing (the input shard is then retried on the next run).
+    """
+    with shards.ShardWriter(prefix_uri, max_samples=max(1, len(samples)), start_index=shard_index(name)) as writer:
         for sample in samples:
             writer.write(encode_pair(sample))
-    storage.write_bytes(uri, buffer.getvalue())
+    written = writer.shards
+    expected = storage.join(prefix_uri, name)
+    if written and written != [expected]:
+        raise PairsError(f"{prefix_uri}: expected to write {expected}, wrote {written}")
+    return expected
 
 
 def read_pairs(prefix_or_urls: str | Sequence[str], **read_kwargs) -> Iterable[PairSample]:
@@ -252,7 +272,7 @@ def make_pairs(config, *, style: str, root: str, levels: Iterable[int] | str | N
                 for lvl, samples in made.items():
                     per_level[lvl].extend(samples)
             for lvl, samples in per_level.items():
-                write_pair_shard(storage.join(pairs_prefix(root, style, lvl), name), samples)
+                write_pair_shard(pairs_prefix(root, style, lvl), name, samples)
                 summary["samples"][str(lvl)] += len(samples)
                 if lvl == 2:
                     l_sem_initial += [s.meta["l_sem_initial"] for s in samples]
@@ -271,7 +291,7 @@ def make_pairs(config, *, style: str, root: str, levels: Iterable[int] | str | N
 
 
 def write_contact_sheet(root: str, style: str, levels: Sequence[int], rows: int = CONTACT_SHEET_ROWS) -> str:
-    """Contact sheet from the first shard of each level: one row per style image, columns S | P1 | P2 | P3."""
+    """Contact sheet of the first `rows` pairs of each level: one row per style image, columns S | P1 | P2 | P3."""
     by_level: dict[int, dict[str, PairSample]] = {}
     order: list[str] = []
     style_images: dict[str, np.ndarray] = {}
@@ -280,7 +300,7 @@ def write_contact_sheet(root: str, style: str, levels: Sequence[int], rows: int 
         if not level_shards:
             continue
         by_level[lvl] = {}
-        for sample in read_pairs(level_shards[:1]):
+        for sample in read_pairs(level_shards):   # streamed: stops after `rows` samples
             if len(by_level[lvl]) >= rows:
                 break
             by_level[lvl][sample.key] = sample

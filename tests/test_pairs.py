@@ -1,0 +1,211 @@
+"""Pseudo-pairs on tiny random models (CPU): level 2 lowers L_sem, shards round-trip and re-render P exactly,
+reruns resume per shard, and missing inputs give clear errors."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fstrain.data import shards, storage
+from fstrain.models.checkpoints import load_generator, save_generator
+from fstrain.models.init import init_models
+from fstrain.pairs import PairsError, load_pair_models, make_pairs, pairs_for_batch, read_pairs
+from fstrain.pairs.levels import embed_level1, optimise_level2
+from fstrain.settings import ModelsConfig, PairsConfig, PipelineConfig
+from fstrain.stylize.images import decode_png, from_uint8, to_uint8
+
+SIZE = 32
+STYLE = "cartoon"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    """Random tiny models in the real formats, plus a G* made by nudging the base weights (a stand-in fine-tune)."""
+    out = tmp_path_factory.mktemp("pair-models")
+    init_models(out, SIZE, style_dim=32, n_mlp=2, channel_multiplier=1, channel_max=32, encoder_depth="tiny",
+                identity="tiny", lpips_net="alex", seed=0)
+    base = load_generator(str(out / "generator.pt"), load_discriminator=False)
+    star = base.generator
+    with torch.no_grad():
+        rng = torch.Generator().manual_seed(1)
+        for name, param in star.named_parameters():
+            if "conv.weight" in name:
+                param.add_(0.3 * param.std() * torch.randn(param.shape, generator=rng))
+    save_generator(str(out / "baseline.pt"), star, base.latent_avg, {"note": "test G*: perturbed base"})
+    return str(out)
+
+
+def pipeline_config(model_dir: str, **pairs) -> PipelineConfig:
+    models = ModelsConfig(base_generator=f"{model_dir}/generator.pt", encoder_wplus=f"{model_dir}/encoder_wplus.pt",
+                          encoder_zplus=f"{model_dir}/encoder_zplus.pt", identity=f"{model_dir}/identity.pth",
+                          lpips_backbone=f"{model_dir}/lpips_alex_backbone_RANDOM.pth", lpips_net="alex")
+    settings = {"levels": [1, 2, 3], "optimise_steps": 8, "lr": 0.05, "batch_size": 2, **pairs}
+    return PipelineConfig(models=models, pairs=PairsConfig(**settings))
+
+
+def style_images(n: int, seed: int) -> list[np.ndarray]:
+    """Smooth, face-free but structured test pictures (48 px, so the pipeline has to resize them)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:48, 0:48] / 47.0
+    pictures = []
+    for _ in range(n):
+        a, b, c = rng.uniform(0.5, 4.0, 3)
+        base = np.stack([np.sin(a * xx * 3 + b), np.cos(b * yy * 3 + c), np.sin(c * (xx + yy) * 2 + a)], -1)
+        pictures.append(((base + 1) * 127.5).clip(0, 255).astype(np.uint8))
+    return pictures
+
+
+def write_dataset(root: str, counts: list[int]) -> list[str]:
+    """A style dataset of len(counts) shards in the ingest layout (png + json per sample); returns the keys."""
+    keys = []
+    prefix = storage.join(root, "datasets", STYLE)
+    with shards.ShardWriter(prefix, max_samples=counts[0]) as writer:
+        index = 0
+        for shard_count in counts:
+            for picture in style_images(shard_count, seed=len(keys)):
+                key = f"img{index:04d}"
+                buffer = io.BytesIO()
+                Image.fromarray(picture).save(buffer, format="PNG")
+                writer.write({"__key__": key, "png": buffer.getvalue(), "json": {"source": f"{key}.png"}})
+                keys.append(key)
+                index += 1
+    return keys
+
+
+@pytest.fixture(scope="module")
+def pair_models(model_dir):
+    config = pipeline_config(model_dir)
+    return load_pair_models(config, root="/nonexistent-root", levels=[1, 2, 3],
+                            baseline_generator_uri=f"{model_dir}/baseline.pt")
+
+
+def test_level2_reaches_lower_semantic_loss_than_level1(pair_models):
+    images = from_uint8(np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in style_images(4, 5)]))
+    z1, _ = embed_level1(pair_models.encoder_zplus, pair_models.base_generator, images)
+    result = optimise_level2(pair_models.generator_star, z1, images, pair_models.semantic_loss, steps=15, lr=0.05)
+    star = pair_models.generator_star
+
+    def l_sem(z_plus: torch.Tensor) -> torch.Tensor:   # recomputed independently of the optimiser's bookkeeping
+        with torch.no_grad():
+            return pair_models.semantic_loss(star.synthesis(star.get_latent(z_plus)), images)
+
+    level1, level2 = l_sem(z1), l_sem(result.z_plus)
+    assert torch.allclose(level1, result.loss_initial, atol=1e-5)
+    assert torch.allclose(level2, result.loss_final, atol=1e-5)
+    assert torch.all(level2 < level1), (level1, level2)
+    assert float(level2.mean()) < 0.9 * float(level1.mean())
+    # G* is left untouched: no gradients requested or accumulated.
+    assert all(p.grad is None for p in star.parameters())
+
+
+def test_pairs_for_batch_levels_and_codes(pair_models):
+    pixels = np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in style_images(2, 9)])
+    made = pairs_for_batch(pair_models, ["a", "b"], pixels, [1, 2, 3], style=STYLE, optimise_steps=3, lr=0.05)
+    assert sorted(made) == [1, 2, 3]
+    base = pair_models.base_generator
+    for level, samples in made.items():
+        assert [s.key for s in samples] == ["a", "b"]
+        for sample in samples:
+            assert sample.meta["level"] == level and sample.meta["source_key"] == sample.key
+            assert sample.w_plus.shape == (base.n_latent, base.style_dim) and sample.w_plus.dtype == np.float32
+            assert (sample.z_plus is None) == (level == 3)
+            assert np.array_equal(sample.style_image, pixels[[s.key for s in samples].index(sample.key)])
+    # Level 1: w1+ is the base mapping of z1+, layer by layer.
+    z1 = torch.from_numpy(np.stack([s.z_plus for s in made[1]]))
+    w1 = torch.from_numpy(np.stack([s.w_plus for s in made[1]]))
+    assert torch.allclose(base.get_latent(z1), w1, atol=1e-5)
+    assert all(s.meta["l_sem_final"] <= s.meta["l_sem_initial"] for s in made[2])
+
+
+@pytest.mark.parametrize("root_kind", ["local", "s3"])
+def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, model_dir, pair_models):
+    root = request.getfixturevalue("local_root" if root_kind == "local" else "s3_root")
+    keys = write_dataset(root, [3, 2])
+    config = pipeline_config(model_dir)
+    progress = []
+    summary = make_pairs(config, style=STYLE, root=root, baseline_generator_uri=f"{model_dir}/baseline.pt",
+                         progress=lambda done, total, info: progress.append((done, total)))
+    assert progress == [(1, 2), (2, 2)]
+    assert summary["shards_written"] == 2 and summary["shards_skipped"] == 0
+    assert summary["samples"] == {"1": 5, "2": 5, "3": 5}
+    assert summary["l_sem_final_mean"] < summary["l_sem_initial_mean"]
+
+    base = pair_models.base_generator
+    for level in (1, 2, 3):
+        prefix = storage.join(root, "pairs", STYLE, f"level{level}")
+        assert [storage.basename(u) for u in shards.list_shards(prefix)] == ["shard-000000.tar", "shard-000001.tar"]
+        samples = list(read_pairs(prefix))
+        assert [s.key for s in samples] == keys
+        for sample in samples:
+            assert sample.meta["level"] == level and sample.meta["style"] == STYLE
+            assert set(sample.meta["generators"]) >= {"base_generator"}
+            assert (sample.z_plus is None) == (level == 3)
+            if sample.z_plus is not None:   # the stored w+ is the base mapping of the stored z+
+                w_from_z = base.get_latent(torch.from_numpy(sample.z_plus)[None])[0]
+                assert torch.allclose(w_from_z, torch.from_numpy(sample.w_plus), atol=1e-5)
+        # Re-render P from the stored w+ with the base G and its stored noise: the same 8-bit pixels.
+        w_plus = torch.from_numpy(np.stack([s.w_plus for s in samples]))
+        with torch.no_grad():
+            rerendered = to_uint8(base.synthesis(w_plus))
+        stored = np.stack([s.pseudo_photo for s in samples])
+        assert np.array_equal(rerendered, stored)
+        # S is the dataset image at the generator's resolution.
+        assert stored.shape == (5, SIZE, SIZE, 3) and samples[0].style_image.shape == (SIZE, SIZE, 3)
+
+    sheet = decode_png(storage.read_bytes(summary["contact_sheet"]))
+    assert sheet.shape == (5 * (SIZE + 2) + 2, 4 * (SIZE + 2) + 2, 3)     # rows S | P1 | P2 | P3
+    assert storage.read_json(storage.join(root, "pairs", STYLE, "summary.json"))["samples"] == summary["samples"]
+
+
+def test_make_pairs_resumes_per_shard(local_root, model_dir, pair_models):
+    write_dataset(local_root, [2, 2])
+    config = pipeline_config(model_dir, levels=[1, 3])
+    first = make_pairs(config, style=STYLE, root=local_root, models=pair_models)
+    assert first["shards_written"] == 2
+    level1 = storage.join(local_root, "pairs", STYLE, "level1")
+    kept = storage.read_bytes(storage.join(level1, "shard-000000.tar"))
+    storage.delete(storage.join(level1, "shard-000001.tar"))      # as if the job died before this shard
+
+    second = make_pairs(config, style=STYLE, root=local_root, models=pair_models)
+    assert (second["shards_written"], second["shards_skipped"]) == (1, 1)
+    assert second["samples"] == {"1": 2, "3": 0}                   # only the missing level of the missing shard
+    assert storage.read_bytes(storage.join(level1, "shard-000000.tar")) == kept
+    assert len(list(read_pairs(level1))) == 4
+
+    third = make_pairs(config, style=STYLE, root=local_root, models=pair_models)
+    assert (third["shards_written"], third["shards_skipped"]) == (0, 2)
+
+
+def test_missing_inputs_are_clear_errors(local_root, model_dir):
+    config = pipeline_config(model_dir)
+    with pytest.raises(PairsError, match=r"datasets/cartoon: no dataset shards .* fstrain.ingest"):
+        make_pairs(config, style=STYLE, root=local_root, baseline_generator_uri=f"{model_dir}/baseline.pt")
+    with pytest.raises(PairsError, match="level 2 optimises against the baseline fine-tune G"):
+        load_pair_models(config, root=local_root, levels=[2], baseline_generator_uri=None)
+    with pytest.raises(PairsError, match="subset of 1,2,3"):
+        make_pairs(config, style=STYLE, root=local_root, levels="1,4")
+
+
+def test_cli_writes_levels_1_and_3(local_root, model_dir, tmp_path, capsys):
+    import json
+
+    from fstrain.pairs.__main__ import main
+
+    write_dataset(local_root, [2])
+    config_path = tmp_path / "pairs.yaml"
+    config_path.write_text(
+        "models:\n"
+        f"  base_generator: {model_dir}/generator.pt\n  encoder_wplus: {model_dir}/encoder_wplus.pt\n"
+        f"  encoder_zplus: {model_dir}/encoder_zplus.pt\n  identity: {model_dir}/identity.pth\n"
+        f"  lpips_backbone: {model_dir}/lpips_alex_backbone_RANDOM.pth\n  lpips_net: alex\n"
+        "pairs:\n  batch_size: 2\n")
+    assert main([str(config_path), "--style", STYLE, "--root", local_root, "--levels", "1,3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["samples"] == {"1": 2, "3": 2}
+    assert storage.exists(storage.join(local_root, "pairs", STYLE, "contact_sheet.png"))
+    # Level 2 without a baseline: a clear message and a non-zero exit, nothing written.
+    assert main([str(config_path), "--style", STYLE, "--root", local_root, "--levels", "2"]) == 2
+    assert "baseline fine-tune" in capsys.readouterr().err
