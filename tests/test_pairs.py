@@ -146,12 +146,14 @@ def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, m
             if sample.z_plus is not None:   # the stored w+ is the base mapping of the stored z+
                 w_from_z = base.get_latent(torch.from_numpy(sample.z_plus)[None])[0]
                 assert torch.allclose(w_from_z, torch.from_numpy(sample.w_plus), atol=1e-5)
-        # Re-render P from the stored w+ with the base G and its stored noise: the same 8-bit pixels.
-        w_plus = torch.from_numpy(np.stack([s.w_plus for s in samples]))
-        with torch.no_grad():
-            rerendered = to_uint8(base.synthesis(w_plus))
+        # Re-render P from the stored w+ with the base G and its stored noise: exactly the same 8-bit pixels.
         stored = np.stack([s.pseudo_photo for s in samples])
+        with torch.no_grad():
+            rerendered = np.stack([to_uint8(base.synthesis(torch.from_numpy(s.w_plus)[None]))[0] for s in samples])
+            batched = to_uint8(base.synthesis(torch.from_numpy(np.stack([s.w_plus for s in samples]))))
         assert np.array_equal(rerendered, stored)
+        # In a batch (as training renders) grouped convs round differently: at most one 8-bit level apart.
+        assert np.abs(batched.astype(int) - stored.astype(int)).max() <= 1
         # S is the dataset image at the generator's resolution.
         assert stored.shape == (5, SIZE, SIZE, 3) and samples[0].style_image.shape == (SIZE, SIZE, 3)
 

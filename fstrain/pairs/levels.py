@@ -4,8 +4,8 @@
 - level 2, optimisation: z2+ = argmin_{z+, from z1+} L_sem(G*(z+), S) with G* the baseline fine-tune;
                          w2+ = base mapping of z2+.
 - level 3, refinement:   w3+ = E_w+(S).
-Every level's pseudo photo is P = G(w+), rendered by the *base* generator G with its stored noise buffers,
-so P is a deterministic function of the stored w+ (the pair shards can be re-rendered exactly).
+Every level's pseudo photo is P = G(w+), rendered by the *base* generator G with its stored noise buffers, one
+sample at a time, so P is a deterministic function of the stored w+ (the pair shards can be re-rendered exactly).
 
 Why the base mapping for w1+/w2+: the Z+ codes live in the base G's z space (the encoder was trained for it) and
 the pairs are (photo-like P, style S); G* enters only through level 2's objective, with its own mapping.
@@ -55,8 +55,15 @@ def refine_level3(encoder_wplus: nn.Module, base_generator: nn.Module, style_ima
 
 @torch.no_grad()
 def render_pseudo_photos(base_generator: nn.Module, w_plus: torch.Tensor) -> torch.Tensor:
-    """P = G(w+) with G's stored noise buffers (fixed noise, so P can be re-rendered from w+)."""
-    return base_generator.synthesis(w_plus, randomize_noise=False)
+    """P = G(w+) with G's stored noise buffers, one sample at a time.
+
+    One at a time because the grouped modulated convolutions round differently for different batch sizes (~5e-6,
+    enough to flip a few 8-bit pixels): rendered alone, P is a function of its own w+ only, so
+    `G.synthesis(w_plus[None])` reproduces the stored pixels exactly on the same device. The cost is one
+    generator pass per sample, small next to level 2's optimisation.
+    """
+    return torch.cat([base_generator.synthesis(w_plus[i:i + 1], randomize_noise=False)
+                      for i in range(w_plus.shape[0])])
 
 
 def optimise_level2(generator_star: nn.Module, z_init: torch.Tensor, style_images: torch.Tensor,

@@ -3,7 +3,8 @@
 One WebDataset sample per style image:
   __key__      source key (the style dataset's sample key)
   s.png        the style image S (at the generator's resolution)
-  p.png        the pseudo photo P = G(w+) by the base G with its stored noise buffers
+  p.png        the pseudo photo P = G(w+) by the base G with its stored noise buffers, rendered one sample at a
+               time: G.synthesis(w_plus[None]) on the same device gives exactly these 8-bit pixels
   z_plus.npy   (n_latent, D) float32 -- levels 1 and 2 only
   w_plus.npy   (n_latent, D) float32
   json         {"level", "style", "source_key", "generators": {...sha256}, "l_sem_initial"/"l_sem_final" (level 2),
