@@ -78,7 +78,11 @@ def _build_dataclass(data: Any, cls: type, source: str, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise _fail(source, prefix, f"expected a mapping for {cls.__name__}, got {type(data).__name__} ({data!r})")
     # get_type_hints resolves string annotations (modules using `from __future__ import annotations`).
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError as exc:
+        raise TypeError(f"config schema {cls.__qualname__}: cannot resolve an annotation ({exc}); "
+                        "define schema classes at module level") from exc
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:

@@ -72,8 +72,33 @@ class S3Settings:
     max_concurrency: int = 4
 
 
+@dataclasses.dataclass
+class S3Options:
+    """The `configure_s3` arguments as a config section (e.g. `storage:` in a YAML file); None = environment.
+
+    Prefer the standard AWS chain (env, profile, instance role) for credentials over writing them in a file.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    addressing_style: str | None = None
+    max_attempts: int | None = None
+    multipart_threshold: int | None = None
+    multipart_chunksize: int | None = None
+    max_concurrency: int | None = None
+
+    def apply(self) -> S3Settings:
+        """configure_s3(...) with these options; returns the settings now in effect."""
+        return configure_s3(**dataclasses.asdict(self))
+
+
 _overrides: dict[str, Any] = {}
 _overrides_lock = threading.Lock()
+_client_lock = threading.Lock()
 
 
 def configure_s3(
@@ -147,7 +172,8 @@ def _cached_client(settings: S3Settings, pid: int):
 
 def s3_client(settings: S3Settings | None = None):
     """The cached boto3 S3 client for the given (default: current) settings."""
-    return _cached_client(settings or s3_settings(), os.getpid())
+    with _client_lock:  # creating boto3 sessions is not thread-safe; using the client afterwards is
+        return _cached_client(settings or s3_settings(), os.getpid())
 
 
 def _transfer_config(settings: S3Settings):
@@ -583,7 +609,8 @@ def pyarrow_filesystem(uri: str):
         kwargs["endpoint_override"] = endpoint.netloc + endpoint.path.rstrip("/")
         kwargs["scheme"] = endpoint.scheme or "https"
         kwargs["force_virtual_addressing"] = settings.addressing_style == "virtual"
-    creds = _cached_session(settings, os.getpid()).get_credentials()  # the chain boto3 resolves
+    with _client_lock:
+        creds = _cached_session(settings, os.getpid()).get_credentials()  # the chain boto3 resolves
     if creds is not None:
         frozen = creds.get_frozen_credentials()
         kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
