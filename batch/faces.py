@@ -101,3 +101,13 @@ class InsightFaceDetector:
         faces = [Face(bbox=box[:4].astype(np.float64), score=float(box[4]), kps=kps.astype(np.float64))
                  for box, kps in zip(boxes, kpss)]
         return sorted(faces, key=lambda face: face.area, reverse=True)
+
+
+def align_face(rgb: np.ndarray, kps: np.ndarray, size: int) -> np.ndarray:
+    """FFHQ-style aligned crop (size x size, uint8 RGB) from the five detected keypoints."""
+    from PIL import Image
+
+    from fstrain.data.align import ffhq_align
+
+    aligned = ffhq_align(Image.fromarray(np.ascontiguousarray(rgb)), np.asarray(kps, dtype=np.float64), size)
+    return np.asarray(aligned.convert("RGB") if isinstance(aligned, Image.Image) else aligned, dtype=np.uint8)

@@ -1,0 +1,172 @@
+"""The job manifest: one JSON line per listed input (ok or error), partial manifests per block, resume.
+
+Layout under the output URI:
+    <out>/_jobs/<job-id>/parts/part-<hash>.jsonl   written atomically by the upload stage as each block finishes
+    <out>/_jobs/<job-id>/manifest.jsonl            the merged manifest of this job (same as below)
+    <out>/manifest.jsonl                           one line per input of the latest job + a final summary line
+
+A rerun with the same job id reads the merged manifest and any parts, and skips inputs whose record is "ok"
+before any stage runs (they are carried over and counted as `skipped`). Records of one key written more than once
+(a retried task writes its part again) collapse to one: ok beats error, later beats earlier.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from fstrain.data import storage
+
+OK = "ok"
+ERROR = "error"
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID_PATTERN.match(job_id or ""):
+        raise ValueError(f"job id {job_id!r}: use 1-128 letters, digits, '.', '_' or '-' (no '/')")
+    return job_id
+
+
+def job_uri(out: str, job_id: str) -> str:
+    return storage.join(out, "_jobs", check_job_id(job_id))
+
+
+def parts_uri(out: str, job_id: str) -> str:
+    return storage.join(job_uri(out, job_id), "parts")
+
+
+def manifest_uri(out: str) -> str:
+    return storage.join(out, "manifest.jsonl")
+
+
+@dataclass
+class Record:
+    """What happened to one input. `stage`/`message`/`action` are set for errors only."""
+    key: str
+    input: str
+    status: str
+    stage: str = ""
+    message: str = ""
+    action: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    face: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    job_id: str = ""
+    finished_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"key": self.key, "input": self.input, "status": self.status}
+        if self.status == ERROR:
+            data.update(stage=self.stage, message=self.message, action=self.action)
+        data.update(outputs=self.outputs, face=self.face, timings=self.timings, job_id=self.job_id,
+                    finished_at=self.finished_at)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Record":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def error_record(key: str, input_uri: str, stage: str, message: str, action: str, job_id: str = "",
+                 timings: dict[str, float] | None = None) -> Record:
+    return Record(key=key, input=input_uri, status=ERROR, stage=stage, message=f"{input_uri}: {message}",
+                  action=action, timings=dict(timings or {}), job_id=job_id, finished_at=time.time())
+
+
+def to_jsonl(records: Iterable[Record]) -> str:
+    return "".join(json.dumps(r.to_json(), sort_keys=False) + "\n" for r in records)
+
+
+def parse_jsonl(text: str, uri: str) -> list[Record]:
+    """Input records of a manifest file; the summary line and blank lines are skipped."""
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{uri}: line {number} is not JSON ({exc}); delete the file to start the job over")
+        if "key" in data and "status" in data:
+            records.append(Record.from_json(data))
+    return records
+
+
+def prefer(old: Record | None, new: Record) -> Record:
+    """Which of two records of one key wins: ok beats error, otherwise the later one."""
+    if old is None:
+        return new
+    if (old.status == OK) != (new.status == OK):
+        return old if old.status == OK else new
+    return new if new.finished_at >= old.finished_at else old
+
+
+def merge(records: Iterable[Record]) -> dict[str, Record]:
+    merged: dict[str, Record] = {}
+    for record in records:
+        merged[record.key] = prefer(merged.get(record.key), record)
+    return merged
+
+
+def write_part(out: str, job_id: str, records: list[Record]) -> str | None:
+    """Write one block's records as an atomic part file named by its keys (a retry overwrites, not duplicates)."""
+    if not records:
+        return None
+    digest = hashlib.sha256("\n".join(sorted(r.key for r in records)).encode()).hexdigest()[:20]
+    uri = storage.join(parts_uri(out, job_id), f"part-{digest}.jsonl")
+    storage.write_text(uri, to_jsonl(records))
+    return uri
+
+
+def read_job_records(out: str, job_id: str) -> dict[str, Record]:
+    """Everything an earlier run of this job recorded: its merged manifest plus parts not merged yet."""
+    records: list[Record] = []
+    merged_uri = storage.join(job_uri(out, job_id), "manifest.jsonl")
+    if storage.exists(merged_uri):
+        records += parse_jsonl(storage.read_text(merged_uri), merged_uri)
+    for uri in storage.list_uris(parts_uri(out, job_id), suffixes=".jsonl"):
+        records += parse_jsonl(storage.read_text(uri), uri)
+    return merge(records)
+
+
+def summarize(records: list[Record], skipped: int, elapsed_s: float, job_id: str,
+              stage_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    errors_by_stage: dict[str, int] = {}
+    for record in records:
+        if record.status == ERROR:
+            errors_by_stage[record.stage] = errors_by_stage.get(record.stage, 0) + 1
+    computed = len(records) - skipped
+    return {"summary": True, "job_id": job_id, "inputs": len(records), "ok": counts.get(OK, 0),
+            "error": counts.get(ERROR, 0), "skipped": skipped, "processed": computed,
+            "errors_by_stage": errors_by_stage, "elapsed_s": round(elapsed_s, 3),
+            "photos_per_s": round(computed / elapsed_s, 3) if elapsed_s > 0 else None,
+            "stage_seconds": {k: round(v, 3) for k, v in (stage_seconds or {}).items()}}
+
+
+def write_manifest(out: str, job_id: str, records: list[Record], summary: dict[str, Any]) -> str:
+    """Write the job's merged manifest and `<out>/manifest.jsonl` (records sorted by key, summary last)."""
+    text = to_jsonl(sorted(records, key=lambda r: r.key)) + json.dumps(summary) + "\n"
+    storage.write_text(storage.join(job_uri(out, job_id), "manifest.jsonl"), text)
+    storage.write_text(manifest_uri(out), text)
+    return manifest_uri(out)
+
+
+def read_manifest(out: str) -> tuple[list[Record], dict[str, Any] | None]:
+    """(records, summary) of `<out>/manifest.jsonl`."""
+    uri = manifest_uri(out)
+    text = storage.read_text(uri)
+    summary = None
+    for line in text.splitlines():
+        if line.strip() and '"summary"' in line:
+            data = json.loads(line)
+            if data.get("summary") is True:
+                summary = data
+    return parse_jsonl(text, uri), summary

@@ -1,0 +1,391 @@
+"""The three per-batch stages of batch stylization, as Ray Data `map_batches` callables over numpy batches.
+
+    PrepareFaces (CPU):    read bytes -> decode -> detect + align (or --aligned: centre crop) -> resize for E_w+
+    StylizeActor (GPU):    encode once with E_w+ -> render every requested style with its G' (all loaded once)
+    EncodeUpload (CPU):    encode images -> upload outputs and latents -> write this block's partial manifest
+
+Every row carries `ok`, `stage`, `message`, `action` and `info` (JSON: face, timings) from stage to stage. A problem
+with one input turns its row into an error row that later stages pass through; nothing raises out of a batch
+for a per-image problem, so every input reaches the manifest.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from batch import manifest
+from fstrain.data import storage
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+MODES = ("general", "multimodal", "reference")
+# Env hook for the retry test: if this storage URI exists when an actor starts a batch, the actor deletes it and
+# exits the process (a worker dying mid-batch). Ray restarts the actor and retries the batch.
+CRASH_ONCE_ENV = "BATCH_STYLIZE_CRASH_ONCE_MARKER"
+
+
+@dataclass
+class JobSpec:
+    """Everything the stages need, picklable (sent to every worker)."""
+    input: str
+    output: str
+    job_id: str
+    styles: list[str]
+    generator_uris: dict[str, str]
+    encoder_uri: str
+    encoder_sha256: str | None = None
+    mode: str = "general"
+    layer: int = 7
+    samples: int = 1
+    psi: float = 0.7
+    seed: int = 0
+    reference_id: str | None = None
+    root: str = ""
+    aligned: bool = False
+    detector_root: str = ""
+    det_size: int = 640
+    det_thresh: float = 0.5
+    min_input_side: int = 64
+    min_face_side: int = 24
+    max_pixels: int = 8192 * 8192
+    image_format: str = "png"
+    jpeg_quality: int = 95
+    size: int = 1024                    # encoder input / generator resolution (read off G' on the driver)
+    thumbnail_keys: list[str] = field(default_factory=list)
+    thumbnail_size: int = 96
+
+    def style_column(self, index: int) -> str:
+        return f"style_{index}"
+
+
+def _info(row_info: str) -> dict[str, Any]:
+    return json.loads(row_info) if row_info else {}
+
+
+def _error_columns(n: int) -> dict[str, np.ndarray]:
+    return {"ok": np.ones(n, dtype=bool), "stage": np.array([""] * n, dtype=object),
+            "message": np.array([""] * n, dtype=object), "action": np.array([""] * n, dtype=object)}
+
+
+def _set_error(batch: dict[str, np.ndarray], i: int, stage: str, message: str, action: str) -> None:
+    batch["ok"][i] = False
+    batch["stage"][i] = stage
+    batch["message"][i] = message
+    batch["action"][i] = action
+
+
+# ------------------------------------------------------------------------------------------ stage 1: CPU prepare
+class PrepareFaces:
+    """read -> decode -> detect + align -> (N, size, size, 3) uint8 faces. One detector per actor."""
+
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+        self.thumbnail_keys = set(spec.thumbnail_keys)
+        self.detector = None
+        if not spec.aligned:
+            from batch.faces import InsightFaceDetector
+
+            self.detector = InsightFaceDetector(spec.detector_root, det_size=spec.det_size,
+                                                det_thresh=spec.det_thresh)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["key"])
+        size = self.spec.size
+        out = {"key": batch["key"], "uri": batch["uri"], **_error_columns(n),
+               "image": np.zeros((n, size, size, 3), dtype=np.uint8), "info": np.array([""] * n, dtype=object)}
+        for i in range(n):
+            info: dict[str, Any] = {"timings": {}}
+            try:
+                out["image"][i] = self._prepare_one(str(batch["uri"][i]), info)
+                key = str(batch["key"][i])
+                if key in self.thumbnail_keys:  # the aligned face, for the gallery's input column
+                    storage.write_bytes(thumbnail_uri(self.spec, key, "input"),
+                                        thumbnail(out["image"][i], self.spec.thumbnail_size))
+            except StageError as exc:
+                _set_error(out, i, exc.stage, f"{batch['uri'][i]}: {exc.message}", exc.action)
+            except Exception as exc:  # noqa: BLE001 - an unexpected per-image failure must not sink the batch
+                _set_error(out, i, "prepare", f"{batch['uri'][i]}: unexpected {type(exc).__name__}: {exc}",
+                           "report this input; the rest of the job is unaffected")
+            out["info"][i] = json.dumps(info)
+        return out
+
+    def _prepare_one(self, uri: str, info: dict[str, Any]) -> np.ndarray:
+        from fstrain.data.images import ImageDecodeError, decode_image_info
+
+        timings = info["timings"]
+        start = time.perf_counter()
+        try:
+            data = storage.read_bytes(uri)
+        except storage.StorageError as exc:
+            raise StageError("read", f"could not read ({exc})", "check the object exists and is readable") from exc
+        timings["read"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        try:
+            decoded = decode_image_info(data, uri, max_pixels=self.spec.max_pixels)
+        except ImageDecodeError as exc:
+            raise StageError("decode", exc.reason, "replace the file with a valid JPEG/PNG/WebP photo") from exc
+        image = decoded.image
+        if decoded.conversions:
+            info["conversions"] = decoded.conversions
+        width, height = image.size
+        if min(width, height) < self.spec.min_input_side:
+            raise StageError("decode", f"image too small ({width}x{height}; need at least "
+                                       f"{self.spec.min_input_side} px on the short side)",
+                             "use a larger photo of the face")
+        timings["decode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        rgb = np.asarray(image)
+        if self.spec.aligned:
+            face = centre_square(rgb, self.spec.size)
+        else:
+            face = self._detect_and_align(rgb, info)
+        timings["align"] = time.perf_counter() - start
+        return face
+
+    def _detect_and_align(self, rgb: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        from batch.faces import align_face
+
+        faces = self.detector.detect(rgb)
+        info["faces_found"] = len(faces)
+        if not faces:
+            raise StageError("detect", "no face found", "use a photo with a clearly visible face, or pass --aligned "
+                                                        "if the inputs are already aligned crops")
+        face = faces[0]  # largest first
+        info["face"] = face.to_json()
+        side = min(face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1])
+        if side < self.spec.min_face_side:
+            raise StageError("detect", f"face too small ({side:.0f} px; need {self.spec.min_face_side})",
+                             "use a photo where the face is larger")
+        return align_face(rgb, face.kps, self.spec.size)
+
+
+class StageError(Exception):
+    def __init__(self, stage: str, message: str, action: str):
+        super().__init__(message)
+        self.stage, self.message, self.action = stage, message, action
+
+
+def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """An already aligned crop: centre square, resized to size x size (Lanczos)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = Image.fromarray(np.ascontiguousarray(rgb[top:top + side, left:left + side]))
+    if crop.size != (size, size):
+        crop = crop.resize((size, size), Image.LANCZOS)
+    return np.asarray(crop)
+
+
+# ------------------------------------------------------------------------------------------ stage 2: GPU stylize
+def load_models(spec: JobSpec, device: str):
+    """The W+ encoder and every style's G' as a `fstrain.stylize.Stylizer` on `device`."""
+    from fstrain.models.checkpoints import load_generator
+    from fstrain.models.psp import load_encoder
+    from fstrain.models.registry import fetch
+    from fstrain.stylize import Stylizer
+
+    encoder = load_encoder(str(fetch(spec.encoder_uri, spec.encoder_sha256)), device=device)
+    generators, latent_avgs = {}, {}
+    for style in spec.styles:
+        loaded = load_generator(str(fetch(spec.generator_uris[style])), load_discriminator=False)
+        generators[style] = loaded.generator.to(device).eval().requires_grad_(False)
+        latent_avgs[style] = loaded.latent_avg.to(device)
+    return Stylizer(encoder, generators, latent_avgs)
+
+
+class StylizeActor:
+    """Encode each face once with E_w+, render every style with its G'. Models load once per actor."""
+
+    def __init__(self, spec: JobSpec):
+        import torch
+
+        self.spec = spec
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.stylizer = load_models(spec, self.device)
+        self.references = {}
+        if spec.mode == "reference":
+            from fstrain.stylize import ReferenceStore
+
+            store = ReferenceStore(spec.root)
+            self.references = {style: store.load(style, spec.reference_id) for style in spec.styles}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._maybe_crash()
+        import torch
+
+        n, size, spec = len(batch["key"]), self.spec.size, self.spec
+        samples = self.samples_per_style
+        out = dict(batch)
+        out["ok"] = batch["ok"].copy()
+        out["stage"], out["message"], out["action"] = batch["stage"].copy(), batch["message"].copy(), \
+            batch["action"].copy()
+        out["info"] = batch["info"].copy()
+        out["w_plus"] = np.zeros((n, self.stylizer.n_latent, self._style_dim()), dtype=np.float32)
+        for index, _ in enumerate(spec.styles):
+            out[spec.style_column(index)] = np.zeros((n, samples, size, size, 3), dtype=np.uint8)
+            out[f"mix_{index}"] = np.zeros((n, samples if spec.mode == "multimodal" else 1,
+                                            self.stylizer.n_latent, self._style_dim()), dtype=np.float32)
+        del out["image"]  # the aligned faces are not needed downstream, only their thumbnails
+        rows = np.flatnonzero(batch["ok"])
+        if len(rows) == 0:
+            return out
+        start = time.perf_counter()
+        try:
+            from fstrain.stylize.images import from_uint8, to_uint8
+
+            faces = from_uint8(batch["image"][rows]).to(self.device)
+            w_plus = self.stylizer.encode(faces)
+            out["w_plus"][rows] = w_plus.float().cpu().numpy()
+            for index, style in enumerate(spec.styles):
+                images, codes = self._render(w_plus, style)
+                out[spec.style_column(index)][rows] = to_uint8(images.flatten(0, 1)).reshape(
+                    len(rows), samples, size, size, 3)
+                if codes is not None:
+                    out[f"mix_{index}"][rows] = codes.float().cpu().numpy()
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: these rows fail, the job goes on
+            for i in rows:
+                _set_error(out, i, "stylize", f"{batch['uri'][i]}: {type(exc).__name__}: {exc}",
+                           "rerun with the same --job-id (a smaller --batch-size if out of memory)")
+            return out
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        per_row = (time.perf_counter() - start) / len(rows)
+        for i in rows:
+            info = _info(out["info"][i])
+            info["timings"]["stylize"] = per_row
+            out["info"][i] = json.dumps(info)
+        return out
+
+    @property
+    def samples_per_style(self) -> int:
+        return self.spec.samples if self.spec.mode == "multimodal" else 1
+
+    def _style_dim(self) -> int:
+        return next(iter(self.stylizer.generators.values())).style_dim
+
+    def _render(self, w_plus, style: str):
+        """(images (N, S, 3, H, W), mixing codes (N, S, L, D) or None) for one style."""
+        spec = self.spec
+        if spec.mode == "general":
+            return self.stylizer.general(w_plus, style).unsqueeze(1), None
+        if spec.mode == "multimodal":
+            codes = self.stylizer.multimodal_codes(w_plus, style, spec.layer, spec.psi, spec.samples, spec.seed)
+            images = self.stylizer.render(codes.flatten(0, 1), style).unflatten(0, codes.shape[:2])
+            return images, codes
+        codes = self.stylizer.reference_codes(w_plus, self.references[style].w, spec.layer)
+        return self.stylizer.render(codes, style).unsqueeze(1), codes.unsqueeze(1)
+
+    def _maybe_crash(self) -> None:
+        marker = os.environ.get(CRASH_ONCE_ENV)
+        if marker and storage.exists(marker):
+            storage.delete(marker)
+            os._exit(17)  # a worker dying mid-batch, not a Python exception: Ray must restart and retry
+
+
+# ------------------------------------------------------------------------------------ stage 3: CPU encode + upload
+def output_uri(spec: JobSpec, style: str, key: str, sample: int | None) -> str:
+    name = key if sample is None else f"{key}_{sample}"
+    return storage.join(spec.output, style, f"{name}.{spec.image_format}")
+
+
+def latents_uri(spec: JobSpec, key: str) -> str:
+    return storage.join(spec.output, "latents", f"{key}.npz")
+
+
+def thumbnail_uri(spec: JobSpec, key: str, column: str) -> str:
+    return storage.join(spec.output, "_gallery", key, f"{column}.jpg")
+
+
+def encode_image(pixels: np.ndarray, image_format: str, quality: int = 95) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pil_format = OUTPUT_FORMATS[image_format]
+    kwargs = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {}
+    Image.fromarray(pixels, "RGB").save(buffer, format=pil_format, **kwargs)
+    return buffer.getvalue()
+
+
+def thumbnail(pixels: np.ndarray, size: int) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(pixels, "RGB")
+    image.thumbnail((size, size), Image.LANCZOS)
+    return encode_image(np.asarray(image), "jpg", 90)
+
+
+class EncodeUpload:
+    """Encode and upload every output of each ok row, then write the block's partial manifest."""
+
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+        self.thumbnail_keys = set(spec.thumbnail_keys)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.spec
+        records: list[manifest.Record] = []
+        for i in range(len(batch["key"])):
+            key, uri = str(batch["key"][i]), str(batch["uri"][i])
+            info = _info(batch["info"][i])
+            timings = info.get("timings", {})
+            if batch["ok"][i]:
+                start = time.perf_counter()
+                try:
+                    outputs = self._upload_one(batch, i, key)
+                except Exception as exc:  # noqa: BLE001 - one failed upload is this input's error
+                    record = manifest.error_record(key, uri, "upload", f"{type(exc).__name__}: {exc}",
+                                                   "check write access to the output; rerun with the same --job-id",
+                                                   spec.job_id, timings)
+                else:
+                    timings["upload"] = time.perf_counter() - start
+                    record = manifest.Record(key=key, input=uri, status=manifest.OK, outputs=outputs,
+                                             face=info.get("face", {}), timings=timings, job_id=spec.job_id,
+                                             finished_at=time.time())
+            else:
+                record = manifest.Record(key=key, input=uri, status=manifest.ERROR, stage=str(batch["stage"][i]),
+                                         message=str(batch["message"][i]), action=str(batch["action"][i]),
+                                         face=info.get("face", {}), timings=timings, job_id=spec.job_id,
+                                         finished_at=time.time())
+            if "faces_found" in info:
+                record.face = {**record.face, "faces_found": info["faces_found"]}
+            if info.get("conversions"):
+                record.face = {**record.face, "conversions": info["conversions"]}
+            records.append(record)
+        manifest.write_part(spec.output, spec.job_id, records)
+        return {"key": batch["key"], "status": np.array([r.status for r in records], dtype=object),
+                "record": np.array([json.dumps(r.to_json()) for r in records], dtype=object)}
+
+    def _upload_one(self, batch: dict[str, np.ndarray], i: int, key: str) -> dict[str, Any]:
+        spec = self.spec
+        outputs: dict[str, Any] = {}
+        latents = {"w_plus": batch["w_plus"][i]}
+        multimodal = spec.mode == "multimodal"
+        for index, style in enumerate(spec.styles):
+            images = batch[spec.style_column(index)][i]
+            uris = []
+            for sample, pixels in enumerate(images):
+                uri = output_uri(spec, style, key, sample if multimodal else None)
+                storage.write_bytes(uri, encode_image(pixels, spec.image_format, spec.jpeg_quality))
+                uris.append(uri)
+            outputs[style] = uris if multimodal else uris[0]
+            if spec.mode != "general":
+                latents[f"mix_{style}"] = batch[f"mix_{index}"][i]
+            if key in self.thumbnail_keys:
+                storage.write_bytes(thumbnail_uri(spec, key, style), thumbnail(images[0], spec.thumbnail_size))
+        buffer = io.BytesIO()
+        np.savez(buffer, **latents, meta=np.array(json.dumps(
+            {"key": key, "mode": spec.mode, "styles": spec.styles, "layer": spec.layer, "samples": spec.samples,
+             "psi": spec.psi, "seed": spec.seed, "reference_id": spec.reference_id})))
+        outputs["latents"] = latents_uri(spec, key)
+        storage.write_bytes(outputs["latents"], buffer.getvalue())
+        return outputs

@@ -1,0 +1,272 @@
+"""Batch-stylize a folder of photos in object storage with Ray Data.
+
+    python -m batch.stylize --input URI --output URI --styles cartoon,anime [--root URI] [--config YAML]
+        [--mode general|multimodal|reference] [--layer K] [--samples N] [--reference ID] [--aligned]
+        [--format png|jpg|webp] [--job-id ID] [--detector-root URI] [--min-actors N] [--max-actors N] ...
+
+Run it locally (starts a Ray instance) or on a cluster with `ray job submit -- python -m batch.stylize ...`.
+Pipeline: list the input prefix (driver) -> PrepareFaces (CPU) -> StylizeActor pool (GPU, autoscaling between
+--min-actors and --max-actors) -> EncodeUpload (CPU) -> `<out>/manifest.jsonl` + gallery. See batch/stages.py.
+Every listed input ends as exactly one manifest line (ok or error); rerunning with the same --job-id skips inputs
+already ok. Exit status: 0 when every input is ok, 3 when some inputs are errors (listed in the manifest).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import PurePosixPath
+from typing import Any
+
+from batch import manifest
+from batch.stages import IMAGE_EXTENSIONS, MODES, OUTPUT_FORMATS, EncodeUpload, JobSpec, PrepareFaces, StylizeActor
+from fstrain.data import storage
+
+EXIT_SOME_ERRORS = 3
+# Non-secret settings forwarded to workers started by a local Ray instance (credentials stay in the AWS chain).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "BATCH_STYLIZE_CRASH_ONCE_MARKER", "CUDA_HOME",
+                 "FSTRAIN_MODEL_CACHE")
+
+
+# ----------------------------------------------------------------------------------------------- input listing
+def list_inputs(input_uri: str) -> list[dict[str, str]]:
+    """Image files under the prefix as {"key", "uri"}; key = relative path without extension, made unique."""
+    uris = storage.list_uris(input_uri, suffixes=IMAGE_EXTENSIONS)
+    base = input_uri.rstrip("/") + "/"
+    stems: dict[str, int] = {}
+    items = []
+    for uri in uris:
+        relative = uri[len(base):] if uri.startswith(base) else storage.basename(uri)
+        stem = str(PurePosixPath(relative).with_suffix(""))
+        stems[stem] = stems.get(stem, 0) + 1
+        items.append((stem, relative, uri))
+    # Two files with one stem (a.jpg and a.png) keep their extension in the key so outputs never collide.
+    return [{"key": stem if stems[stem] == 1 else relative.replace(".", "_"), "uri": uri}
+            for stem, relative, uri in items]
+
+
+# ------------------------------------------------------------------------------------------------ job set-up
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m batch.stylize", description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, help="folder or s3:// prefix of photos (listed recursively)")
+    parser.add_argument("--output", required=True, help="folder or s3:// prefix for results")
+    parser.add_argument("--styles", required=True, help="comma-separated style names")
+    parser.add_argument("--root", default=None, help="pipeline root holding styles/<style>/generator.pt and references/")
+    parser.add_argument("--config", default=None, help="pipeline YAML (models.encoder_wplus, stylize defaults)")
+    parser.add_argument("--encoder", default=None, help="W+ encoder URI (overrides the config)")
+    parser.add_argument("--generator", action="append", default=[], metavar="STYLE=URI",
+                        help="use this G' for STYLE instead of <root>/styles/<style>/generator.pt")
+    parser.add_argument("--mode", choices=MODES, default="general")
+    parser.add_argument("--layer", type=int, default=None, help="mixing layer k (multimodal/reference)")
+    parser.add_argument("--samples", type=int, default=None, help="multimodal samples per photo and style")
+    parser.add_argument("--psi", type=float, default=None, help="multimodal truncation")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--reference", default=None, help="stored reference code id (reference mode)")
+    parser.add_argument("--aligned", action="store_true", help="inputs are already aligned face crops")
+    parser.add_argument("--format", dest="image_format", choices=sorted(OUTPUT_FORMATS), default="png")
+    parser.add_argument("--job-id", default=None, help="names <out>/_jobs/<id>/; reuse it to resume")
+    parser.add_argument("--detector-root", default=None, help="folder/prefix with insightface det_10g.onnx")
+    parser.add_argument("--det-size", type=int, default=640)
+    parser.add_argument("--min-input-side", type=int, default=64)
+    parser.add_argument("--min-face-side", type=int, default=24)
+    parser.add_argument("--max-pixels", type=int, default=8192 * 8192)
+    parser.add_argument("--batch-size", type=int, default=8, help="faces per GPU batch")
+    parser.add_argument("--cpu-batch-size", type=int, default=8)
+    parser.add_argument("--min-actors", type=int, default=1)
+    parser.add_argument("--max-actors", type=int, default=4)
+    parser.add_argument("--cpu-actors", type=int, default=2, help="max PrepareFaces actors (one detector each)")
+    parser.add_argument("--gpus-per-actor", type=float, default=None,
+                        help="default: 1 when the cluster has GPUs, else the actor asks for --cpus-per-actor")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--actor-retries", type=int, default=3, help="restarts of a crashed stylize actor")
+    parser.add_argument("--gallery-rows", type=int, default=24)
+    parser.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else a local instance")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    return parser.parse_args(argv)
+
+
+def _resolve(uri: str, root: str) -> str:
+    return uri if uri.startswith(("/", "s3://", "file://")) or not root else storage.join(root, uri)
+
+
+def build_spec(args: argparse.Namespace) -> JobSpec:
+    """Validate everything that can be checked before Ray starts; errors name the file and what to do."""
+    from fstrain.settings import StylizeConfig
+
+    styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+    if not styles:
+        raise SystemExit("--styles: give at least one style name")
+    config = None
+    if args.config:
+        from fstrain.config import load_config
+        from fstrain.settings import PipelineConfig
+
+        config = load_config(args.config, PipelineConfig)
+    defaults = config.stylize if config else StylizeConfig()
+    root = args.root or ""
+    encoder = args.encoder or (config.models.encoder_wplus if config else None)
+    if not encoder:
+        raise SystemExit("no W+ encoder: pass --config (models.encoder_wplus) or --encoder URI")
+    encoder = _resolve(encoder, root)
+    overrides = dict(item.split("=", 1) for item in args.generator)
+    if not root and set(styles) - set(overrides):
+        raise SystemExit("--root is needed to find <root>/styles/<style>/generator.pt (or pass --generator "
+                         "STYLE=URI for every style)")
+    generators = {s: overrides.get(s) or storage.join(root, "styles", s, "generator.pt") for s in styles}
+    for label, uri in [("W+ encoder", encoder), *[(f"G' of style {s!r}", u) for s, u in generators.items()]]:
+        if not storage.exists(uri):
+            hint = "publish it with cluster.train" if label.startswith("G'") else "fix models.encoder_wplus"
+            raise SystemExit(f"{uri}: {label} not found; {hint} or pass the right URI")
+    if args.mode == "reference":
+        if not args.reference:
+            raise SystemExit("--mode reference needs --reference ID (a code stored under <root>/references/)")
+        from fstrain.stylize import ReferenceStore
+
+        store = ReferenceStore(root)
+        for style in styles:
+            if not store.exists(style, args.reference):
+                raise SystemExit(f"{store.uri(style, args.reference)}: no stored reference code; invert it first "
+                                 f"with `python -m fstrain.stylize ... --reference IMAGE --reference-id "
+                                 f"{args.reference}`")
+    detector_root = ""
+    if not args.aligned:
+        from batch.faces import DetectorMissingError, check_detector, default_model_root
+
+        detector_root = args.detector_root or default_model_root()
+        try:
+            check_detector(detector_root)
+        except DetectorMissingError as exc:
+            raise SystemExit(str(exc)) from None
+    size = _generator_size(generators[styles[0]])
+    return JobSpec(input=args.input, output=args.output, job_id=manifest.check_job_id(args.job_id),
+                   styles=styles, generator_uris=generators, encoder_uri=encoder,
+                   encoder_sha256=(config.models.sha256.get("encoder_wplus") if config else None),
+                   mode=args.mode, layer=defaults.mix_layer if args.layer is None else args.layer,
+                   samples=defaults.samples if args.samples is None else args.samples,
+                   psi=defaults.truncation if args.psi is None else args.psi,
+                   seed=defaults.seed if args.seed is None else args.seed, reference_id=args.reference,
+                   root=root, aligned=args.aligned, detector_root=detector_root, det_size=args.det_size,
+                   min_input_side=args.min_input_side, min_face_side=args.min_face_side,
+                   max_pixels=args.max_pixels, image_format=args.image_format, size=size)
+
+
+def _generator_size(uri: str) -> int:
+    from fstrain.models.checkpoints import load_generator
+    from fstrain.models.registry import fetch
+
+    return int(load_generator(str(fetch(uri)), load_discriminator=False).generator.size)
+
+
+def default_job_id(args: argparse.Namespace) -> str:
+    import hashlib
+
+    text = json.dumps([args.input, args.output, args.styles, args.mode, args.layer, args.samples, args.reference])
+    return "job-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------------- Ray
+def init_ray(args: argparse.Namespace):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
+    return ray
+
+
+def actor_resources(args: argparse.Namespace, ray) -> dict[str, float]:
+    gpus = args.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return {"num_gpus": gpus} if gpus > 0 else {"num_cpus": args.cpus_per_actor}
+
+
+def run_pipeline(spec: JobSpec, items: list[dict[str, str]], args: argparse.Namespace, ray) -> list[dict]:
+    """Run the three stages over `items`; returns one record dict per item."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = sys.stderr.isatty()
+    n_blocks = max(1, min(len(items), (len(items) + args.cpu_batch_size - 1) // args.cpu_batch_size))
+    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    ds = ds.map_batches(PrepareFaces, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
+                        batch_format="numpy", concurrency=(1, max(1, args.cpu_actors)), num_cpus=1)
+    ds = ds.map_batches(StylizeActor, fn_constructor_args=(spec,), batch_size=args.batch_size, batch_format="numpy",
+                        concurrency=(max(1, args.min_actors), max(args.min_actors, args.max_actors)),
+                        max_restarts=args.actor_retries, max_task_retries=args.actor_retries,
+                        **actor_resources(args, ray))
+    ds = ds.map_batches(EncodeUpload, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
+                        batch_format="numpy", concurrency=(1, max(1, args.cpu_actors)), num_cpus=1)
+    rows = []
+    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+        rows += [json.loads(text) for text in batch["record"]]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def stage_totals(records: list[manifest.Record]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for record in records:
+        for stage, seconds in record.timings.items():
+            totals[stage] = totals.get(stage, 0.0) + float(seconds)
+    return totals
+
+
+def run_job(args: argparse.Namespace) -> dict[str, Any]:
+    args.job_id = args.job_id or default_job_id(args)
+    spec = build_spec(args)
+    start = time.perf_counter()
+    items = list_inputs(spec.input)
+    if not items:
+        raise SystemExit(f"{spec.input}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under this prefix")
+    previous = manifest.read_job_records(spec.output, spec.job_id)
+    listed = {item["key"] for item in items}
+    carried = {k: r for k, r in previous.items() if k in listed and r.status == manifest.OK}
+    todo = [item for item in items if item["key"] not in carried]
+    spec.thumbnail_keys = [item["key"] for item in items[:args.gallery_rows] if item["key"] not in carried]
+    print(f"[batch] job {spec.job_id}: {len(items)} inputs, {len(carried)} already ok (skipped), "
+          f"{len(todo)} to process; styles {spec.styles}, mode {spec.mode}", file=sys.stderr)
+
+    new_records: dict[str, manifest.Record] = {}
+    if todo:
+        ray = init_ray(args)
+        for row in run_pipeline(spec, todo, args, ray):
+            record = manifest.Record.from_json(row)
+            new_records[record.key] = manifest.prefer(new_records.get(record.key), record)
+    # Nothing lost: an item the pipeline did not return (it should not happen) still gets a line.
+    for item in todo:
+        if item["key"] not in new_records:
+            new_records[item["key"]] = manifest.error_record(
+                item["key"], item["uri"], "pipeline", "no result came back from the pipeline",
+                "rerun with the same --job-id", spec.job_id)
+    records = [carried.get(item["key"]) or new_records[item["key"]] for item in items]
+    elapsed = time.perf_counter() - start
+    summary = manifest.summarize(records, skipped=len(carried), elapsed_s=elapsed, job_id=spec.job_id,
+                                 stage_seconds=stage_totals(list(new_records.values())))
+    manifest.write_manifest(spec.output, spec.job_id, records, summary)
+    from batch.gallery import write_gallery
+
+    previous_thumbs = [item["key"] for item in items[:args.gallery_rows]]
+    spec.thumbnail_keys = previous_thumbs
+    write_gallery(spec, records)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    summary = run_job(args)
+    print(json.dumps(summary))
+    return 0 if summary["error"] == 0 else EXIT_SOME_ERRORS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
