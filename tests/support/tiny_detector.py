@@ -2,10 +2,11 @@
 
 No real detector weights exist on this machine, so tests and benchmarks use this model through the real insightface
 code path (`insightface.model_zoo.get_model` -> `SCRFD.detect`: letterboxing, anchor decoding, thresholding, NMS).
-It measures something real in the image: skin-coloured blobs.
+It measures something real in the image: bright blobs (faces lit against a darker background), so colour and
+grayscale photos alike go through the same detector.
 
 Graph (input "input.1", (1, 3, H, W) RGB scaled as (p - 127.5) / 128, exactly what SCRFD feeds):
-1. skin probability per pixel: a product of sigmoids on R, R-G and R-B (skin chroma rule);
+1. "face" probability per pixel: a sigmoid of the luma (Rec. 601) above a threshold;
 2. per stride s in (8, 16, 32): average-pool to cells of s px, then one fixed 7x7 convolution computes the
    blob's local moments around every cell (mass, centroid offset, second moments, mass on the window's rim);
 3. score = sigmoid gates "centroid falls in this cell" x "the blob fits inside the window (rim empty)" x
@@ -26,14 +27,15 @@ from torch import nn
 STRIDES = (8, 16, 32)
 WINDOW = 7                    # cells per side of the moment window
 # Keypoints relative to the blob centre, in units of the box half-width / half-height (eyes, nose, mouth corners).
-# Calibrated on the synthetic portraits (skin blob = face oval): see `calibrate_template` in the tests.
+# Matches the faces drawn by tests/support/batch_inputs.py (blob = face oval).
 FACE_TEMPLATE = ((-0.36, -0.14), (0.36, -0.14), (0.0, 0.18), (-0.27, 0.45), (0.27, 0.45))
 
 
 class TinySkinBlobDetector(nn.Module):
     def __init__(self, min_cells: float = 2.5, rim_max: float = 0.35, gate: float = 20.0,
-                 template=FACE_TEMPLATE):
+                 luma_threshold: float = 150.0, template=FACE_TEMPLATE):
         super().__init__()
+        self.luma_threshold = luma_threshold
         self.min_cells = min_cells
         self.rim_max = rim_max
         self.gate = gate
@@ -45,14 +47,13 @@ class TinySkinBlobDetector(nn.Module):
         self.register_buffer("moments", kernels)
         self.register_buffer("template", torch.tensor(template, dtype=torch.float32))  # (5, 2)
 
-    def skin(self, x: torch.Tensor) -> torch.Tensor:
+    def face_mask(self, x: torch.Tensor) -> torch.Tensor:
         rgb = x * 128.0 + 127.5
-        r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
-        return torch.sigmoid((r - 80.0) / 8.0) * torch.sigmoid((r - g - 14.0) / 5.0) \
-            * torch.sigmoid((r - b - 35.0) / 6.0) * torch.sigmoid((g - b - 4.0) / 4.0)
+        luma = 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+        return torch.sigmoid((luma - self.luma_threshold) / 6.0)
 
-    def head(self, skin: torch.Tensor, stride: int):
-        cells = F.avg_pool2d(skin, stride, stride)
+    def head(self, mask: torch.Tensor, stride: int):
+        cells = F.avg_pool2d(mask, stride, stride)
         m = F.conv2d(cells, self.moments, padding=WINDOW // 2)
         mass = m[:, 0:1].clamp_min(1e-3)
         cx, cy = m[:, 1:2] / mass, m[:, 2:3] / mass
@@ -78,10 +79,10 @@ class TinySkinBlobDetector(nn.Module):
         return torch.cat([per_cell, second], 1).reshape(-1, c)
 
     def forward(self, x: torch.Tensor):
-        skin = self.skin(x)
+        mask = self.face_mask(x)
         scores, boxes, kpss = [], [], []
         for stride in STRIDES:
-            score, bbox, kps = self.head(skin, stride)
+            score, bbox, kps = self.head(mask, stride)
             scores.append(self.flatten_two_anchors(score))
             boxes.append(self.flatten_two_anchors(bbox, fire_second=True))
             kpss.append(self.flatten_two_anchors(kps, fire_second=True))
