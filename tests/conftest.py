@@ -15,3 +15,4 @@ if str(REPO_ROOT) not in sys.path:
 from support.s3_server import *  # noqa
 from support.kernels import *  # noqa
 from support.tiny_models import *  # noqa
+from support.portraits import *  # noqa

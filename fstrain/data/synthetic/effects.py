@@ -11,8 +11,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .geometry import FaceLayout, scale_of
-from .palette import Palette, to_hsv
+from .geometry import FaceLayout
+from .palette import Palette
 
 
 @lru_cache(maxsize=16)
@@ -142,14 +142,15 @@ def finish(domain: str, rgb: np.ndarray, seed: int) -> Image.Image:
     if domain == "photo":
         img = to_image(rgb).filter(ImageFilter.GaussianBlur(0.45 * scale))
         out = np.asarray(img, dtype=np.float32) * (1 / 255.0)
-        out = out + rng.normal(0.0, 0.012, size=(h, w, 1)).astype(np.float32) \
-                  + rng.normal(0.0, 0.006, size=(h, w, 3)).astype(np.float32)
+        out = out + (0.014 * _noise(rng, h, w))[..., None]
         return to_image(out)
     if domain == "fantasy":
-        bright = to_image(np.clip(rgb - 0.6, 0, 1) * 2.0).filter(ImageFilter.GaussianBlur(4 * scale))
-        return to_image(rgb + np.asarray(bright, dtype=np.float32) * (0.5 / 255.0))
+        # bloom: blur the highlights at quarter resolution and add them back
+        bright = to_image(np.clip(rgb - 0.6, 0, 1) * 2.0).reduce(4).filter(ImageFilter.GaussianBlur(scale))
+        bloom = np.asarray(bright.resize((w, h), Image.BILINEAR), dtype=np.float32)
+        return to_image(rgb + bloom * (0.5 / 255.0))
     if domain == "illustration":
-        grain = _smooth_noise(rng, h, w, cells=48) * 0.025 + rng.normal(0, 0.012, (h, w)).astype(np.float32)
+        grain = _smooth_noise(rng, h, w, cells=48) * 0.025 + _noise(rng, h, w) * 0.012
         return to_image(rgb * (1.0 - np.abs(grain))[..., None])
     if domain == "impasto":
         return _paint(rgb, rng)
@@ -161,34 +162,70 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return np.asarray(Image.fromarray(small, "F").resize((w, h), Image.BICUBIC))
 
 
-def _paint(rgb: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """Impasto: posterised colour laid down in short directional strokes with bristle ridges."""
-    h, w = rgb.shape[:2]
-    levels = 7.0
-    poster = np.round(np.clip(rgb, 0, 1) * levels) / levels
-    canvas = to_image(poster)
-    draw = ImageDraw.Draw(canvas)
-    lum = poster @ np.array([0.3, 0.59, 0.11], dtype=np.float32)
-    gy, gx = np.gradient(lum)
-    edge = np.hypot(gx, gy)
-    angle_field = _smooth_noise(rng, h, w, cells=6) * 1.2 + 0.6
-    unit = max(h, w) / 256.0
-    step = max(2, int(round(3.2 * unit)))
-    length, width = 5.5 * unit, max(1, int(round(2.6 * unit)))
-    ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
-    jitter = rng.uniform(-step / 2, step / 2, size=(2,) + ys.shape)
-    px = np.clip(xs + jitter[0], 0, w - 1).astype(int).ravel()
-    py = np.clip(ys + jitter[1], 0, h - 1).astype(int).ravel()
-    order = rng.permutation(px.size)
-    shade = rng.uniform(0.9, 1.1, size=px.size)
-    for k in order:
-        x, y = px[k], py[k]
-        if edge[y, x] > 0.04:            # keep features crisp: paint only flat areas
-            continue
-        a = angle_field[y, x]
+@lru_cache(maxsize=8)
+def _noise_tile(h: int, w: int) -> np.ndarray:
+    """A fixed (seeded) Gaussian noise tile, larger than the image; images take shifted windows of it."""
+    tile = np.random.default_rng(20261124).standard_normal((h + 64, w + 64), dtype=np.float32)
+    tile.flags.writeable = False
+    return tile
+
+
+def _noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    y, x = rng.integers(0, 64, size=2)
+    return _noise_tile(h, w)[y:y + h, x:x + w]
+
+
+@lru_cache(maxsize=6)
+def _stroke_tile(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Brush strokes laid once (fixed seed) over a side x side tile.
+
+    Returns (dy, dx, height): for every pixel, the offset to the centre of the stroke covering it (the
+    colour it is painted with), and a bristle height map for the paint relief."""
+    rng = np.random.default_rng(1234)
+    unit = side / 256.0
+    owner = Image.new("I", (side, side), 0)
+    height = Image.new("L", (side, side), 128)
+    draw_owner, draw_height = ImageDraw.Draw(owner), ImageDraw.Draw(height)
+    step = 3.4 * unit
+    n = int(side / step) + 1
+    ys, xs = np.mgrid[0:n, 0:n] * step
+    centres = np.stack([ys.ravel(), xs.ravel()], 1) + rng.uniform(0, step, size=(n * n, 2))
+    centres = centres[rng.permutation(len(centres))]
+    angles = _smooth_noise(rng, side, side, cells=5) * 0.9 + 0.5
+    length, width = 6.5 * unit, max(2, int(round(3.4 * unit)))
+    for k, (cy, cx) in enumerate(centres, start=1):
+        a = float(angles[min(int(cy), side - 1), min(int(cx), side - 1)] + rng.normal(0, 0.15))
         dx, dy = math.cos(a) * length, math.sin(a) * length
-        colour = tuple(int(min(255, c * 255 * shade[k])) for c in poster[y, x])
-        draw.line((x - dx, y - dy, x + dx, y + dy), fill=colour, width=width)
-    out = np.asarray(canvas, dtype=np.float32) * (1 / 255.0)
-    relief = _smooth_noise(rng, h, w, cells=max(8, w // 3)) * 0.035
-    return to_image(out * (1.0 + relief)[..., None])
+        draw_owner.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=k, width=width)
+        nx, ny = -math.sin(a), math.cos(a)
+        for j in range(3):     # bristle ridges along the stroke
+            off = (j - 1) * width / 3.0
+            draw_height.line((cx - dx + nx * off, cy - dy + ny * off, cx + dx + nx * off, cy + dy + ny * off),
+                             fill=int(rng.integers(60, 220)), width=max(1, width // 3))
+    idx = np.asarray(owner, dtype=np.int64)
+    gy, gx = np.mgrid[0:side, 0:side]
+    cy = np.where(idx > 0, centres[np.maximum(idx - 1, 0), 0], gy)
+    cx = np.where(idx > 0, centres[np.maximum(idx - 1, 0), 1], gx)
+    dy, dx = np.round(cy - gy).astype(np.int16), np.round(cx - gx).astype(np.int16)
+    h = np.asarray(height, dtype=np.float32) / 255.0
+    for arr in (dy, dx, h):
+        arr.flags.writeable = False
+    return dy, dx, h
+
+
+def _paint(rgb: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """Impasto: each pixel takes the colour at the centre of the brush stroke covering it (unless that stroke
+    would cross a feature edge), colour is posterised, and the bristle relief is lit from the top left."""
+    h, w = rgb.shape[:2]
+    dy, dx, height = _stroke_tile(max(h, w))
+    oy, ox = (int(v) for v in rng.integers(0, max(h, w), size=2))
+    dy, dx, height = (np.roll(a, (oy, ox), axis=(0, 1))[:h, :w] for a in (dy, dx, height))
+    ys, xs = np.mgrid[0:h, 0:w]
+    src = rgb[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)]
+    similar = (np.abs(src - rgb).sum(-1) < 0.3)[..., None]
+    painted = np.where(similar, src, rgb)
+    levels = 7.0
+    painted = np.round(np.clip(painted, 0, 1) * levels) / levels
+    relief = np.zeros_like(height)
+    relief[1:-1, 1:-1] = (height[:-2, 1:-1] - height[2:, 1:-1]) + (height[1:-1, :-2] - height[1:-1, 2:])
+    return to_image(painted * (1.0 + 0.16 * relief)[..., None])

@@ -250,7 +250,7 @@ def draw_nose(p: Painter, L: FaceLayout, pal: Palette, domain: str, light_side: 
     tip, nw = L.nose_tip, L.nose_half_width
     ink = pal.line or pal.skin_dark
     if domain == "anime":
-        p.polygon(np.array([tip + [-1, -9], tip + [3, 0], tip + [-3, 1]]), mul(pal.skin, 0.72))
+        p.polygon(np.array([tip + [-1, -10], tip + [3.5, 1], tip + [-3.5, 2]]), mul(pal.skin, 0.5))
         return
     shadow_side = -light_side
     if domain in ("photo", "impasto", "fantasy"):
@@ -265,7 +265,7 @@ def draw_nose(p: Painter, L: FaceLayout, pal: Palette, domain: str, light_side: 
                ink, 2.6)
     for side in (-1, 1):
         nostril = tip + [side * nw * 0.52, 5]
-        p.ellipse(nostril, nw * 0.24, nw * 0.13, mul(pal.skin, 0.5) if domain != "illustration" else ink,
+        p.ellipse(nostril, nw * 0.24, nw * 0.13, mul(pal.skin, 0.4) if domain != "illustration" else ink,
                   angle=side * 0.35)
         if domain in ("photo", "impasto", "fantasy", "illustration"):
             wing = bezier(tip + [side * nw * 0.75, -8], tip + [side * nw * 1.05, 2], tip + [side * nw * 0.6, 8], 8)
