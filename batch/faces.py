@@ -109,5 +109,5 @@ def align_face(rgb: np.ndarray, kps: np.ndarray, size: int) -> np.ndarray:
 
     from fstrain.data.align import ffhq_align
 
-    aligned = ffhq_align(Image.fromarray(np.ascontiguousarray(rgb)), np.asarray(kps, dtype=np.float64), size)
-    return np.asarray(aligned.convert("RGB") if isinstance(aligned, Image.Image) else aligned, dtype=np.uint8)
+    aligned, _ = ffhq_align(Image.fromarray(np.ascontiguousarray(rgb)), np.asarray(kps, dtype=np.float64), size)
+    return np.asarray(aligned.convert("RGB"), dtype=np.uint8)

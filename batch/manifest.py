@@ -5,8 +5,9 @@ Layout under the output URI:
     <out>/_jobs/<job-id>/manifest.jsonl            the merged manifest of this job (same as below)
     <out>/manifest.jsonl                           one line per input of the latest job + a final summary line
 
-A rerun with the same job id reads the merged manifest and any parts, and skips inputs whose record is "ok"
-before any stage runs (they are carried over and counted as `skipped`). Records of one key written more than once
+A rerun with the same job id reads the merged manifest and any parts, and skips inputs whose record is "ok" (or an
+error caused by the input itself: decode/detect) before any stage runs; they are carried over and counted as
+`skipped`. Transient errors (read, stylize, upload) are retried. Records of one key written more than once
 (a retried task writes its part again) collapse to one: ok beats error, later beats earlier.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from fstrain.data import storage
 
 OK = "ok"
 ERROR = "error"
+# Errors caused by the input itself (a rerun gives the same answer) vs transient ones (read, stylize, upload).
+INPUT_ERROR_STAGES = ("decode", "detect")
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -55,6 +58,7 @@ class Record:
     outputs: dict[str, Any] = field(default_factory=dict)
     face: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    worker: dict[str, Any] = field(default_factory=dict)     # where the stylize stage ran (node, GPU ids, device)
     job_id: str = ""
     finished_at: float = 0.0
 
@@ -62,7 +66,7 @@ class Record:
         data = {"key": self.key, "input": self.input, "status": self.status}
         if self.status == ERROR:
             data.update(stage=self.stage, message=self.message, action=self.action)
-        data.update(outputs=self.outputs, face=self.face, timings=self.timings, job_id=self.job_id,
+        data.update(outputs=self.outputs, face=self.face, timings=self.timings, worker=self.worker, job_id=self.job_id,
                     finished_at=self.finished_at)
         return data
 

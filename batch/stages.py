@@ -212,6 +212,15 @@ class StylizeActor:
         self.spec = spec
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.stylizer = load_models(spec, self.device)
+        self.worker = {"device": self.device, "pid": os.getpid()}
+        try:
+            import ray
+
+            if ray.is_initialized():
+                self.worker.update(node_id=ray.get_runtime_context().get_node_id(),
+                                   gpu_ids=[str(g) for g in ray.get_gpu_ids()])
+        except Exception:  # noqa: BLE001 - placement info is diagnostic only
+            pass
         self.references = {}
         if spec.mode == "reference":
             from fstrain.stylize import ReferenceStore
@@ -263,6 +272,7 @@ class StylizeActor:
         for i in rows:
             info = _info(out["info"][i])
             info["timings"]["stylize"] = per_row
+            info["worker"] = self.worker
             out["info"][i] = json.dumps(info)
         return out
 
@@ -356,6 +366,7 @@ class EncodeUpload:
                                          message=str(batch["message"][i]), action=str(batch["action"][i]),
                                          face=info.get("face", {}), timings=timings, job_id=spec.job_id,
                                          finished_at=time.time())
+            record.worker = info.get("worker", {})
             if "faces_found" in info:
                 record.face = {**record.face, "faces_found": info["faces_found"]}
             if info.get("conversions"):

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -81,6 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="default: 1 when the cluster has GPUs, else the actor asks for --cpus-per-actor")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
     parser.add_argument("--actor-retries", type=int, default=3, help="restarts of a crashed stylize actor")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="on a rerun, also reprocess inputs that failed decode/detect (e.g. after fixing them); "
+                             "transient errors (read, stylize, upload) are always retried")
     parser.add_argument("--gallery-rows", type=int, default=24)
     parser.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else a local instance")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
@@ -198,14 +202,20 @@ def run_pipeline(spec: JobSpec, items: list[dict[str, str]], args: argparse.Name
     context.enable_progress_bars = sys.stderr.isatty()
     n_blocks = max(1, min(len(items), (len(items) + args.cpu_batch_size - 1) // args.cpu_batch_size))
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    cpu_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, args.cpu_actors))
+    gpu_pool = ray.data.ActorPoolStrategy(min_size=max(1, args.min_actors),
+                                          max_size=max(args.min_actors, args.max_actors))
     ds = ds.map_batches(PrepareFaces, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
-                        batch_format="numpy", concurrency=(1, max(1, args.cpu_actors)), num_cpus=1)
-    ds = ds.map_batches(StylizeActor, fn_constructor_args=(spec,), batch_size=args.batch_size, batch_format="numpy",
-                        concurrency=(max(1, args.min_actors), max(args.min_actors, args.max_actors)),
-                        max_restarts=args.actor_retries, max_task_retries=args.actor_retries,
-                        **actor_resources(args, ray))
+                        batch_format="numpy", compute=cpu_pool, num_cpus=1)
+    with warnings.catch_warnings():
+        # Ray Data deprecates ray_remote_args, but restart limits have no named parameter yet; its default is
+        # unlimited restarts, which would loop forever on an actor that always crashes.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(StylizeActor, fn_constructor_args=(spec,), batch_size=args.batch_size,
+                            batch_format="numpy", compute=gpu_pool, max_restarts=args.actor_retries,
+                            max_task_retries=args.actor_retries, **actor_resources(args, ray))
     ds = ds.map_batches(EncodeUpload, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
-                        batch_format="numpy", concurrency=(1, max(1, args.cpu_actors)), num_cpus=1)
+                        batch_format="numpy", compute=cpu_pool, num_cpus=1)
     rows = []
     for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
         rows += [json.loads(text) for text in batch["record"]]
@@ -221,6 +231,13 @@ def stage_totals(records: list[manifest.Record]) -> dict[str, float]:
     return totals
 
 
+def keep_previous(record: manifest.Record, retry_errors: bool) -> bool:
+    """Whether a rerun reuses an earlier record: ok always; errors caused by the input itself unless asked."""
+    if record.status == manifest.OK:
+        return True
+    return not retry_errors and record.stage in manifest.INPUT_ERROR_STAGES
+
+
 def run_job(args: argparse.Namespace) -> dict[str, Any]:
     args.job_id = args.job_id or default_job_id(args)
     spec = build_spec(args)
@@ -230,18 +247,25 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{spec.input}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under this prefix")
     previous = manifest.read_job_records(spec.output, spec.job_id)
     listed = {item["key"] for item in items}
-    carried = {k: r for k, r in previous.items() if k in listed and r.status == manifest.OK}
+    carried = {k: r for k, r in previous.items() if k in listed and keep_previous(r, args.retry_errors)}
     todo = [item for item in items if item["key"] not in carried]
     spec.thumbnail_keys = [item["key"] for item in items[:args.gallery_rows] if item["key"] not in carried]
-    print(f"[batch] job {spec.job_id}: {len(items)} inputs, {len(carried)} already ok (skipped), "
+    print(f"[batch] job {spec.job_id}: {len(items)} inputs, {len(carried)} already done (skipped), "
           f"{len(todo)} to process; styles {spec.styles}, mode {spec.mode}", file=sys.stderr)
 
     new_records: dict[str, manifest.Record] = {}
     if todo:
+        import ray as ray_module
+
+        started_here = not ray_module.is_initialized()
         ray = init_ray(args)
-        for row in run_pipeline(spec, todo, args, ray):
-            record = manifest.Record.from_json(row)
-            new_records[record.key] = manifest.prefer(new_records.get(record.key), record)
+        try:
+            for row in run_pipeline(spec, todo, args, ray):
+                record = manifest.Record.from_json(row)
+                new_records[record.key] = manifest.prefer(new_records.get(record.key), record)
+        finally:
+            if started_here:
+                ray.shutdown()
     # Nothing lost: an item the pipeline did not return (it should not happen) still gets a line.
     for item in todo:
         if item["key"] not in new_records:
@@ -255,8 +279,7 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
     manifest.write_manifest(spec.output, spec.job_id, records, summary)
     from batch.gallery import write_gallery
 
-    previous_thumbs = [item["key"] for item in items[:args.gallery_rows]]
-    spec.thumbnail_keys = previous_thumbs
+    spec.thumbnail_keys = [item["key"] for item in items[:args.gallery_rows]]  # incl. thumbnails of earlier runs
     write_gallery(spec, records)
     return summary
 
