@@ -11,10 +11,9 @@ from PIL import Image
 
 from fstrain.data import shards, storage
 from fstrain.models.checkpoints import load_generator, save_generator
-from fstrain.models.init import init_models
 from fstrain.pairs import PairsError, load_pair_models, make_pairs, pairs_for_batch, read_pairs
 from fstrain.pairs.levels import embed_level1, optimise_level2
-from fstrain.settings import ModelsConfig, PairsConfig, PipelineConfig
+from fstrain.settings import PairsConfig, PipelineConfig
 from fstrain.stylize.images import decode_png, from_uint8, to_uint8
 
 SIZE = 32
@@ -22,28 +21,22 @@ STYLE = "cartoon"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    """Random tiny models in the real formats, plus a G* made by nudging the base weights (a stand-in fine-tune)."""
-    out = tmp_path_factory.mktemp("pair-models")
-    init_models(out, SIZE, style_dim=32, n_mlp=2, channel_multiplier=1, channel_max=32, encoder_depth="tiny",
-                identity="tiny", lpips_net="alex", seed=0)
-    base = load_generator(str(out / "generator.pt"), load_discriminator=False)
+def baseline_uri(tiny_models, tmp_path_factory) -> str:
+    """G*: the shared tiny base generator with nudged conv weights (a stand-in for the baseline fine-tune)."""
+    base = load_generator(tiny_models.generator, load_discriminator=False)
     star = base.generator
     with torch.no_grad():
         rng = torch.Generator().manual_seed(1)
         for name, param in star.named_parameters():
             if "conv.weight" in name:
                 param.add_(0.3 * param.std() * torch.randn(param.shape, generator=rng))
-    save_generator(str(out / "baseline.pt"), star, base.latent_avg, {"note": "test G*: perturbed base"})
-    return str(out)
+    uri = str(tmp_path_factory.mktemp("baseline") / "baseline.pt")
+    return save_generator(uri, star, base.latent_avg, {"note": "test G*: perturbed tiny base generator"})
 
 
-def pipeline_config(model_dir: str, **pairs) -> PipelineConfig:
-    models = ModelsConfig(base_generator=f"{model_dir}/generator.pt", encoder_wplus=f"{model_dir}/encoder_wplus.pt",
-                          encoder_zplus=f"{model_dir}/encoder_zplus.pt", identity=f"{model_dir}/identity.pth",
-                          lpips_backbone=f"{model_dir}/lpips_alex_backbone_RANDOM.pth", lpips_net="alex")
-    settings = {"levels": [1, 2, 3], "optimise_steps": 8, "lr": 0.05, "batch_size": 2, **pairs}
-    return PipelineConfig(models=models, pairs=PairsConfig(**settings))
+def pipeline_config(tiny_models, **pairs) -> PipelineConfig:
+    settings = {"levels": [1, 2, 3], "optimise_steps": 3, "lr": 0.05, "batch_size": 2, **pairs}
+    return PipelineConfig(models=tiny_models.models_config(), pairs=PairsConfig(**settings))
 
 
 def style_images(n: int, seed: int) -> list[np.ndarray]:
@@ -76,16 +69,15 @@ def write_dataset(root: str, counts: list[int]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pair_models(model_dir):
-    config = pipeline_config(model_dir)
-    return load_pair_models(config, root="/nonexistent-root", levels=[1, 2, 3],
-                            baseline_generator_uri=f"{model_dir}/baseline.pt")
+def pair_models(tiny_models, baseline_uri):
+    config = pipeline_config(tiny_models)
+    return load_pair_models(config, root="/nonexistent-root", levels=[1, 2, 3], baseline_generator_uri=baseline_uri)
 
 
 def test_level2_reaches_lower_semantic_loss_than_level1(pair_models):
-    images = from_uint8(np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in style_images(4, 5)]))
+    images = from_uint8(np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in style_images(3, 5)]))
     z1, _ = embed_level1(pair_models.encoder_zplus, pair_models.base_generator, images)
-    result = optimise_level2(pair_models.generator_star, z1, images, pair_models.semantic_loss, steps=15, lr=0.05)
+    result = optimise_level2(pair_models.generator_star, z1, images, pair_models.semantic_loss, steps=12, lr=0.05)
     star = pair_models.generator_star
 
     def l_sem(z_plus: torch.Tensor) -> torch.Tensor:   # recomputed independently of the optimiser's bookkeeping
@@ -121,12 +113,12 @@ def test_pairs_for_batch_levels_and_codes(pair_models):
 
 
 @pytest.mark.parametrize("root_kind", ["local", "s3"])
-def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, model_dir, pair_models):
+def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, tiny_models, baseline_uri, pair_models):
     root = request.getfixturevalue("local_root" if root_kind == "local" else "s3_root")
     keys = write_dataset(root, [3, 2])
-    config = pipeline_config(model_dir)
+    config = pipeline_config(tiny_models)
     progress = []
-    summary = make_pairs(config, style=STYLE, root=root, baseline_generator_uri=f"{model_dir}/baseline.pt",
+    summary = make_pairs(config, style=STYLE, root=root, baseline_generator_uri=baseline_uri,
                          progress=lambda done, total, info: progress.append((done, total)))
     assert progress == [(1, 2), (2, 2)]
     assert summary["shards_written"] == 2 and summary["shards_skipped"] == 0
@@ -162,9 +154,9 @@ def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, m
     assert storage.read_json(storage.join(root, "pairs", STYLE, "summary.json"))["samples"] == summary["samples"]
 
 
-def test_make_pairs_resumes_per_shard(local_root, model_dir, pair_models):
+def test_make_pairs_resumes_per_shard(local_root, tiny_models, pair_models):
     write_dataset(local_root, [2, 2])
-    config = pipeline_config(model_dir, levels=[1, 3])
+    config = pipeline_config(tiny_models, levels=[1, 3])
     first = make_pairs(config, style=STYLE, root=local_root, models=pair_models)
     assert first["shards_written"] == 2
     level1 = storage.join(local_root, "pairs", STYLE, "level1")
@@ -181,28 +173,29 @@ def test_make_pairs_resumes_per_shard(local_root, model_dir, pair_models):
     assert (third["shards_written"], third["shards_skipped"]) == (0, 2)
 
 
-def test_missing_inputs_are_clear_errors(local_root, model_dir):
-    config = pipeline_config(model_dir)
+def test_missing_inputs_are_clear_errors(local_root, tiny_models, baseline_uri):
+    config = pipeline_config(tiny_models)
     with pytest.raises(PairsError, match=r"datasets/cartoon: no dataset shards .* fstrain.ingest"):
-        make_pairs(config, style=STYLE, root=local_root, baseline_generator_uri=f"{model_dir}/baseline.pt")
+        make_pairs(config, style=STYLE, root=local_root, baseline_generator_uri=baseline_uri)
     with pytest.raises(PairsError, match="level 2 optimises against the baseline fine-tune G"):
         load_pair_models(config, root=local_root, levels=[2], baseline_generator_uri=None)
     with pytest.raises(PairsError, match="subset of 1,2,3"):
         make_pairs(config, style=STYLE, root=local_root, levels="1,4")
 
 
-def test_cli_writes_levels_1_and_3(local_root, model_dir, tmp_path, capsys):
+def test_cli_writes_levels_1_and_3(local_root, tiny_models, tmp_path, capsys):
     import json
 
     from fstrain.pairs.__main__ import main
 
     write_dataset(local_root, [2])
     config_path = tmp_path / "pairs.yaml"
+    t = tiny_models
     config_path.write_text(
         "models:\n"
-        f"  base_generator: {model_dir}/generator.pt\n  encoder_wplus: {model_dir}/encoder_wplus.pt\n"
-        f"  encoder_zplus: {model_dir}/encoder_zplus.pt\n  identity: {model_dir}/identity.pth\n"
-        f"  lpips_backbone: {model_dir}/lpips_alex_backbone_RANDOM.pth\n  lpips_net: alex\n"
+        f"  base_generator: {t.generator}\n  encoder_wplus: {t.encoder_wplus}\n"
+        f"  encoder_zplus: {t.encoder_zplus}\n  identity: {t.identity}\n"
+        f"  lpips_backbone: {t.lpips_backbone}\n  lpips_net: {t.lpips_net}\n"
         "pairs:\n  batch_size: 2\n")
     assert main([str(config_path), "--style", STYLE, "--root", local_root, "--levels", "1,3"]) == 0
     summary = json.loads(capsys.readouterr().out)
