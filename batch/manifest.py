@@ -96,8 +96,12 @@ def parse_jsonl(text: str, uri: str) -> list[Record]:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{uri}: line {number} is not JSON ({exc}); delete the file to start the job over")
-        if "key" in data and "status" in data:
-            records.append(Record.from_json(data))
+        if data.get("summary") is True:
+            continue
+        missing = [name for name in ("key", "input", "status") if name not in data]
+        if missing:
+            raise ValueError(f"{uri}: line {number} lacks {missing}; delete the file to start the job over")
+        records.append(Record.from_json(data))
     return records
 
 
