@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import random
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +57,8 @@ class ShardStream(Generic[T]):
         self._iterator: Iterator[dict[str, Any]] | None = None
         self._decoded_this_epoch = 0
         self._whole_epoch_seen = True
+        self._reader: shards.ShardReader | None = None
+        self._tar_errors_seen = 0
 
     def _list_shards(self) -> list[str]:
         try:
@@ -78,22 +80,28 @@ class ShardStream(Generic[T]):
 
     # -- ordering
     def _epoch_samples(self, epoch: int) -> Iterator[dict[str, Any]]:
-        """Raw samples of one epoch for this process: shards in a seeded order, a seeded shuffle buffer."""
+        """Raw samples of one epoch for this process: shards in a seeded order, a seeded shuffle buffer.
+
+        Unreadable tar data is skipped by the shared reader; its count (`reader.stats.corrupt`) feeds `skipped`.
+        """
         rng = random.Random(f"{self.seed}:{epoch}")
         order = list(self.shard_uris)
         rng.shuffle(order)
+        self._reader = shards.read_samples(order)
+        return self._shuffled(self._reader, rng)
+
+    def _shuffled(self, reader: Iterable[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
         buffer: list[dict[str, Any]] = []
-        index = 0
-        for shard_uri in order:
-            try:
-                for sample in shards.read_samples([shard_uri]):
-                    if index % self.world_size == self.rank:
-                        buffer.append(sample)
-                        if len(buffer) >= self.shuffle_buffer:
-                            yield buffer.pop(rng.randrange(len(buffer)))
-                    index += 1
-            except storage.StorageError as exc:
-                raise DatasetError(f"{self.what}: cannot read {shard_uri} ({exc}). {self.how_to_fix}") from exc
+        try:
+            for index, sample in enumerate(reader):
+                if index % self.world_size != self.rank:
+                    continue
+                buffer.append(sample)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+        except storage.StorageError as exc:
+            raise DatasetError(f"{self.what}: cannot read shards under {self.prefix_uri} ({exc}). "
+                               f"{self.how_to_fix}") from exc
         while buffer:
             yield buffer.pop(rng.randrange(len(buffer)))
 
@@ -105,6 +113,13 @@ class ShardStream(Generic[T]):
         for _ in range(self.position.offset):
             if next(self._iterator, None) is None:
                 break
+        # Tar errors met while replaying were counted before the checkpoint; count only new ones from here.
+        self._tar_errors_seen = self._reader.stats.corrupt
+
+    def _count_tar_errors(self) -> None:
+        new = self._reader.stats.corrupt - self._tar_errors_seen
+        self.position.skipped += new
+        self._tar_errors_seen += new
 
     def next(self) -> T:
         """The next decodable sample; corrupt ones are skipped and counted."""
@@ -112,6 +127,7 @@ class ShardStream(Generic[T]):
             self._start_epoch()
         while True:
             sample = next(self._iterator, None)
+            self._count_tar_errors()
             if sample is None:
                 if self._whole_epoch_seen and self._decoded_this_epoch == 0:
                     raise DatasetError(
