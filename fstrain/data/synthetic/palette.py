@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import colorsys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -56,8 +56,11 @@ class Palette:
     background: tuple[RGB, RGB]
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) and v and isinstance(v[0], int) else
-                    [list(x) for x in v] if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = [list(x) for x in v] if f.name == "background" else (list(v) if v is not None else None)
+        return out
 
 
 def _derived(skin: RGB, hair: RGB, iris: RGB, lip: RGB, clothes: RGB, glasses: RGB, line: RGB | None,

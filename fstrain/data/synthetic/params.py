@@ -9,7 +9,7 @@ landmarks on the FFHQ 5-point template (eyes at y≈240, nose tip ≈314, mouth 
 from __future__ import annotations
 
 import colorsys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,7 @@ class Identity:
     clothes: RGB
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return _jsonable({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Identity":
@@ -92,7 +92,7 @@ class View:
     texture_seed: int             # seeds the domain's noise/strokes/ornaments (all deterministic)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return _jsonable({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "View":

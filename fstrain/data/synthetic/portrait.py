@@ -101,7 +101,8 @@ def draw_front_hair(p: Painter, L: FaceLayout, identity: Identity, pal: Palette,
                              [inner + side * 6, L.cy + 60], [L.cx + side * L.half_width * 0.93, eye_y + 30]])
             p.polygon(lock, colour, line, width)
     # strands / shine: photo-like styles get soft streaks, drawn styles a few ink lines
-    strand = pal.hair_light if domain in ("photo", "impasto", "anime", "fantasy") else (line or pal.hair_dark)
+    strand = mix(pal.hair, pal.hair_light, 0.6) if domain in ("photo", "impasto", "anime", "fantasy") \
+        else (line or pal.hair_dark)
     sx, sy, rx, ry = _skull(L)
     part = L.cx + identity.hair_part * L.half_width * 0.5
     for k in range(4 if style != "buzz" else 0):
