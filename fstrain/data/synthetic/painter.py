@@ -99,7 +99,9 @@ class Painter:
         self._draw_mask.line(xy, fill=255, width=w)
         if w >= 3:   # round joints and ends (PIL's joint="curve" is far slower, it works in Python)
             r = w / 2 - 0.5
-            for x, y in zip(xy[0::2], xy[1::2]):
+            # thin lines only need round ends; thick ones also need their joints filled
+            points = list(zip(xy[0::2], xy[1::2])) if w >= 6 else [(xy[0], xy[1]), (xy[-2], xy[-1])]
+            for x, y in points:
                 box = [x - r, y - r, x + r, y + r]
                 self._draw_rgb.ellipse(box, fill=colour)
                 self._draw_mask.ellipse(box, fill=255)
