@@ -75,8 +75,28 @@ class StylizeConfig:
 class EvaluateConfig:
     """Owned by fstrain.evaluate (fields may be added there)."""
     inception_weights: str = ""     # path/URI of the FID feature extractor's weights; empty = FID not computed
-    num_samples: int = 1000
+    num_samples: int = 1000         # generated images per mode for FID, and fixed z for the semantic distance
     batch_size: int = 8
+    inception_layout: str = "auto"  # auto | torchvision | pytorch-fid (pt_inception-2015-12-05)
+    inception_input_size: int = 299  # 299 gives comparable FIDs; smaller (>= 75) only for fast tests
+    inception_sha256: str = ""      # optional pin of inception_weights
+    fid_real_samples: int = 0       # style-dataset images for the FID reference statistics; 0 = all of them
+    photos: str = ""                # aligned photos for the perceptual distance: folder/prefix of images or
+                                    # shards, "synthetic" (fstrain.data.synthetic photos), "" = not computed
+    num_photos: int = 64
+    semantic_lambda_id: float = 0.1  # weight of (1 - cos ID) in the semantic distance (fixed across modes)
+    seed: int = 0                   # fixed z, noise and synthetic photos derive from it
+
+
+@dataclass
+class ClusterConfig:
+    """How cluster.train schedules each style's DAG (baseline → pairs → constrained fine-tune → publish) on Ray."""
+    gpus_per_style: float = 1.0          # GPUs each fine-tune / pairs task asks Ray for (0 on CPU-only clusters)
+    cpus_per_style: float = 1.0
+    constrained_mode: str = "sc+pc"      # the mode of the published generator: sc | pc | sc+pc
+    baseline_steps: int = 0              # steps of the unconstrained fine-tune G*; 0 = train.steps
+    max_retries: int = 3                 # Ray retries of a stage whose worker died; each retry resumes its checkpoint
+    progress_interval_s: float = 10.0    # how often the driver prints one line per style
 
 
 @dataclass
@@ -87,4 +107,5 @@ class PipelineConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     stylize: StylizeConfig = field(default_factory=StylizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     styles: list[str] = field(default_factory=lambda: ["cartoon", "anime", "fantasy", "illustration", "impasto"])
