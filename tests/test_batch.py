@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -211,7 +212,7 @@ def test_s3_job_accounts_for_every_input_survives_crash_and_resumes(s3_server, s
 
 
 @pytest.mark.slow
-def test_fake_multinode_gpu_actor_pool_scales_up(tmp_path, tiny_models):
+def test_fake_multinode_gpu_actor_pool_scales_up(tmp_path, tiny_models, request):
     """Stylize actors ask for one GPU each: the autoscaler must add simulated GPU nodes, and the actors run there."""
     import ray
 
@@ -223,7 +224,8 @@ def test_fake_multinode_gpu_actor_pool_scales_up(tmp_path, tiny_models):
     for i in range(16):  # already aligned crops (--aligned): no detector needed
         pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
         storage.write_bytes(storage.join(inputs, f"face-{i:02d}.png"), _png(pixels))
-    state = Path(f"/tmp/fstrain-batch-{os.getpid()}")
+    state = Path(f"/tmp/fstrain-batch-{os.getpid()}")  # short: Ray's unix socket paths are length-limited
+    request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
     with fake_multinode_cluster(state, gpu_workers_max=2, idle_timeout_s=30, head_cpus=2, worker_cpus=1) as cluster:
         with cluster.connect(runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}):
             head = ray.get_runtime_context().get_node_id()
