@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fstrain.data import storage
+from support.portraits import portrait_photos, style_images
 from fstrain.losses import perceptual_distance
 from fstrain.models.latents import broadcast_w
 from fstrain.models.psp import PSPEncoder, build_encoder
@@ -37,16 +38,15 @@ def stylizer() -> Stylizer:
 
 @pytest.fixture(scope="module")
 def faces() -> torch.Tensor:
-    rng = torch.Generator().manual_seed(7)
-    return torch.rand(3, 3, SIZE, SIZE, generator=rng) * 2 - 1
+    """Three aligned synthetic portrait photos, (3, 3, 32, 32) in [-1, 1]."""
+    return torch.cat([portrait.tensor() for portrait in portrait_photos(3, size=SIZE, seed=7)])
 
 
 @pytest.fixture(scope="module")
-def lpips_alex_random():
-    # Explicitly random AlexNet backbone (no weights can be downloaded here); the linear heads ship with lpips.
-    import lpips
-    torch.manual_seed(0)
-    return lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval().requires_grad_(False)
+def lpips_alex_random(tiny_models):
+    """LPIPS through the project's loader, with the shared tiny model set's explicitly RANDOM AlexNet trunk."""
+    from fstrain.models.perceptual import load_lpips
+    return load_lpips(tiny_models.lpips_backbone, net="alex")
 
 
 def test_encode_shape_and_general_is_render(stylizer: Stylizer, faces: torch.Tensor):
@@ -118,10 +118,10 @@ def test_reference_inversion_lowers_lpips_to_reference(lpips_alex_random):
     with torch.no_grad():   # a reference the generator can reach: a render from another w
         target = generator.synthesis(broadcast_w(generator.get_latent(torch.randn(1, STYLE_DIM)), generator.n_latent))
     calls = []
-    code = invert_reference(generator, target, lpips_alex_random, steps=60, lr=0.1, noise_reg=1e5,
+    code = invert_reference(generator, target, lpips_alex_random, steps=30, lr=0.1, noise_reg=1e5,
                             progress=lambda step, total, d: calls.append(d))
     assert code.v.shape == code.w.shape == (1, STYLE_DIM)
-    assert len(calls) == 60
+    assert len(calls) == 30
     # Measured independently: render w (stored noise, as reference mode does) and compare with the start.
     with torch.no_grad():
         start = generator.synthesis(broadcast_w(generator.mean_latent(4096, torch.Generator().manual_seed(0)),
@@ -142,7 +142,7 @@ def test_reference_codes_are_stored_reloaded_and_reused(root_kind, request, lpip
                                                         stylizer: Stylizer, faces: torch.Tensor):
     root = request.getfixturevalue("local_root" if root_kind == "local" else "s3_root")
     generator = stylizer.generator("cartoon")
-    reference_image = faces[2:3]
+    reference_image = style_images("cartoon", 1, size=SIZE, seed=3)[0].tensor()
     ref_id = reference_id(encode_png(to_uint8(reference_image)[0]))
     store = ReferenceStore(root)
     inversions = []
@@ -188,3 +188,46 @@ def test_reference_id_is_a_content_hash():
     assert reference_id(pixels) == reference_id(pixels.copy()) != reference_id(other)
     assert reference_id(encode_png(pixels)) == reference_id(encode_png(pixels)) != reference_id(encode_png(other))
     assert np.array_equal(decode_png(encode_png(other)), other)
+
+
+def test_cli_grid_with_reference_inverted_once_then_reused(tiny_models, local_root, tmp_path, capsys):
+    from fstrain.models.checkpoints import load_generator, save_generator
+    from fstrain.stylize.__main__ import main
+    from support.portraits import write_portraits
+
+    # Publish a "fine-tuned" G' for the style: the tiny base generator with nudged weights.
+    loaded = load_generator(tiny_models.generator, load_discriminator=False)
+    with torch.no_grad():
+        for name, param in loaded.generator.named_parameters():
+            if "conv.weight" in name:
+                param.mul_(1.2)
+    save_generator(storage.join(local_root, "styles", "cartoon", "generator.pt"), loaded.generator,
+                   loaded.latent_avg, {"style": "cartoon"})
+    inputs = write_portraits(tmp_path / "faces", "photo", 2, size=SIZE, seed=4)
+    reference = write_portraits(tmp_path / "ref", "cartoon", 1, size=SIZE, seed=5)[0]
+    t = tiny_models
+    config = tmp_path / "stylize.yaml"
+    config.write_text(
+        "models:\n"
+        f"  base_generator: {t.generator}\n  encoder_wplus: {t.encoder_wplus}\n"
+        f"  encoder_zplus: {t.encoder_zplus}\n  identity: {t.identity}\n"
+        f"  lpips_backbone: {t.lpips_backbone}\n  lpips_net: {t.lpips_net}\n"
+        "stylize:\n  mix_layer: 4\n  samples: 2\n  reference_steps: 5\n")
+    out = str(tmp_path / "out")
+    args = [str(config), str(tmp_path / "faces"), "--root", local_root, "--styles", "cartoon", "--out", out]
+
+    assert main(args + ["--reference", str(reference)]) == 0
+    captured = capsys.readouterr()
+    assert "inverted and stored" in captured.err
+    grid = decode_png(storage.read_bytes(f"{out}/cartoon_grid.png"))
+    # rows = inputs; columns = input | general | multimodal x 2 | reference
+    assert grid.shape == (len(inputs) * (SIZE + 2) + 2, 5 * (SIZE + 2) + 2, 3)
+    ref_id = reference_id(reference.read_bytes())
+    assert storage.exists(storage.join(local_root, "references", "cartoon", f"{ref_id}.npz"))
+
+    # Second run, same reference: the stored code is reused (no inversion), and so is the id alone.
+    assert main(args + ["--reference", str(reference)]) == 0
+    assert "reused stored code" in capsys.readouterr().err
+    assert main(args + ["--reference-id", ref_id]) == 0
+    assert "reused stored code" in capsys.readouterr().err
+    assert np.array_equal(decode_png(storage.read_bytes(f"{out}/cartoon_grid.png")), grid)
