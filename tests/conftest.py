@@ -16,3 +16,5 @@ from support.s3_server import *  # noqa
 from support.kernels import *  # noqa
 from support.tiny_models import *  # noqa
 from support.portraits import *  # noqa
+from support.evaluation_world import *  # noqa
+from support.ray_cluster import *  # noqa

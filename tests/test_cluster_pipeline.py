@@ -1,0 +1,122 @@
+"""cluster.pipeline on an in-process Ray: parallel style chains, failure isolation, kill + resume, rerun skipping."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cluster.pipeline import Stage, format_duration, progress_line, run_styles, summary_uri
+from fstrain.data import storage
+from support.ray_cluster import CountingStage, expected_value, kill_when_pid_file_appears
+
+CPU = {"num_cpus": 1}
+
+
+def two_stages(**baseline_kwargs) -> list[Stage]:
+    return [Stage("baseline", CountingStage(steps=6, **baseline_kwargs)),
+            Stage("styled", CountingStage(steps=4, publish=True))]
+
+
+def test_styles_run_their_chains_and_publish(ray_local, tmp_path):
+    root, lines = str(tmp_path / "root"), []
+    styles = ["cartoon", "anime", "impasto"]
+    summary = run_styles(styles, two_stages(step_s=0.1), root=root, run_id="r1", resources_per_style=CPU,
+                         progress_interval_s=0.3, log=lines.append)
+
+    assert summary.ok and list(summary.styles) == styles
+    for style in styles:
+        s = summary.styles[style]
+        value = expected_value(style, [6, 4])
+        assert [r.status for r in s.stages] == ["ok", "ok"]
+        assert [r.attempts for r in s.stages] == [1, 1]
+        assert s.stages[1].output["value"] == value          # the styled stage started from the baseline's output
+        assert s.published_uri == storage.join(root, "styles", style, "generator.json")
+        assert storage.read_json(s.published_uri)["value"] == value
+        assert s.metrics == {"loss": 0.25}
+    written = storage.read_json(summary_uri(root, "r1"))
+    assert written["styles"]["anime"]["status"] == "ok"
+    assert written["styles"]["anime"]["stages"][0]["name"] == "baseline"
+    assert written["styles"]["anime"]["published_uri"].endswith("styles/anime/generator.json")
+    # Progress lines while running, and the table at the end.
+    assert any(line.startswith("[cartoon] baseline ") and "/6" in line for line in lines)
+    table = next(line for line in lines if line.startswith("style"))
+    assert "cartoon" in table and "baseline:ok styled:ok" in table
+
+
+def test_a_failing_style_is_reported_and_the_others_finish(ray_local, tmp_path):
+    root, lines = str(tmp_path / "root"), []
+    summary = run_styles(["cartoon", "anime", "fantasy"], two_stages(fail_style="anime"), root=root, run_id="r2",
+                         resources_per_style=CPU, progress_interval_s=5, log=lines.append)
+
+    assert not summary.ok
+    anime = summary.styles["anime"]
+    assert anime.status == "failed" and anime.failed_stage == "baseline"
+    assert anime.error == "RuntimeError: injected failure in anime/baseline at step 3"
+    assert [r.status for r in anime.stages] == ["failed", "not_run"]
+    assert anime.stages[0].attempts == 1            # an exception in the stage is not retried, only dead workers
+    assert anime.published_uri is None
+    for style in ("cartoon", "fantasy"):
+        assert summary.styles[style].status == "ok"
+        assert storage.exists(storage.join(root, "styles", style, "generator.json"))
+    assert not storage.exists(storage.join(root, "styles", "anime", "generator.json"))
+    written = storage.read_json(summary_uri(root, "r2"))["styles"]["anime"]
+    assert (written["status"], written["failed_stage"]) == ("failed", "baseline")
+    assert "[anime] baseline FAILED: RuntimeError: injected failure" in "\n".join(lines)
+
+
+def test_a_killed_worker_is_retried_and_the_stage_resumes_from_its_checkpoint(ray_local, tmp_path):
+    root, pid_dir = str(tmp_path / "root"), tmp_path / "pids"
+    pid_dir.mkdir()
+    killed: list[int] = []
+    killer = threading.Thread(target=lambda: killed.append(
+        kill_when_pid_file_appears(pid_dir / "cartoon-baseline.pid")), daemon=True)
+    killer.start()
+    stages = two_stages(pid_dir=str(pid_dir), pid_at_step=4)
+    summary = run_styles(["cartoon"], stages, root=root, run_id="r3", resources_per_style=CPU,
+                         max_retries=2, progress_interval_s=5, log=lambda _: None)
+    killer.join(timeout=5)
+
+    assert killed, "the test never killed the worker"
+    cartoon = summary.styles["cartoon"]
+    assert cartoon.status == "ok"
+    baseline = cartoon.stages[0]
+    assert baseline.attempts == 2
+    assert baseline.resumed_from == [4]             # the checkpoint written at step 4, before the kill
+    assert baseline.output["steps_run"] == 2        # only steps 5..6 ran again
+    assert cartoon.stages[1].output["value"] == expected_value("cartoon", [6, 4])   # same as an unbroken run
+    written = storage.read_json(summary_uri(root, "r3"))["styles"]["cartoon"]["stages"][0]
+    assert (written["attempts"], written["resumed_from"]) == (2, [4])
+
+
+def test_a_rerun_with_the_same_run_id_skips_finished_stages(ray_local, tmp_path):
+    root = str(tmp_path / "root")
+    failing = [Stage("baseline", CountingStage(steps=6)),
+               Stage("styled", CountingStage(steps=4, publish=True, fail_style="cartoon"))]
+    first = run_styles(["cartoon"], failing, root=root, run_id="r4", resources_per_style=CPU, log=lambda _: None)
+    assert first.styles["cartoon"].failed_stage == "styled"
+
+    second = run_styles(["cartoon"], two_stages(), root=root, run_id="r4", resources_per_style=CPU,
+                        log=lambda _: None)
+    cartoon = second.styles["cartoon"]
+    assert [r.status for r in cartoon.stages] == ["skipped", "ok"]
+    assert cartoon.stages[0].attempts == 0
+    assert cartoon.stages[1].output["value"] == expected_value("cartoon", [6, 4])
+
+
+def test_progress_line_and_durations():
+    now = 1000.0
+    current = {"stage": "styled", "attempt": 1, "step": 120, "total": 600, "loss": 0.41,
+               "first_step": 20, "first_time": now - 100, "time": now}
+    # 100 steps in 100 s, 480 to go.
+    assert progress_line("cartoon", current) == "[cartoon] styled 120/600 loss=0.41 eta 8m00s"
+    assert progress_line("anime", None) == "[anime] waiting for resources"
+    assert progress_line("anime", {**current, "step": None, "attempt": 2}) == "[anime] styled (attempt 2) starting"
+    assert [format_duration(s) for s in (5, 130, 7300)] == ["5s", "2m10s", "2h01m"]
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    stage = Stage("baseline", CountingStage())
+    with pytest.raises(ValueError, match="duplicate styles"):
+        run_styles(["a", "a"], [stage], root=str(tmp_path), run_id="x", resources_per_style=CPU)
+    with pytest.raises(ValueError, match="unique names"):
+        run_styles(["a"], [stage, stage], root=str(tmp_path), run_id="x", resources_per_style=CPU)
