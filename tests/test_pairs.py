@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.portraits import style_images
 
 from fstrain.data import shards, storage
 from fstrain.models.checkpoints import load_generator, save_generator
@@ -39,16 +40,9 @@ def pipeline_config(tiny_models, **pairs) -> PipelineConfig:
     return PipelineConfig(models=tiny_models.models_config(), pairs=PairsConfig(**settings))
 
 
-def style_images(n: int, seed: int) -> list[np.ndarray]:
-    """Smooth, face-free but structured test pictures (48 px, so the pipeline has to resize them)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:48, 0:48] / 47.0
-    pictures = []
-    for _ in range(n):
-        a, b, c = rng.uniform(0.5, 4.0, 3)
-        base = np.stack([np.sin(a * xx * 3 + b), np.cos(b * yy * 3 + c), np.sin(c * (xx + yy) * 2 + a)], -1)
-        pictures.append(((base + 1) * 127.5).clip(0, 255).astype(np.uint8))
-    return pictures
+def cartoon_pictures(n: int, seed: int) -> list[np.ndarray]:
+    """Synthetic cartoon portraits at 48 px (so the pipeline has to resize them to the generator's 32 px)."""
+    return [portrait.array() for portrait in style_images("cartoon", n, size=48, seed=seed)]
 
 
 def write_dataset(root: str, counts: list[int]) -> list[str]:
@@ -58,7 +52,7 @@ def write_dataset(root: str, counts: list[int]) -> list[str]:
     with shards.ShardWriter(prefix, max_samples=counts[0]) as writer:
         index = 0
         for shard_count in counts:
-            for picture in style_images(shard_count, seed=len(keys)):
+            for picture in cartoon_pictures(shard_count, seed=len(keys)):
                 key = f"img{index:04d}"
                 buffer = io.BytesIO()
                 Image.fromarray(picture).save(buffer, format="PNG")
@@ -75,7 +69,7 @@ def pair_models(tiny_models, baseline_uri):
 
 
 def test_level2_reaches_lower_semantic_loss_than_level1(pair_models):
-    images = from_uint8(np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in style_images(3, 5)]))
+    images = from_uint8(np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in cartoon_pictures(3, 5)]))
     z1, _ = embed_level1(pair_models.encoder_zplus, pair_models.base_generator, images)
     result = optimise_level2(pair_models.generator_star, z1, images, pair_models.semantic_loss, steps=12, lr=0.05)
     star = pair_models.generator_star
@@ -94,7 +88,7 @@ def test_level2_reaches_lower_semantic_loss_than_level1(pair_models):
 
 
 def test_pairs_for_batch_levels_and_codes(pair_models):
-    pixels = np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in style_images(2, 9)])
+    pixels = np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in cartoon_pictures(2, 9)])
     made = pairs_for_batch(pair_models, ["a", "b"], pixels, [1, 2, 3], style=STYLE, optimise_steps=3, lr=0.05)
     assert sorted(made) == [1, 2, 3]
     base = pair_models.base_generator
