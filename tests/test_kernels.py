@@ -21,6 +21,7 @@ import kernels
 from kernels import build as kbuild
 from kernels.autograd import BiasAct, BiasActGrad, Upfirdn2d
 from kernels.backends import ReferenceBackend
+from kernels.host_harness import HarnessUnavailable, HostHarnessBackend, compile_harness
 from kernels.lock import BuildLock, LockTimeoutError
 from kernels.reference import bias_act_ref, upfirdn2d_ref
 from support.kernels import UPFIRDN_CASES, naive_bias_act, naive_upfirdn2d
@@ -209,6 +210,69 @@ def test_bias_act_errors_name_the_problem():
         kernels.bias_act(torch.randn(2, 3), act="gelu")
     with pytest.raises(ValueError, match="does not match dim 1"):
         kernels.bias_act(torch.randn(2, 3), torch.randn(4))
+
+
+# -- the CUDA kernels' own per-element code, compiled for the host -------------------------------------------------
+@pytest.fixture(scope="module")
+def host_backend(tmp_path_factory):
+    try:
+        return HostHarnessBackend(compile_harness(tmp_path_factory.mktemp("host-harness")))
+    except HarnessUnavailable as error:
+        pytest.skip(str(error))
+
+
+@pytest.mark.parametrize("case", UPFIRDN_CASES, ids=CASE_IDS)
+def test_kernel_code_upfirdn2d_matches_naive_loops_for_any_strides(case, host_backend):
+    _, shape, kernel, up, down, pad = case
+    x, k = case_tensors(shape, kernel)
+    expected = naive_upfirdn2d(x.numpy(), kernel, up, down, pad)
+    np.testing.assert_allclose(host_backend.upfirdn2d(x, k, up, down, pad).numpy(), expected, rtol=1e-12, atol=1e-12)
+    # The same values read through other layouts: channels-last, and a strided view of a bigger tensor.
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(host_backend.upfirdn2d(channels_last, k, up, down, pad).numpy(), expected,
+                               rtol=1e-12, atol=1e-12)
+    bigger = torch.zeros(shape[0], shape[1], shape[2] * 2, shape[3] + 3, dtype=x.dtype)
+    bigger[:, :, ::2, 1:-2] = x
+    view = bigger[:, :, ::2, 1:-2]
+    np.testing.assert_allclose(host_backend.upfirdn2d(view, k, up, down, pad).numpy(), expected,
+                               rtol=1e-12, atol=1e-12)
+    x32 = x.float()
+    np.testing.assert_allclose(host_backend.upfirdn2d(x32, k.float(), up, down, pad).numpy(),
+                               upfirdn2d_ref(x32, k.float(), up=up, down=down, pad=pad).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[c[0] for c in GRADCHECK_CASES])
+def test_kernel_code_upfirdn2d_gradients_through_the_cuda_autograd(case, host_backend):
+    _, shape, kernel, up, down, pad = case
+    x, k = case_tensors((1, 2) + tuple(shape[2:]), kernel, seed=2, requires_grad=True)
+    fn = lambda t: Upfirdn2d.apply(t, k, up, down, pad, host_backend)  # noqa: E731
+    dy = torch.randn_like(upfirdn2d_ref(x, k, up=up, down=down, pad=pad))
+    (g_kernel,) = torch.autograd.grad(fn(x), x, dy)
+    (g_ref,) = torch.autograd.grad(upfirdn2d_ref(x, k, up=up, down=down, pad=pad), x, dy)
+    torch.testing.assert_close(g_kernel, g_ref, rtol=1e-10, atol=1e-10)
+    x1 = x[:1, :1].detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(fn, (x1,))
+    assert torch.autograd.gradgradcheck(fn, (x1,))
+
+
+@pytest.mark.parametrize("case", BIAS_ACT_CASES, ids=BIAS_ACT_IDS)
+def test_kernel_code_bias_act_matches_naive_and_its_gradients_check(case, host_backend):
+    act, alpha, gain, clamp, shape, dim = case
+    x, bias = bias_act_inputs(shape, dim)
+    g = (1.0 if act == "linear" else math.sqrt(2)) if gain is None else gain
+    expected = naive_bias_act(x.numpy(), bias.numpy(), act, alpha, gain, clamp, dim)
+    np.testing.assert_allclose(host_backend.bias_act(x, bias, act, alpha, g, clamp, dim).numpy(), expected,
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(host_backend.bias_act(x, None, act, alpha, g, clamp, dim).numpy(),
+                               naive_bias_act(x.numpy(), None, act, alpha, gain, clamp, dim), rtol=1e-12, atol=1e-12)
+    xs, bs = away_from_kinks(shape, dim, gain, clamp, seed=4, act=act, alpha=alpha)
+    fn = lambda a, b: BiasAct.apply(a, b, act, alpha, g, clamp, dim, host_backend)  # noqa: E731
+    y_ref = bias_act_ref(xs, bs, act=act, alpha=alpha, gain=gain, clamp=clamp, dim=dim)
+    dy = torch.randn_like(y_ref)
+    for a, b in zip(torch.autograd.grad(fn(xs, bs), (xs, bs), dy), torch.autograd.grad(y_ref, (xs, bs), dy)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(fn, (xs, bs))
+    assert torch.autograd.gradgradcheck(fn, (xs, bs))
 
 
 # -- dispatch -------------------------------------------------------------------------------------------------------

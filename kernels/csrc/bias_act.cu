@@ -1,34 +1,17 @@
-// bias_act: fused bias + activation + gain + clamp, and its gradient.
-//
-// mode 0 (forward):  y = clamp(gain * act(x + bias), -clamp, clamp)
-// mode 1 (gradient): dx = dy * gain * act'(.) * [|y| < clamp], with act' read off the saved output y
-//                    (y > 0 exactly when x + bias > 0 because gain > 0; the Python side guarantees gain > 0).
-// The gradient is linear in dy and piecewise constant in y, so its own gradient is this same kernel again:
-// that is what makes double backward (R1) work without a second-order kernel.
+// bias_act: fused bias + activation + gain + clamp (mode 0), and its gradient (mode 1); the per-element
+// arithmetic is in bias_act_core.h. The gradient is linear in dy and piecewise constant in the saved output, so its
+// own gradient is this same kernel again: that is what makes double backward (R1) work without a second-order kernel.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "bias_act_core.h"
 #include "common.h"
 
 namespace fstrain_kernels {
 namespace {
-
-// Same numbering as kernels/cuda_backend.py.
-enum Activation : int { kLinear = 0, kRelu = 1, kLrelu = 2 };
-
-struct BiasActParams {
-  int64_t total;
-  int64_t inner;     // elements per step along `dim` (product of the sizes after it)
-  int64_t channels;  // size of `dim`
-  int act;
-  int mode;
-  bool has_bias;
-  bool has_clamp;
-  double alpha, gain, clamp;
-};
 
 template <typename scalar_t, typename acc_t>
 __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
@@ -41,28 +24,14 @@ __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __re
   const acc_t stored_clamp = static_cast<acc_t>(static_cast<scalar_t>(static_cast<acc_t>(p.clamp)));
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.total; i += step) {
-    acc_t v = static_cast<acc_t>(x[i]);
+    const acc_t v = static_cast<acc_t>(x[i]);
     if (p.mode == 0) {
-      if (p.has_bias) v += static_cast<acc_t>(bias[(i / p.inner) % p.channels]);
-      if (p.act == kRelu) {
-        v = v > acc_t(0) ? v : acc_t(0);
-      } else if (p.act == kLrelu) {
-        v = v > acc_t(0) ? v : v * alpha;
-      }
-      v *= gain;
-      if (p.has_clamp) v = v > clamp ? clamp : (v < -clamp ? -clamp : v);
+      const acc_t b = p.has_bias ? static_cast<acc_t>(bias[bias_index(i, p)]) : acc_t(0);
+      out[i] = static_cast<scalar_t>(bias_act_forward<acc_t>(v + b, alpha, gain, clamp, p));
     } else {
       const acc_t y = static_cast<acc_t>(saved[i]);
-      acc_t slope = gain;
-      if (p.act == kRelu) {
-        slope = y > acc_t(0) ? gain : acc_t(0);
-      } else if (p.act == kLrelu) {
-        slope = y > acc_t(0) ? gain : gain * alpha;
-      }
-      if (p.has_clamp && !(y < stored_clamp && y > -stored_clamp)) slope = acc_t(0);
-      v *= slope;
+      out[i] = static_cast<scalar_t>(v * bias_act_slope<acc_t>(y, alpha, gain, stored_clamp, p));
     }
-    out[i] = static_cast<scalar_t>(v);
   }
 }
 

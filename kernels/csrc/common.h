@@ -16,16 +16,6 @@ inline int64_t blocks_for(int64_t total) {
   return blocks < kMaxBlocks ? blocks : kMaxBlocks;
 }
 
-#if defined(__CUDACC__)
-// Floor division for a possibly negative numerator and a positive divisor.
-__host__ __device__ inline int floor_div(int a, int b) {
-  const int q = a / b;
-  const int r = a % b;
-  return (r != 0 && r < 0) ? q - 1 : q;
-}
-
-__host__ __device__ inline int ceil_div(int a, int b) { return -floor_div(-a, b); }
-#endif  // __CUDACC__
 
 }  // namespace fstrain_kernels
 

@@ -1,9 +1,5 @@
 // upfirdn2d: zero-insertion upsampling, padding/cropping, FIR filtering (true convolution), downsampling.
-//
-// One thread per output element, a grid-stride loop over all of them. For output position o along an axis the
-// reference computes  y[o] = sum_t f[k-1-t] * u[o*down - pad0 + t],  t in [0, k),  where u is the zero-inserted
-// input (u[q] = x[q/up] when q % up == 0). Only taps that land on a real input sample are visited, so the work
-// per output is about (k/up)^2 multiply-adds and the zeros are never materialised.
+// One thread per output element in a grid-stride loop; the per-output arithmetic is in upfirdn2d_core.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAStream.h>
@@ -11,19 +7,10 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "common.h"
+#include "upfirdn2d_core.h"
 
 namespace fstrain_kernels {
 namespace {
-
-struct Upfirdn2dParams {
-  int64_t total;      // N * C * out_h * out_w
-  int64_t channels;
-  int64_t stride_n, stride_c, stride_h, stride_w;  // input strides in elements (any layout works)
-  int in_h, in_w, out_h, out_w;
-  int up_x, up_y, down_x, down_y;
-  int pad_x0, pad_y0;
-  int kernel_h, kernel_w;
-};
 
 template <typename scalar_t, typename acc_t>
 __global__ void upfirdn2d_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
@@ -37,32 +24,7 @@ __global__ void upfirdn2d_kernel(scalar_t* __restrict__ out, const scalar_t* __r
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < p.total;
        index += step) {
-    const int ox = static_cast<int>(index % p.out_w);
-    const int oy = static_cast<int>((index / p.out_w) % p.out_h);
-    const int64_t plane = index / (static_cast<int64_t>(p.out_w) * p.out_h);
-    const int64_t n = plane / p.channels;
-    const int64_t c = plane % p.channels;
-    const scalar_t* __restrict__ src = x + n * p.stride_n + c * p.stride_c;
-
-    // Upsampled coordinate of tap t = 0; input sample i sits at upsampled coordinate i * up.
-    const int qy = oy * p.down_y - p.pad_y0;
-    const int qx = ox * p.down_x - p.pad_x0;
-    const int iy_begin = max(ceil_div(qy, p.up_y), 0);
-    const int iy_end = min(floor_div(qy + p.kernel_h - 1, p.up_y) + 1, p.in_h);
-    const int ix_begin = max(ceil_div(qx, p.up_x), 0);
-    const int ix_end = min(floor_div(qx + p.kernel_w - 1, p.up_x) + 1, p.in_w);
-
-    acc_t acc = 0;
-    for (int iy = iy_begin; iy < iy_end; ++iy) {
-      const int ty = iy * p.up_y - qy;  // in [0, kernel_h)
-      const acc_t* __restrict__ tap_row = taps + (p.kernel_h - 1 - ty) * p.kernel_w + (p.kernel_w - 1);
-      const scalar_t* __restrict__ src_row = src + iy * p.stride_h;
-      for (int ix = ix_begin; ix < ix_end; ++ix) {
-        const int tx = ix * p.up_x - qx;  // in [0, kernel_w)
-        acc += static_cast<acc_t>(src_row[ix * p.stride_w]) * tap_row[-tx];
-      }
-    }
-    out[index] = static_cast<scalar_t>(acc);
+    out[index] = static_cast<scalar_t>(upfirdn2d_point<scalar_t, acc_t>(x, taps, p, index));
   }
 }
 
