@@ -198,3 +198,20 @@ def test_cli_writes_levels_1_and_3(local_root, tiny_models, tmp_path, capsys):
     # Level 2 without a baseline: a clear message and a non-zero exit, nothing written.
     assert main([str(config_path), "--style", STYLE, "--root", local_root, "--levels", "2"]) == 2
     assert "baseline fine-tune" in capsys.readouterr().err
+
+
+def test_corrupt_style_image_is_reported_by_name_and_the_rest_paired(local_root, tiny_models, pair_models):
+    prefix = storage.join(local_root, "datasets", STYLE)
+    good = cartoon_pictures(2, seed=3)
+    with shards.ShardWriter(prefix, max_samples=10) as writer:
+        for i, picture in enumerate(good):
+            buffer = io.BytesIO()
+            Image.fromarray(picture).save(buffer, format="PNG")
+            writer.write({"__key__": f"good{i}", "png": buffer.getvalue(), "json": {}})
+        writer.write({"__key__": "broken", "png": b"\x89PNG truncated", "json": {}})
+    summary = make_pairs(pipeline_config(tiny_models, levels=[1, 3]), style=STYLE, root=local_root,
+                         models=pair_models)
+    assert summary["samples"] == {"1": 2, "3": 2}
+    assert [(s["key"], s["shard"].endswith("shard-000000.tar")) for s in summary["skipped_samples"]] == \
+        [("broken", True)]
+    assert [s.key for s in read_pairs(storage.join(local_root, "pairs", STYLE, "level3"))] == ["good0", "good1"]
