@@ -206,7 +206,11 @@ def test_resumed_run_equals_uninterrupted_run_exactly(world):
 
 def test_published_generator_is_rosinality_layout_with_metadata(world, tmp_path):
     config = tiny_config()
-    result = run_finetune(config, style=STYLE, mode="sc+pc", root=str(world), run_id="publish", steps=2)
+    calls = []
+    result = run_finetune(config, style=STYLE, mode="sc+pc", root=str(world), run_id="publish", steps=2,
+                          progress=lambda step, total, losses: calls.append((step, total, sorted(losses))))
+    assert [(s, t) for s, t, _ in calls] == [(1, 2), (2, 2)]
+    assert {"g_adv", "d_adv", "sem", "pair", "g_total"} <= set(calls[-1][2])
     raw = torch.load(result["generator"], weights_only=True)
     assert set(raw) == {"g_ema", "latent_avg"} and raw["latent_avg"].shape == (512,)
     dest = str(tmp_path / "styles" / STYLE / "generator.pt")

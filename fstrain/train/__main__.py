@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import PurePosixPath
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, ModelMissingError, ResumeError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2, default=str))
+    if int(os.environ.get("RANK", "0")) == 0:      # one report per job, not one per process
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

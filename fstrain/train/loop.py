@@ -379,7 +379,8 @@ def run_finetune(config: PipelineConfig, *, style: str, mode: str, root: str, ru
                     visibility.write_png(storage.join(run.run_dir, "samples", f"step-{run.step:06d}.png"), grid)
                     tensorboard.image(run.step, "samples/G_top_Gprime_bottom", grid)
             if run.step % tcfg.checkpoint_every == 0 or last:
-                checkpoint_uri = run.save_checkpoint()
+                run.save_checkpoint()
+                checkpoint_uri = storage.join(run.run_dir, checkpointing.checkpoint_name(run.step))
                 if run.is_main:
                     metrics.flush()
                     tensorboard.flush()
