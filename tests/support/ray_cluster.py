@@ -92,10 +92,19 @@ def submit_job(cluster: LocalRay, entrypoint: Sequence[str], *, working_dir: Pat
         _run_cli([RAY_CLI, "job", "stop", "--address", cluster.dashboard_url, job_id], env, 60, check=False)
         raise
     status_out = _run_cli([RAY_CLI, "job", "status", "--address", cluster.dashboard_url, job_id], env, 60)
-    match = re.search(rf"Status for job '{job_id}': (\w+)", status_out)
+    return JobResult(job_id=job_id, status=_parse_job_status(job_id, status_out), logs=logs)
+
+
+def _parse_job_status(job_id: str, text: str) -> str:
+    """The CLI words terminal states ("Job 'x' succeeded") differently from the others ("Status for job 'x': RUNNING")."""
+    for pattern, status in ((f"Job '{job_id}' succeeded", "SUCCEEDED"), (f"Job '{job_id}' failed", "FAILED"),
+                            (f"Job '{job_id}' was stopped", "STOPPED")):
+        if pattern in text:
+            return status
+    match = re.search(rf"Status for job '{re.escape(job_id)}': (\w+)", text)
     if match is None:
-        raise AssertionError(f"could not read the status of job {job_id} from:\n{status_out}")
-    return JobResult(job_id=job_id, status=match.group(1), logs=logs)
+        raise AssertionError(f"could not read the status of job {job_id} from:\n{text}")
+    return match.group(1)
 
 
 def _run_cli(cmd: list[str], env: dict[str, str], timeout_s: float, check: bool = True) -> str:
