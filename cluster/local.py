@@ -99,23 +99,32 @@ class LocalRay:
                                     "loopback-only cluster")
         if ray.is_initialized():
             raise LocalClusterError("ray is already initialised in this process; shut it down before connect()")
-        saved = {k: os.environ.get(k) for k in self.auth_env}
-        os.environ.update(self.auth_env)
-        _refresh_ray_auth_config()
-        try:
-            ray.init(address=self.gcs_address, log_to_driver=False, **init_kwargs)
-            yield
-        finally:
-            ray.shutdown()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            _refresh_ray_auth_config()
+        with ray_auth_applied(self.auth_env):
+            ray.init(address=self.gcs_address, **init_kwargs)
+            try:
+                yield
+            finally:
+                ray.shutdown()
 
     def alive_pids(self) -> list[int]:
         return _cluster_pids(self.pgid)
+
+
+@contextmanager
+def ray_auth_applied(auth_env: dict[str, str]) -> Iterator[None]:
+    """Make this process use `auth_env` (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH) for Ray, restoring it afterwards."""
+    saved = {k: os.environ.get(k) for k in auth_env}
+    os.environ.update(auth_env)
+    _refresh_ray_auth_config()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _refresh_ray_auth_config()
 
 
 def _refresh_ray_auth_config() -> None:
