@@ -249,3 +249,57 @@ def test_fake_multinode_gpu_actor_pool_scales_up(tmp_path, tiny_models, request)
         assert mix.shape == (2, tiny_models.n_latent, tiny_models.style_dim)
         np.testing.assert_array_equal(mix[:, :4], np.repeat(latents["w_plus"][None, :4], 2, 0))  # layers < k kept
         assert not np.allclose(mix[0, 4:], mix[1, 4:])
+
+
+def test_stages_in_process_reference_mode_matches_stylizer(tmp_path, tiny_models):
+    """The stages without Ray: aligned input -> one encoding -> reference-mixed renders equal Stylizer's."""
+    import torch
+
+    from batch import stages
+    from fstrain.stylize import ReferenceCode, ReferenceStore
+    from fstrain.stylize.images import decode_png, from_uint8, to_uint8
+
+    root, inputs, out = str(tmp_path / "root"), str(tmp_path / "in"), str(tmp_path / "out")
+    publish_styles(tiny_models, root, styles=("cartoon", "anime"))
+    store = ReferenceStore(root)
+    for i, style in enumerate(("cartoon", "anime")):
+        w = torch.randn(1, tiny_models.style_dim, generator=torch.Generator().manual_seed(10 + i))
+        store.save(style, "ref1", ReferenceCode(v=w.clone(), w=w, meta={}))
+    rng = np.random.default_rng(3)
+    faces = rng.integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)  # non-square: centre-cropped
+    for i, pixels in enumerate(faces):
+        storage.write_bytes(storage.join(inputs, f"f{i}.png"), _png(pixels))
+    storage.write_bytes(storage.join(inputs, "broken.png"), b"\x89PNG\r\n\x1a\n broken")
+    items = list_inputs(inputs)
+    spec = stages.JobSpec(input=inputs, output=out, job_id="inproc", styles=["cartoon", "anime"],
+                          generator_uris={s: storage.join(root, "styles", s, "generator.pt") for s in ("cartoon", "anime")},
+                          encoder_uri=tiny_models.encoder_wplus, mode="reference", layer=3, reference_id="ref1",
+                          root=root, aligned=True, min_input_side=32, image_format="png", size=tiny_models.size,
+                          thumbnail_keys=["f0"])
+    batch = {"key": np.array([i["key"] for i in items], dtype=object),
+             "uri": np.array([i["uri"] for i in items], dtype=object)}
+    prepared = stages.PrepareFaces(spec)(batch)
+    assert prepared["ok"].tolist() == [False, True, True, True]      # broken.png sorts first
+    assert prepared["stage"][0] == "decode" and "broken.png" in prepared["message"][0]
+    actor = stages.StylizeActor(spec)
+    stylized = actor(prepared)
+    result = stages.EncodeUpload(spec)(stylized)
+    assert result["status"].tolist() == ["error", "ok", "ok", "ok"]
+
+    stylizer = actor.stylizer
+    aligned = from_uint8(np.stack([stages.centre_square(p, tiny_models.size) for p in faces]))
+    w_plus = stylizer.encode(aligned)
+    for style in ("cartoon", "anime"):
+        want = stylizer.reference(w_plus, style, store.load(style, "ref1"), 3)
+        for i in range(3):
+            got = decode_png(storage.read_bytes(storage.join(out, style, f"f{i}.png")))
+            np.testing.assert_array_equal(got, to_uint8(want[i]))
+    with np.load(storage.join(out, "latents", "f1.npz")) as latents:
+        np.testing.assert_allclose(latents["w_plus"], w_plus[1].numpy(), rtol=1e-5, atol=1e-6)
+        mix = latents["mix_anime"][0]
+        np.testing.assert_allclose(mix[:3], w_plus[1, :3].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(mix[3:], np.repeat(store.load("anime", "ref1").w.numpy(), mix.shape[0] - 3, 0))
+    parts = storage.list_uris(manifest.parts_uri(out, "inproc"))
+    assert len(parts) == 1 and len(manifest.read_job_records(out, "inproc")) == 4
+    assert storage.exists(storage.join(out, "_gallery", "f0", "input.jpg"))
+    assert storage.exists(storage.join(out, "_gallery", "f0", "anime.jpg"))
