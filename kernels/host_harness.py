@@ -31,6 +31,8 @@ class HarnessUnavailable(RuntimeError):
 
 
 def compile_harness(directory: Path | None = None) -> ctypes.CDLL:
+    if not HARNESS.exists():
+        raise HarnessUnavailable(f"{HARNESS} is not installed (it ships with the source tree only)")
     compiler = shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise HarnessUnavailable("no host C++ compiler (c++/g++) on PATH")
