@@ -108,4 +108,5 @@ class PipelineConfig:
     stylize: StylizeConfig = field(default_factory=StylizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    root: str = ""                 # storage root (local dir or s3://bucket/prefix); a job's --root overrides it
     styles: list[str] = field(default_factory=lambda: ["cartoon", "anime", "fantasy", "illustration", "impasto"])

@@ -113,7 +113,9 @@ class ProgressBar:
         from tqdm.auto import tqdm
         self.total = total
         self.callback = callback
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc=description, dynamic_ncols=True)
+        # TQDM_DISABLE=1 (set by the cluster job, which prints its own per-style lines) silences the bar.
+        disabled = not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+        self.bar = tqdm(total=total, initial=initial, disable=disabled, desc=description, dynamic_ncols=True)
 
     def update(self, step: int, losses: dict[str, float]) -> None:
         self.bar.update(1)

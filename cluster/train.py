@@ -1,0 +1,167 @@
+"""One Ray job trains every style at once.
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- python -m cluster.train configs/five_styles.yaml
+    python -m cluster.train CONFIG [--root URI] [--styles a,b,...] [--run-id ID]     # local Ray when none is up
+
+For every style, in parallel, the paper's DAG:
+    baseline   G* = fine-tune(G), adversarial loss only          <root>/runs/<run>/<style>/baseline/
+    pairs      (S, P1..P3, codes) from E_z+, G*, E_w+            <root>/pairs/<style>/level{1,2,3}/
+    styled     G' = fine-tune(G) with L_sem and/or L_pair        <root>/runs/<run>/<style>/<constrained mode>/
+    publish    G'.g_ema in rosinality layout                     <root>/styles/<style>/generator.pt
+Each stage is a Ray task with the style's resources (`cluster.gpus_per_style`, `cluster.cpus_per_style`); a stage
+whose worker dies is retried and resumes from its checkpoint in storage; a resubmitted job with the same run id
+skips finished stages. The scheduling itself lives in cluster.pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any
+
+from cluster.pipeline import Stage, StageContext, Summary, run_styles
+from fstrain.config import ConfigError, load_config
+from fstrain.data import storage
+from fstrain.settings import PipelineConfig
+
+STAGES = ("baseline", "pairs", "styled", "publish")
+
+
+def published_uri(root: str, style: str) -> str:
+    return storage.join(root, "styles", style, "generator.pt")
+
+
+def _report_losses(ctx: StageContext):
+    """A run_finetune progress callback that forwards (step, total, total loss) to the job's progress board."""
+    def report(step: int, total: int, losses: dict[str, float]) -> None:
+        ctx.report(step, total, losses.get("g_total"))
+    return report
+
+
+def _quiet_step_bars() -> None:
+    """Inside a Ray task the driver prints one progress line per style; per-step tqdm bars would flood the log."""
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+def _fine_tune(config: PipelineConfig, ctx: StageContext, *, mode: str, steps: int | None) -> dict[str, Any]:
+    from fstrain.train import run_dir, run_finetune
+    from fstrain.train.checkpointing import latest_checkpoint
+
+    _quiet_step_bars()
+    # Record a resume before training, so the progress board shows it while the stage runs.
+    found = latest_checkpoint(run_dir(ctx.root, ctx.run_id, ctx.style, mode))
+    if found is not None:
+        ctx.resumed(found[0])
+    result = run_finetune(config, style=ctx.style, mode=mode, root=ctx.root, run_id=ctx.run_id, steps=steps,
+                          progress=_report_losses(ctx))
+    return {"mode": mode, "generator": result["generator"], "final_step": result["final_step"],
+            "resumed_from": result["resumed_from"], "skipped_samples": result.get("skipped_samples"),
+            "metrics": result.get("metrics") or {}}
+
+
+def baseline_stage(config: PipelineConfig):
+    def baseline(ctx: StageContext) -> dict[str, Any]:
+        steps = config.cluster.baseline_steps or None
+        return _fine_tune(config, ctx, mode="baseline", steps=steps)
+    return baseline
+
+
+def pairs_stage(config: PipelineConfig):
+    def pairs(ctx: StageContext) -> dict[str, Any]:
+        from fstrain.pairs import make_pairs
+
+        _quiet_step_bars()
+        def report(done: int, total: int, info: dict) -> None:
+            ctx.report(done, total, info.get("l_sem_final_mean") if isinstance(info, dict) else None)
+
+        levels = sorted(set(config.pairs.levels) | {config.train.pair_level})
+        return make_pairs(config, style=ctx.style, root=ctx.root, levels=levels,
+                          baseline_generator_uri=ctx.previous["baseline"]["generator"], progress=report)
+    return pairs
+
+
+def styled_stage(config: PipelineConfig):
+    def styled(ctx: StageContext) -> dict[str, Any]:
+        return _fine_tune(config, ctx, mode=config.cluster.constrained_mode, steps=None)
+    return styled
+
+
+def publish_stage(config: PipelineConfig):
+    def publish(ctx: StageContext) -> dict[str, Any]:
+        from fstrain.train import run_dir
+        from fstrain.train.checkpointing import publish_generator
+
+        mode = config.cluster.constrained_mode
+        dest = publish_generator(run_dir(ctx.root, ctx.run_id, ctx.style, mode), published_uri(ctx.root, ctx.style))
+        return {"published_uri": dest, "metrics": ctx.previous["styled"].get("metrics", {})}
+    return publish
+
+
+def style_stages(config: PipelineConfig) -> list[Stage]:
+    """The four stages of one style; publish only copies files, so it asks for one CPU and no GPU."""
+    return [Stage("baseline", baseline_stage(config)),
+            Stage("pairs", pairs_stage(config)),
+            Stage("styled", styled_stage(config)),
+            Stage("publish", publish_stage(config), resources={"num_cpus": 1, "num_gpus": 0})]
+
+
+def style_resources(config: PipelineConfig) -> dict[str, Any]:
+    return {"num_gpus": config.cluster.gpus_per_style, "num_cpus": config.cluster.cpus_per_style}
+
+
+def check_config(config: PipelineConfig, source: str) -> None:
+    from fstrain.train import MODES
+    mode = config.cluster.constrained_mode
+    if mode not in MODES or mode == "baseline":
+        raise ConfigError(f"{source}: cluster.constrained_mode must be one of sc, pc, sc+pc; got {mode!r}")
+    if config.cluster.gpus_per_style > 1:
+        raise ConfigError(f"{source}: cluster.gpus_per_style={config.cluster.gpus_per_style}: one style's "
+                          f"fine-tune runs in one Ray task on one device; use 1 (or 0 on CPU-only clusters)")
+
+
+def train_styles(config: PipelineConfig, *, root: str, run_id: str, styles: list[str] | None = None,
+                 stages: list[Stage] | None = None, log=None) -> Summary:
+    """Run every style's DAG in parallel on the current Ray (a local one is started when none is up)."""
+    styles = list(styles or config.styles)
+    config = dataclasses.replace(config, root=root)
+    kwargs = {} if log is None else {"log": log}
+    return run_styles(styles, stages or style_stages(config), root=root, run_id=run_id,
+                      resources_per_style=style_resources(config), max_retries=config.cluster.max_retries,
+                      progress_interval_s=config.cluster.progress_interval_s, **kwargs)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cluster.train", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="pipeline YAML (local path or s3:// URI), e.g. configs/five_styles.yaml")
+    parser.add_argument("--root", help="storage root (local dir or s3://bucket/prefix); default: the config's root")
+    parser.add_argument("--styles", help="comma-separated subset of the config's styles")
+    parser.add_argument("--run-id", help="default: <config name>-<hash of the config>, so a resubmission resumes")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fstrain.train.__main__ import default_run_id
+
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, PipelineConfig)
+        check_config(config, args.config)
+        root = args.root or config.root
+        if not root:
+            raise ConfigError(f"{args.config}: no storage root: set `root:` in the config or pass --root URI")
+        styles = [s.strip() for s in args.styles.split(",") if s.strip()] if args.styles else config.styles
+        unknown = sorted(set(styles) - set(config.styles))
+        if unknown:
+            raise ConfigError(f"{args.config}: styles {unknown} are not in the config's styles {config.styles}")
+        run_id = args.run_id or default_run_id(args.config)
+    except (ConfigError, storage.StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"training styles {', '.join(styles)} as run {run_id} under {root}", flush=True)
+    summary = train_styles(config, root=root, run_id=run_id, styles=styles)
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
