@@ -29,7 +29,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def resolve_uri(uri: str, root: str) -> str:
-    return uri if uri.startswith(("/", "s3://", "file://")) else storage.join(root, uri)
+    """Config model URIs: absolute or schemed as given, otherwise relative to the pipeline root."""
+    return uri if not uri or uri.startswith("/") or "://" in uri else storage.join(root, uri)
 
 
 def style_generator_uri(root: str, style: str) -> str:
