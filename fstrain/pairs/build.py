@@ -227,6 +227,8 @@ def make_pairs(config, *, style: str, root: str, levels: Iterable[int] | str | N
 
     Resumable per shard: output shards that exist are skipped; a shard whose levels all exist is not even read.
     `models` may be passed pre-loaded (tests, or a caller that builds pairs for several datasets).
+    Summary counts (`samples`, `l_sem_initial_mean`/`l_sem_final_mean`) cover the shards written by this call;
+    style images that do not decode are listed in `skipped_samples` with shard, key and reason.
     """
     chosen = parse_levels(levels if levels is not None else config.pairs.levels)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -280,7 +282,8 @@ def make_pairs(config, *, style: str, root: str, levels: Iterable[int] | str | N
             summary["shards_written"] += 1
         if progress is not None:
             progress(index + 1, len(todo), {"shard": name, "levels_written": missing,
-                                            "elapsed_s": round(time.time() - started, 1)})
+                                            "elapsed_s": round(time.time() - started, 1),
+                                            "l_sem_final_mean": float(np.mean(l_sem_final)) if l_sem_final else None})
 
     if l_sem_initial:
         summary["l_sem_initial_mean"] = float(np.mean(l_sem_initial))
