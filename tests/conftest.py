@@ -18,3 +18,9 @@ from support.tiny_models import *  # noqa
 from support.portraits import *  # noqa
 from support.evaluation_world import *  # noqa
 from support.ray_cluster import *  # noqa
+
+# One torch thread per test process: on 2 cores shared with Ray workers and subprocesses, extra intra-op threads
+# only busy-wait (measured: a test file went from 220 s to 20 s). Benchmarks set their own thread counts.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

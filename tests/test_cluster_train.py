@@ -1,0 +1,99 @@
+"""cluster.train: the five-style DAG on real Ray with the real fine-tuning, pairs and publish stages."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from cluster.demo import prepare_world
+from cluster.pipeline import Stage
+from cluster.train import STAGES, main, published_uri, style_stages, train_styles
+from fstrain.config import load_config
+from fstrain.data import storage
+from fstrain.models.checkpoints import load_generator
+from fstrain.settings import PipelineConfig
+from support.cluster_stages import PauseOnFirstAttempt
+from support.ray_cluster import kill_when_pid_file_appears, short_tmp_dir, submit_job
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = REPO_ROOT / "configs" / "tiny_five_styles.yaml"
+FIVE = ("cartoon", "anime", "fantasy", "illustration", "impasto")
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_five_styles_and_publishes_to_s3(ray_head, s3_root, s3_server):
+    prepare_world(s3_root, images_per_style=8)
+    # The job's workers reach the test S3 server through the standard AWS variables (fake test credentials).
+    env_vars = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                           "AWS_DEFAULT_REGION") if k in os.environ}
+    result = submit_job(ray_head, ["python", "-m", "cluster.train", "configs/tiny_five_styles.yaml",
+                                   "--root", s3_root, "--run-id", "job1"],
+                        runtime_env_json=json.dumps({"env_vars": env_vars}), timeout_s=900)
+    assert result.status == "SUCCEEDED", result.logs[-4000:]
+    # One progress/summary line per style in the job log.
+    for style in FIVE:
+        assert f"[{style}] done in" in result.logs
+    summary = storage.read_json(storage.join(s3_root, "runs", "job1", "summary.json"))
+    assert set(summary["styles"]) == set(FIVE)
+    for style in FIVE:
+        entry = summary["styles"][style]
+        assert entry["status"] == "ok", entry
+        assert [s["name"] for s in entry["stages"]] == list(STAGES)
+        assert entry["published_uri"] == published_uri(s3_root, style)
+        loaded = load_generator(entry["published_uri"])
+        assert loaded.metadata["style"] == style and loaded.metadata["mode"] == "sc+pc"
+        assert loaded.generator.size == 32
+
+
+@pytest.mark.slow
+def test_killed_fine_tune_worker_resumes_and_a_failing_style_does_not_stop_others(ray_local, tmp_path):
+    root = str(tmp_path / "root")
+    prepare_world(root, images_per_style=8, styles=("cartoon",))     # anime has no dataset: it must fail alone
+    config = load_config(str(TINY), PipelineConfig)
+    config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, progress_interval_s=2.0))
+    pid_dir = short_tmp_dir("pids-")
+    stages = style_stages(dataclasses.replace(config, root=root))
+    styled = stages[STAGES.index("styled")]
+    # Kill the styled fine-tune at step 12 of 20; its last checkpoint is step 10 (checkpoint_every: 10).
+    stages[STAGES.index("styled")] = Stage("styled", PauseOnFirstAttempt(styled.fn, str(pid_dir), pause_at_step=12))
+    killed: list[int] = []
+    killer = threading.Thread(target=lambda: killed.append(
+        kill_when_pid_file_appears(pid_dir / "cartoon-styled.pid", timeout_s=300)), daemon=True)
+    killer.start()
+    lines: list[str] = []
+    summary = train_styles(config, root=root, run_id="kill1", styles=["cartoon", "anime"], stages=stages,
+                           log=lines.append)
+    killer.join(timeout=5)
+    assert killed, "the styled worker was never killed"
+
+    cartoon = summary.styles["cartoon"]
+    assert cartoon.status == "ok", "\n".join(lines)
+    styled_record = next(s for s in cartoon.stages if s.name == "styled")
+    assert styled_record.attempts == 2
+    assert styled_record.resumed_from == [10]
+    assert styled_record.output["final_step"] == 20 and styled_record.output["resumed_from"] == 10
+    assert storage.exists(published_uri(root, "cartoon"))
+
+    anime = summary.styles["anime"]
+    assert anime.status == "failed" and anime.failed_stage == "baseline"
+    assert "datasets/anime" in anime.error and "fstrain.ingest" in anime.error
+
+    on_disk = storage.read_json(storage.join(root, "runs", "kill1", "summary.json"))
+    assert on_disk["styles"]["cartoon"]["stages"][2]["resumed_from"] == [10]
+    assert any(line.startswith("[cartoon] styled") for line in lines)     # per-style progress lines
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    config_text = TINY.read_text().replace("constrained_mode: sc+pc", "constrained_mode: baseline")
+    bad.write_text(config_text)
+    assert main([str(bad), "--root", str(tmp_path)]) == 2
+    assert "cluster.constrained_mode" in capsys.readouterr().err
+    assert main([str(TINY)]) == 2
+    assert "no storage root" in capsys.readouterr().err
+    assert main([str(TINY), "--root", str(tmp_path), "--styles", "cartoon,watercolour"]) == 2
+    assert "watercolour" in capsys.readouterr().err
