@@ -3,6 +3,7 @@ feature extractor (both weight layouts, strict loading, named errors) and the tw
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 
 from fstrain.metrics import (FeatureExtractor, FeatureStatistics, extract_features, frechet_distance,
                              frechet_distance_between, load_inception, load_statistics, quantize_8bit,
-                             save_random_inception_weights, semantic_distance, stylization_distance)
+                             semantic_distance, stylization_distance)
 from fstrain.metrics.features import InceptionFeatures, build_inception, detect_layout
 from fstrain.models.checkpoints import load_generator
 from fstrain.models.identity import load_identity
@@ -90,6 +91,31 @@ def test_streaming_statistics_equal_batch_numpy_in_float64_even_with_large_means
     assert count == 300 and np.array_equal(mu, stats.mean()) and np.array_equal(sigma, stats.covariance())
 
 
+def test_small_sets_take_the_exact_low_rank_route_and_agree_with_the_dense_formula():
+    rng = np.random.default_rng(4)
+    dim = 48
+    small = FeatureStatistics(dim).update(rng.normal(size=(9, dim)) * 2 + 1)
+    other_small = FeatureStatistics(dim).update(rng.normal(size=(20, dim)))
+    large = FeatureStatistics(dim)
+    for chunk in np.array_split(rng.normal(size=(150, dim)) + 0.5, 4):
+        large.update(chunk)
+    assert small.factor() is not None and large.factor() is None
+    np.testing.assert_allclose(small.factor().T @ small.factor(), small.covariance(), rtol=1e-10, atol=1e-12)
+    for a, b in ((small, other_small), (small, large), (large, small)):
+        dense = frechet_distance(a.mean(), a.covariance(), b.mean(), b.covariance())
+        assert frechet_distance_between(a, b) == pytest.approx(dense, rel=1e-6)
+    # Known answers: identical -> 0, translated -> |shift|^2 (the dense route only reaches these to ~sqrt(eps)).
+    assert abs(frechet_distance_between(small, small)) < 1e-10
+    shift = rng.normal(size=dim)
+    moved = FeatureStatistics(dim).update(np.concatenate(small.samples) + shift)
+    assert frechet_distance_between(small, moved) == pytest.approx(np.sum(shift ** 2), rel=1e-10)
+    # Merging keeps the shortcut while the union is small, and drops it beyond `dim` samples.
+    merged = FeatureStatistics(dim).merge(small).merge(other_small)
+    assert merged.count == 29 and merged.factor() is not None
+    np.testing.assert_allclose(merged.covariance(), merged.factor().T @ merged.factor(), rtol=1e-9, atol=1e-12)
+    assert merged.merge(large).factor() is None
+
+
 def test_frechet_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"sigma2 \(3, 3\)"):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(3))
@@ -128,13 +154,17 @@ def test_any_extractor_plugs_in_and_sees_8bit_quantised_images():
     assert a.dtype == torch.float64 and a.shape == (4, 6)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     stats = FeatureStatistics(extractor.dim).update(a)
-    assert frechet_distance_between(stats, stats) == 0.0
+    assert abs(frechet_distance_between(stats, stats)) < 1e-10
 
 
 @pytest.fixture(scope="module")
 def random_inception_file(tmp_path_factory) -> str:
+    """Written by the CLI (`python -m fstrain.metrics random-inception`), which is the function below it."""
+    from fstrain.metrics.__main__ import main
     path = str(tmp_path_factory.mktemp("inception") / "inception_RANDOM.pth")
-    save_random_inception_weights(path, "torchvision", seed=0)
+    assert main(["random-inception", path, "--seed", "0"]) == 0
+    with open(path + ".json") as f:
+        assert json.load(f)["random_init"] is True
     return path
 
 
