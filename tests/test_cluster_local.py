@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cluster.local import read_state, start_head
+from cluster.local import _pid_alive, read_state, start_head
 from cluster.pipeline import Stage, run_styles, summary_uri
 from fstrain.data import storage
 from support.ray_cluster import (REPO_ROOT, RAY_CLI, TESTS_DIR, CountingStage, expected_value, short_tmp_dir,
@@ -21,7 +21,7 @@ STYLES = ["cartoon", "anime", "fantasy", "illustration", "impasto"]
 
 
 def _alive(pids: list[int]) -> list[int]:
-    return [p for p in pids if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split(")")[-1].split()[0] != "Z"]
+    return [p for p in pids if _pid_alive(p)]
 
 
 def test_job_submitted_with_the_cluster_token_runs_the_dag(ray_head, tmp_path):
@@ -60,9 +60,6 @@ def test_down_stops_exactly_the_cluster_it_started(ray_head):
     assert _alive(other_pids) == []
     assert read_state(other.state_dir) is None
     assert _alive(head_pids) == head_pids          # the session's head is untouched
-    assert start_head(other.state_dir, num_cpus=1, include_dashboard=False).alive_pids()  # dir reusable ...
-    subprocess.run([sys.executable, "-m", "cluster.local", "down", "--state-dir", other.state_dir],
-                   cwd=REPO_ROOT, check=True, capture_output=True, timeout=120)      # ... and stoppable again
 
 
 def _wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):

@@ -114,7 +114,7 @@ def test_fake_multinode_config_is_a_valid_autoscaler_config():
 
 def test_no_credentials_in_any_manifest():
     # An access key id, or a secret-looking value (30+ key characters) assigned to a secret key name.
-    secret_like = re.compile(r"AKIA[0-9A-Z]{16}|(secret_access_key|secretAccessKey)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+]{30}",
-                             re.I)
+    secret_like = re.compile(
+        r"AKIA[0-9A-Z]{16}|(secret_access_key|secretAccessKey)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+]{30}", re.I)
     for path in [*K8S.glob("*.yaml"), REPO / "cluster" / "aws.yaml", REPO / "cluster" / "fake_multinode.yaml"]:
         assert not secret_like.search(path.read_text()), path

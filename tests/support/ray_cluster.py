@@ -96,7 +96,7 @@ def submit_job(cluster: LocalRay, entrypoint: Sequence[str], *, working_dir: Pat
 
 
 def _parse_job_status(job_id: str, text: str) -> str:
-    """The CLI words terminal states ("Job 'x' succeeded") differently from the others ("Status for job 'x': RUNNING")."""
+    """The CLI words terminal states ("Job 'x' succeeded") unlike the others ("Status for job 'x': RUNNING")."""
     for pattern, status in ((f"Job '{job_id}' succeeded", "SUCCEEDED"), (f"Job '{job_id}' failed", "FAILED"),
                             (f"Job '{job_id}' was stopped", "STOPPED")):
         if pattern in text:
