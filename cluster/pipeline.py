@@ -190,10 +190,14 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def progress_line(style: str, current: dict | None, now: float | None = None) -> str:
-    """`[cartoon] styled 120/600 loss=0.41 eta 2m10s`; the ETA uses this attempt's rate so a resume is not skewed."""
-    if current is None:
-        return f"[{style}] waiting for resources"
+def progress_line(style: str, current: dict | None, stage: str | None = None, now: float | None = None) -> str:
+    """`[cartoon] styled 120/600 loss=0.41 eta 2m10s`; the ETA uses this attempt's rate so a resume is not skewed.
+
+    `current` is the style's latest report; when it is absent or about an earlier stage than `stage` (the one
+    submitted), the task has not started yet: it waits for resources, e.g. for the autoscaler to add a GPU node.
+    """
+    if current is None or (stage is not None and current["stage"] != stage):
+        return f"[{style}]{' ' + stage if stage else ''} waiting for resources"
     head = f"[{style}] {current['stage']}"
     if current.get("attempt", 1) > 1:
         head += f" (attempt {current['attempt']})"
@@ -287,9 +291,24 @@ def run_styles(styles: Sequence[str], stages: Sequence[Stage], *, root: str, run
         if status == "ok":
             log(f"[{s.style}] done in {format_duration(s.wall_s)} -> {s.published_uri or 'no published URI'}")
 
-    for run in runs.values():
-        advance(run)
+    try:
+        for run in runs.values():
+            advance(run)
+        _drive(runs, stages, pending, advance, finish, board, progress_interval_s, log)
+        _fill_attempts(runs, _snapshot(board)["history"])
+    finally:
+        ray.kill(board)
+    summary = Summary(run_id=run_id, root=root, wall_s=time.time() - started,
+                      styles={style: runs[style].summary for style in styles})
+    log(summary.table())
+    storage.write_json(summary_uri(root, run_id), summary.to_dict())
+    log(f"summary: {summary_uri(root, run_id)}")
+    return summary
 
+
+def _drive(runs: dict[str, _StyleRun], stages: Sequence[Stage], pending: dict, advance: Callable,
+           finish: Callable, board: Any, progress_interval_s: float, log: Callable[[str], None]) -> None:
+    """Wait for stage results, chain the next stage, and print one progress line per running style per interval."""
     last_print = time.time()
     while pending:
         timeout = max(0.0, progress_interval_s - (time.time() - last_print))
@@ -304,6 +323,7 @@ def run_styles(styles: Sequence[str], stages: Sequence[Stage], *, root: str, run
                 record.status, record.error = "failed", _error_text(exc)
                 run.summary.failed_stage, run.summary.error = record.name, record.error
                 log(f"[{run.summary.style}] {record.name} FAILED: {record.error}")
+                print(f"[{run.summary.style}] {record.name} traceback:\n{exc}", file=sys.stderr, flush=True)
                 finish(run, "failed")
                 continue
             record.status, record.output = "ok", result["output"]
@@ -313,18 +333,9 @@ def run_styles(styles: Sequence[str], stages: Sequence[Stage], *, root: str, run
             advance(run)
         if time.time() - last_print >= progress_interval_s and pending:
             current = _snapshot(board)["current"]
-            for style in sorted({s for s in pending.values()}):
-                log(progress_line(style, current.get(style)))
+            for style in sorted(set(pending.values())):
+                log(progress_line(style, current.get(style), stages[runs[style].next_index].name))
             last_print = time.time()
-
-    _fill_attempts(runs, _snapshot(board)["history"])
-    ray.kill(board)
-    summary = Summary(run_id=run_id, root=root, wall_s=time.time() - started,
-                      styles={style: runs[style].summary for style in styles})
-    log(summary.table())
-    storage.write_json(summary_uri(root, run_id), summary.to_dict())
-    log(f"summary: {summary_uri(root, run_id)}")
-    return summary
 
 
 def _snapshot(board: Any) -> dict:

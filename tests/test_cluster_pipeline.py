@@ -110,6 +110,8 @@ def test_progress_line_and_durations():
     # 100 steps in 100 s, 480 to go.
     assert progress_line("cartoon", current) == "[cartoon] styled 120/600 loss=0.41 eta 8m00s"
     assert progress_line("anime", None) == "[anime] waiting for resources"
+    # The report is about the finished baseline while the styled task waits for a node.
+    assert progress_line("cartoon", {**current, "stage": "baseline"}, "styled") == "[cartoon] styled waiting for resources"
     assert progress_line("anime", {**current, "step": None, "attempt": 2}) == "[anime] styled (attempt 2) starting"
     assert [format_duration(s) for s in (5, 130, 7300)] == ["5s", "2m10s", "2h01m"]
 
