@@ -15,6 +15,15 @@ from batch.stages import JobSpec, thumbnail_uri
 from fstrain.data import storage
 
 
+SHEET_MIN_CELL = 96   # px: small thumbnails (tiny demo models) are enlarged so a person can see them
+
+
+def _at_least(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Enlarge by a whole factor (nearest neighbour, no invented detail) until the cell is at least `side` px."""
+    factor = max(1, -(-side // max(pixels.shape[0], 1)))
+    return pixels.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else pixels
+
+
 def _relative(spec: JobSpec, uri: str) -> str:
     return uri[len(spec.output.rstrip("/")) + 1:]
 
@@ -44,7 +53,7 @@ def write_gallery(spec: JobSpec, records: list[manifest.Record]) -> dict[str, st
             link = _relative(spec, target) if target and target.startswith(spec.output) else target
             cells.append(f'<td><a href="{html.escape(link or "")}"><img src="{html.escape(_relative(spec, uri))}" '
                          f'alt="{html.escape(record.key)} {html.escape(column)}"></a></td>')
-            sheet_row.append(np.asarray(pixels))
+            sheet_row.append(_at_least(np.asarray(pixels), SHEET_MIN_CELL))
         rows_html.append(f"<tr><th>{html.escape(record.key)}</th>{''.join(cells)}</tr>")
         sheet_rows.append(sheet_row)
     errors = [r for r in records if r.status == manifest.ERROR]
@@ -59,5 +68,5 @@ def write_gallery(spec: JobSpec, records: list[manifest.Record]) -> dict[str, st
     storage.write_text(written["html"], page)
     if any(cell is not None for row in sheet_rows for cell in row):
         written["contact_sheet"] = storage.join(spec.output, "contact_sheet.png")
-        storage.write_bytes(written["contact_sheet"], png_bytes(image_grid(sheet_rows)))
+        storage.write_bytes(written["contact_sheet"], png_bytes(image_grid(sheet_rows, column_labels=columns)))
     return written

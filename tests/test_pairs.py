@@ -15,7 +15,7 @@ from fstrain.models.checkpoints import load_generator, save_generator
 from fstrain.pairs import PairsError, load_pair_models, make_pairs, pairs_for_batch, read_pairs
 from fstrain.pairs.levels import embed_level1, optimise_level2
 from fstrain.settings import PairsConfig, PipelineConfig
-from fstrain.stylize.images import decode_png, from_uint8, to_uint8
+from fstrain.stylize.images import LABEL_STRIP, decode_png, from_uint8, to_uint8
 
 SIZE = 32
 STYLE = "cartoon"
@@ -153,7 +153,8 @@ def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, t
         assert stored.shape == (5, SIZE, SIZE, 3) and samples[0].style_image.shape == (SIZE, SIZE, 3)
 
     sheet = decode_png(storage.read_bytes(summary["contact_sheet"]))
-    assert sheet.shape == (5 * (SIZE + 2) + 2, 4 * (SIZE + 2) + 2, 3)     # rows S | P1 | P2 | P3
+    # rows S | P1 | P2 | P3 under a header strip that names the columns
+    assert sheet.shape == (LABEL_STRIP + 5 * (SIZE + 2) + 2, 4 * (SIZE + 2) + 2, 3)
     assert storage.read_json(storage.join(root, "pairs", STYLE, "summary.json"))["samples"] == summary["samples"]
 
 

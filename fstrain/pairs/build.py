@@ -317,5 +317,6 @@ def write_contact_sheet(root: str, style: str, levels: Sequence[int], rows: int 
                                    if key in by_level.get(lvl, {}) else None for lvl in ALL_LEVELS]
             for key in order]
     uri = storage.join(pairs_prefix(root, style), "contact_sheet.png")
-    storage.write_bytes(uri, png_bytes(image_grid(grid)))
+    labels = ["S"] + [f"P{lvl}" for lvl in ALL_LEVELS]
+    storage.write_bytes(uri, png_bytes(image_grid(grid, column_labels=labels)))
     return uri

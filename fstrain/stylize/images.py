@@ -60,16 +60,29 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
 
 
+LABEL_STRIP = 14   # px of header above the cells when a grid names its columns
+
+
 def image_grid(rows: Sequence[Sequence[np.ndarray | None]], pad: int = 2,
-               background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Tile uint8 (H, W, 3) cells into a PIL image; `None` cells stay blank. Cells may differ in size."""
+               background: tuple[int, int, int] = (255, 255, 255),
+               column_labels: Sequence[str] | None = None) -> Image.Image:
+    """Tile uint8 (H, W, 3) cells into a PIL image; `None` cells stay blank. Cells may differ in size.
+
+    `column_labels` adds a header strip naming each column, so a person reading the sheet knows what is where.
+    """
     if not rows or not any(rows):
         raise ValueError("image_grid needs at least one row with one cell")
     cells = [cell for row in rows for cell in row if cell is not None]
     cell_h = max(cell.shape[0] for cell in cells)
     cell_w = max(cell.shape[1] for cell in cells)
     n_cols = max(len(row) for row in rows)
-    sheet = Image.new("RGB", (n_cols * (cell_w + pad) + pad, len(rows) * (cell_h + pad) + pad), background)
+    top = LABEL_STRIP if column_labels else 0
+    sheet = Image.new("RGB", (n_cols * (cell_w + pad) + pad, top + len(rows) * (cell_h + pad) + pad), background)
+    if column_labels:
+        from PIL import ImageDraw
+        draw = ImageDraw.Draw(sheet)
+        for c, label in enumerate(column_labels):
+            draw.text((pad + c * (cell_w + pad) + 2, 1), str(label)[: max(1, cell_w // 6)], fill=(0, 0, 0))
     for r, row in enumerate(rows):
         for c, cell in enumerate(row):
             if cell is None:
@@ -77,7 +90,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray | None]], pad: int = 2,
             tile = Image.fromarray(cell, "RGB")
             if tile.size != (cell_w, cell_h):
                 tile = tile.resize((cell_w, cell_h), Image.LANCZOS)
-            sheet.paste(tile, (pad + c * (cell_w + pad), pad + r * (cell_h + pad)))
+            sheet.paste(tile, (pad + c * (cell_w + pad), top + pad + r * (cell_h + pad)))
     return sheet
 
 
