@@ -147,3 +147,48 @@ def write_batch_inputs(prefix: str, n_plain: int = 44, seed: int = 0) -> BatchIn
     draw_face(ImageDraw.Draw(image), 80, 80, 11, 14, SKIN[0])
     put("bad/face-too-small.png", _png(image), Expectation("error", "detect", "face too small"))
     return out
+
+
+# ------------------------------------------------------------------------------ synthetic portraits (ground truth)
+@dataclass
+class EncodedCase:
+    """One input file made from a synthetic aligned photo: what the decoded face must look like, or why it fails."""
+    truth: Image.Image | None     # the aligned render as the pipeline should see it (RGB; gray for gray files)
+    tolerance: float = 0.0        # allowed mean |pixel difference| after resizing (0: bit-exact, lossless files)
+    error: str = ""               # for bad inputs: a substring of the decode error
+
+
+def synthetic_encodings(prefix: str, size: int = 64, seed: int = 7) -> dict[str, EncodedCase]:
+    """Synthetic aligned photos (one identity each) written under `prefix` in every odd encoding the batch job
+    accepts, plus bad files made from them. Returns key -> EncodedCase (keys are the file stems)."""
+    from fstrain.data.synthetic import generate
+
+    photos = [image for _, image, _ in generate("photo", 8, size, seed, aligned=True)]
+    cases: dict[str, EncodedCase] = {}
+
+    def put(name: str, data: bytes, case: EncodedCase) -> None:
+        storage.write_bytes(storage.join(prefix, name), data)
+        cases[name.rsplit(".", 1)[0]] = case
+
+    put("photo-png.png", _png(photos[0]), EncodedCase(photos[0]))
+    put("photo-jpg.jpg", _jpeg(photos[1]), EncodedCase(photos[1], 3.0))
+    put("palette.png", _png(photos[2].convert("P", palette=Image.ADAPTIVE)), EncodedCase(photos[2], 4.0))
+    rgba = photos[3].convert("RGBA")
+    rgba.putalpha(255)
+    put("rgba.png", _png(rgba), EncodedCase(photos[3]))
+    put("cmyk.jpg", _jpeg(photos[4].convert("CMYK")), EncodedCase(photos[4], 4.0))
+    gray = photos[5].convert("L")
+    put("gray16.png", _png(Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257)),
+        EncodedCase(gray.convert("RGB"), 0.5))
+    exif = Image.Exif()
+    exif[0x0112] = 6                       # "rotate 90 CW to display": store the pixels turned the other way
+    put("exif-rotated.jpg", _jpeg(photos[6].transpose(Image.ROTATE_90), exif=exif.tobytes()),
+        EncodedCase(photos[6], 3.0))
+    whole = _jpeg(photos[7])
+    put("bad-truncated.jpg", whole[: len(whole) // 3], EncodedCase(None, error="truncated"))
+    put("bad-empty.png", b"", EncodedCase(None, error="empty"))
+    put("bad-notes.jpg", b"not a photo, just notes\n" * 20, EncodedCase(None, error="not an image"))
+    put("bad-tiny.png", _png(photos[7].resize((24, 24))), EncodedCase(None, error="too small"))
+    put("bad-bomb.png", _png(Image.new("1", (9000, 8000)), optimize=True),
+        EncodedCase(None, error="decompression bomb"))
+    return cases
