@@ -220,10 +220,10 @@ def test_fake_multinode_gpu_actor_pool_scales_up(tmp_path, tiny_models, request)
 
     inputs, out, root = str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "root")
     publish_styles(tiny_models, root)
-    rng = np.random.default_rng(0)
-    for i in range(16):  # already aligned crops (--aligned): no detector needed
-        pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
-        storage.write_bytes(storage.join(inputs, f"face-{i:02d}.png"), _png(pixels))
+    from support.portraits import portrait_photos
+
+    for i, photo in enumerate(portrait_photos(16, 48, seed=0)):  # synthetic aligned photos (--aligned): no detector
+        storage.write_bytes(storage.join(inputs, f"face-{i:02d}.png"), _png(photo.array()))
     state = Path(f"/tmp/fstrain-batch-{os.getpid()}")  # short: Ray's unix socket paths are length-limited
     request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
     with fake_multinode_cluster(state, gpu_workers_max=2, idle_timeout_s=30, head_cpus=2, worker_cpus=1) as cluster:
@@ -265,8 +265,10 @@ def test_stages_in_process_reference_mode_matches_stylizer(tmp_path, tiny_models
     for i, style in enumerate(("cartoon", "anime")):
         w = torch.randn(1, tiny_models.style_dim, generator=torch.Generator().manual_seed(10 + i))
         store.save(style, "ref1", ReferenceCode(v=w.clone(), w=w, meta={}))
-    rng = np.random.default_rng(3)
-    faces = rng.integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)  # non-square: centre-cropped
+    from support.portraits import portrait_photos
+
+    # Synthetic aligned photos with 4 rows cut off top and bottom (non-square: the stage centre-crops them).
+    faces = np.stack([p.array()[4:44] for p in portrait_photos(3, 48, seed=3)])
     for i, pixels in enumerate(faces):
         storage.write_bytes(storage.join(inputs, f"f{i}.png"), _png(pixels))
     storage.write_bytes(storage.join(inputs, "broken.png"), b"\x89PNG\r\n\x1a\n broken")
