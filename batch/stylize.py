@@ -91,13 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _resolve(uri: str, root: str) -> str:
-    return uri if uri.startswith(("/", "s3://", "file://")) or not root else storage.join(root, uri)
-
-
 def build_spec(args: argparse.Namespace) -> JobSpec:
     """Validate everything that can be checked before Ray starts; errors name the file and what to do."""
-    from fstrain.settings import StylizeConfig
+    from fstrain.settings import StylizeConfig, resolve_model_uri
 
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
     if not styles:
@@ -110,10 +106,11 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
         config = load_config(args.config, PipelineConfig)
     defaults = config.stylize if config else StylizeConfig()
     root = args.root or ""
-    encoder = args.encoder or (config.models.encoder_wplus if config else None)
+    # --encoder is a path as the user typed it; the config's model URIs are relative to the root.
+    encoder = args.encoder or (resolve_model_uri(config.models.encoder_wplus, root) if config and root
+                               else config.models.encoder_wplus if config else None)
     if not encoder:
         raise SystemExit("no W+ encoder: pass --config (models.encoder_wplus) or --encoder URI")
-    encoder = _resolve(encoder, root)
     overrides = dict(item.split("=", 1) for item in args.generator)
     if not root and set(styles) - set(overrides):
         raise SystemExit("--root is needed to find <root>/styles/<style>/generator.pt (or pass --generator "

@@ -15,7 +15,6 @@ import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import sys

@@ -8,6 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def resolve_model_uri(uri: str, root: str) -> str:
+    """Model URIs in configs are absolute paths, schemed URIs (`s3://`), or relative to the pipeline root."""
+    if not uri or uri.startswith("/") or "://" in uri:
+        return uri
+    return root.rstrip("/") + "/" + uri
+
+
 @dataclass
 class ModelsConfig:
     """Where every pretrained network comes from: local paths or s3:// URIs, each optionally pinned by sha256."""

@@ -8,6 +8,7 @@ stored in the run's checkpoints; `--inception-weights`, `--photos` and `--num-sa
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import sys
 
@@ -36,9 +37,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _as_typed(path: str | None) -> str | None:
+    """A path typed on the command line is relative to the working directory, not to the pipeline root."""
+    if path is None or "://" in path or path.startswith("/") or path == "synthetic":
+        return path
+    return os.path.abspath(path)
+
+
 def with_overrides(config: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
-    changes = {name: value for name, value in (("inception_weights", args.inception_weights),
-                                               ("photos", args.photos), ("num_samples", args.num_samples))
+    changes = {name: value for name, value in (("inception_weights", _as_typed(args.inception_weights)),
+                                               ("photos", _as_typed(args.photos)), ("num_samples", args.num_samples))
                if value is not None}
     return dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, **changes))
 

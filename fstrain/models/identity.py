@@ -107,7 +107,7 @@ def infer_ir_body(state: Mapping[str, torch.Tensor], prefix: str, uri: str) -> d
     units: list[int] = []
     channels: list[int] = []
     for _, weight in convs:
-        depth, in_channel = int(weight.shape[0]), int(weight.shape[1])
+        depth = int(weight.shape[0])
         if not channels or depth != channels[-1]:
             channels.append(depth)
             units.append(0)

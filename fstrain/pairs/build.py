@@ -20,6 +20,7 @@ from PIL import Image
 from fstrain.data import shards, storage
 from fstrain.pairs import levels as lv
 from fstrain.pairs.records import NOISE_SOURCE, PairSample, decode_pair, encode_pair
+from fstrain.settings import resolve_model_uri
 from fstrain.stylize.images import from_uint8, image_grid, png_bytes, to_uint8
 
 ALL_LEVELS = (1, 2, 3)
@@ -41,14 +42,6 @@ def pairs_prefix(root: str, style: str, level: int | None = None) -> str:
 
 def dataset_prefix(root: str, style: str) -> str:
     return storage.join(root, "datasets", style)
-
-
-def resolve_uri(uri: str, root: str) -> str:
-    """Model URIs in configs are absolute paths, schemed URIs (`s3://`), or relative to the pipeline root
-    (the convention of `fstrain.train.resources.resolve_uri`)."""
-    if not uri or uri.startswith("/") or "://" in uri:
-        return uri
-    return storage.join(root, uri)
 
 
 def baseline_generator_uri(root: str, run_id: str, style: str) -> str:
@@ -99,8 +92,8 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
     models_cfg = config.models
     hashes: dict[str, str] = {}
 
-    def local(name: str, uri: str) -> str:
-        path = fetch(resolve_uri(uri, root), models_cfg.sha256.get(name))
+    def local(name: str, uri: str, relative_to_root: bool = True) -> str:
+        path = fetch(resolve_model_uri(uri, root) if relative_to_root else uri, models_cfg.sha256.get(name))
         hashes[name] = sha256_file(path)
         return str(path)
 
@@ -119,7 +112,7 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
                              "(CLI: --baseline URI, or --run-id to use the run's baseline), or drop level 2")
         from fstrain.models.identity import load_identity
         from fstrain.models.perceptual import load_lpips
-        star = load_generator(local("baseline_generator", baseline_generator_uri), load_discriminator=False)
+        star = load_generator(local("baseline_generator", baseline_generator_uri, relative_to_root=False), load_discriminator=False)
         models.generator_star = star.generator.to(device).eval()
         lpips = load_lpips(local("lpips_backbone", models_cfg.lpips_backbone), net=models_cfg.lpips_net).to(device)
         identity = None

@@ -20,17 +20,13 @@ import torch
 from PIL import Image
 
 from fstrain.data import storage
+from fstrain.settings import resolve_model_uri
 from fstrain.stylize.images import image_grid, pil_to_tensor, png_bytes, to_uint8
 from fstrain.stylize.modes import Stylizer
 from fstrain.stylize.reference import (ReferenceStore, generator_fingerprint, invert_reference,
                                        reference_id)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def resolve_uri(uri: str, root: str) -> str:
-    """Config model URIs: absolute or schemed as given, otherwise relative to the pipeline root."""
-    return uri if not uri or uri.startswith("/") or "://" in uri else storage.join(root, uri)
 
 
 def style_generator_uri(root: str, style: str) -> str:
@@ -45,7 +41,7 @@ def load_stylizer(config, *, root: str, styles: list[str], generator_uris: dict[
     from fstrain.models.registry import fetch
 
     sha = config.models.sha256
-    encoder = load_encoder(str(fetch(resolve_uri(config.models.encoder_wplus, root), sha.get("encoder_wplus"))))
+    encoder = load_encoder(str(fetch(resolve_model_uri(config.models.encoder_wplus, root), sha.get("encoder_wplus"))))
     generators, latent_avgs = {}, {}
     for style in styles:
         uri = (generator_uris or {}).get(style) or style_generator_uri(root, style)
@@ -134,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 if lpips is None:
                     from fstrain.models.perceptual import load_lpips
                     from fstrain.models.registry import fetch
-                    lpips = load_lpips(str(fetch(resolve_uri(config.models.lpips_backbone, args.root))),
+                    lpips = load_lpips(str(fetch(resolve_model_uri(config.models.lpips_backbone, args.root))),
                                        net=config.models.lpips_net).to(args.device)
                 print(f"[{style}] inverting reference {ref_id} ({cfg.reference_steps} steps)", file=sys.stderr)
                 return invert_reference(generator, reference_tensor, lpips, cfg.reference_steps, cfg.reference_lr,

@@ -16,6 +16,7 @@ from torch import nn
 from fstrain.data import storage
 from fstrain.models import registry
 from fstrain.models.checkpoints import CheckpointError, LoadedGenerator, load_generator
+from fstrain.settings import resolve_model_uri as resolve_uri  # noqa: F401  (re-exported)
 from fstrain.settings import ModelsConfig
 
 MODES = ("baseline", "sc", "pc", "sc+pc")
@@ -25,11 +26,6 @@ class ModelMissingError(FileNotFoundError):
     """A model the run needs is missing or unreadable; the message names the config key, URI and the fix."""
 
 
-def resolve_uri(uri: str, root: str) -> str:
-    """`uri` as given when absolute or schemed, else joined onto `root`."""
-    if not uri or uri.startswith("/") or "://" in uri:
-        return uri
-    return storage.join(root, uri)
 
 
 def run_dir(root: str, run_id: str, style: str, mode: str) -> str:
