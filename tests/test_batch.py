@@ -6,7 +6,6 @@ detector) on 60 photos into three styles, with ~13% bad inputs, an actor that cr
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
