@@ -1,11 +1,12 @@
 """Wall time of N styles through cluster.pipeline in parallel vs one style after another; prints a table.
 
     python benchmarks/bench_cluster_parallel.py                                  # tiny built-in stages, local Ray
-    python benchmarks/bench_cluster_parallel.py --stages pkg.mod:factory --stages-arg configs/tiny.yaml \
+    python benchmarks/bench_cluster_parallel.py --stages bench_cluster_parallel:training_stages \
+        --stages-arg configs/tiny_five_styles.yaml               # the real four stages of cluster.train
+    python benchmarks/bench_cluster_parallel.py --stages pkg.mod:factory --stages-arg ARG \
         --num-gpus 1 --num-cpus 1 --root s3://bucket/bench
 
-`--stages` names a factory `factory(arg: str | None) -> list[cluster.pipeline.Stage]`, so real training stages
-can be timed the same way. Runs on RAY_ADDRESS when set (e.g. inside `ray job submit`), else a local Ray with
+`--stages` names a factory `factory(arg: str | None, root: str) -> list[cluster.pipeline.Stage]`. Runs on RAY_ADDRESS when set (e.g. inside `ray job submit`), else a local Ray with
 `--local-cpus`. Each mode uses its own run id, so nothing is skipped as already done.
 """
 from __future__ import annotations
@@ -49,10 +50,26 @@ class TinyStage:
         return {"acc": acc, "metrics": {"steps": self.steps}}
 
 
-def tiny_stages(arg: str | None) -> list[Stage]:
+def tiny_stages(arg: str | None, root: str) -> list[Stage]:
     steps = int(arg) if arg else 10
     return [Stage("baseline", TinyStage(steps, 0.1)), Stage("pairs", TinyStage(steps // 2, 0.1)),
             Stage("styled", TinyStage(steps, 0.1))]
+
+
+def training_stages(config_path: str | None, root: str) -> list[Stage]:
+    """cluster.train's stages (baseline -> pairs -> styled -> publish) for the config, on `root`; when `root` has no
+    models yet, the demo's tiny models and style datasets are written there first."""
+    import dataclasses
+
+    from cluster.demo import prepare_world
+    from cluster.train import style_stages
+    from fstrain.config import load_config
+    from fstrain.settings import PipelineConfig
+
+    config = load_config(config_path or "configs/tiny_five_styles.yaml", PipelineConfig)
+    if not storage.exists(storage.join(root, config.models.base_generator)):
+        prepare_world(root, images_per_style=16, log=lambda line: None)
+    return style_stages(dataclasses.replace(config, root=root))
 
 
 def load_factory(dotted: str):
@@ -81,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
                                                                           str(Path(__file__).parents[1])])}})
     styles = args.styles.split(",")
-    stages = load_factory(args.stages)(args.stages_arg)
     root = args.root or tempfile.mkdtemp(prefix="bench-cluster-")
+    stages = load_factory(args.stages)(args.stages_arg, root)
     resources = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
     quiet = lambda line: None  # noqa: E731  (the table below is the output)
     tag = uuid.uuid4().hex[:6]
 
+    # Warm-up (untimed): Ray's first tasks start worker processes and import torch; neither mode should pay it.
+    run_styles(styles[:min(len(styles), int(ray.cluster_resources().get("CPU", 1)))], stages, root=root,
+               run_id=f"bench-warm-{tag}", resources_per_style=resources, log=quiet)
     t0 = time.perf_counter()
     parallel = run_styles(styles, stages, root=root, run_id=f"bench-par-{tag}", resources_per_style=resources,
                           log=quiet)
