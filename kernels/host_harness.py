@@ -23,7 +23,7 @@ from kernels.reference import upfirdn2d_output_size
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 HARNESS = CSRC / "host" / "host_harness.cpp"
-HEADERS = (CSRC / "upfirdn2d_core.h", CSRC / "bias_act_core.h")
+HEADERS = (CSRC / "host_device.h", CSRC / "upfirdn2d_core.h", CSRC / "bias_act_core.h")
 
 
 class HarnessUnavailable(RuntimeError):

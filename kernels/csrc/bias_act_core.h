@@ -8,11 +8,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FSK_HOST_DEVICE __host__ __device__
-#else
-#define FSK_HOST_DEVICE
-#endif
+#include "host_device.h"
 
 namespace fstrain_kernels {
 
