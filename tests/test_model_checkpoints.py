@@ -174,7 +174,7 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
     state["convs.1.activate.bias"] = torch.zeros(15)
     path = saved_converted(tmp_path, state)
     with pytest.raises(CheckpointError, match=r"shape mismatch for 'convs\.1\.activate\.bias': "
-                                              r"checkpoint \(15,\), model \(16,\)"):
+                                              r"file \(15,\), model \(16,\)"):
         load_generator(path)
 
 

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from fstrain.models.registry import state_dict_mismatch
 from fstrain.models.stylegan2 import Discriminator, Generator, channel_table
 
 FORMAT_NAME = "rosinality-stylegan2"
@@ -195,18 +196,9 @@ def infer_discriminator_architecture(state: Mapping[str, torch.Tensor], uri: str
 
 def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], uri: str, what: str) -> None:
     """load_state_dict(strict=True) with errors that name the file, every offending key and both shapes."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    problems += [f"missing key '{k}' (expected shape {tuple(expected[k].shape)})" for k in missing]
-    problems += [f"unexpected key '{k}' (shape {tuple(state[k].shape)})" for k in unexpected]
-    problems += [f"shape mismatch for '{k}': checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-                 for k in mismatched]
+    problems = state_dict_mismatch(module.state_dict(), state)
     if problems:
-        shown = "; ".join(problems[:6]) + (f"; ... {len(problems) - 6} more" if len(problems) > 6 else "")
-        raise CheckpointError(f"{uri}: {what} does not match the rosinality layout: {shown}")
+        raise CheckpointError(f"{uri}: {what} does not match the rosinality layout: {problems}")
     module.load_state_dict(state, strict=True)
 
 

@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -179,6 +179,22 @@ def save_json(data: Any, uri: str | os.PathLike) -> str:
     return write_bytes_atomic(json.dumps(data, indent=2, sort_keys=True).encode("utf-8"), uri)
 
 
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                        ignore_missing: Iterable[str] = ()) -> str | None:
+    """Every missing, unexpected and wrongly shaped key (the first six spelled out), or None when `state` fits."""
+    ignore = tuple(ignore_missing)
+    missing = [k for k in expected if k not in state and not (ignore and k.endswith(ignore))]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = [f"missing key '{k}' (expected shape {tuple(expected[k].shape)})" for k in missing]
+    problems += [f"unexpected key '{k}' (shape {tuple(state[k].shape)})" for k in unexpected]
+    problems += [f"shape mismatch for '{k}': file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+                 for k in mismatched]
+    if not problems:
+        return None
+    return "; ".join(problems[:6]) + (f"; ... {len(problems) - 6} more" if len(problems) > 6 else "")
+
+
 def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], uri: str, what: str,
                      ignore_missing: Iterable[str] = ("num_batches_tracked",)) -> None:
     """Strict key/shape check with a message naming every offending key, then load_state_dict(strict=True).
@@ -186,17 +202,9 @@ def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], ur
     BatchNorm `num_batches_tracked` may be absent from files written by old PyTorch versions; torch fills it in.
     """
     expected = module.state_dict()
-    ignore = tuple(ignore_missing)
-    missing = [k for k in expected if k not in state and not k.endswith(ignore)]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = [f"missing key '{k}' (expected shape {tuple(expected[k].shape)})" for k in missing]
-    problems += [f"unexpected key '{k}' (shape {tuple(state[k].shape)})" for k in unexpected]
-    problems += [f"shape mismatch for '{k}': file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-                 for k in mismatched]
+    problems = state_dict_mismatch(expected, state, ignore_missing)
     if problems:
-        shown = "; ".join(problems[:6]) + (f"; ... {len(problems) - 6} more" if len(problems) > 6 else "")
-        raise WeightsMismatchError(f"{uri}: {what} weights do not fit: {shown}")
+        raise WeightsMismatchError(f"{uri}: {what} weights do not fit: {problems}")
     # Fill absent num_batches_tracked with the module's own (torch only does this for legacy-versioned dicts).
     full = dict(state)
     for k in expected:
