@@ -21,14 +21,6 @@ SIZE = 32
 STYLE = "cartoon"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a CPU shared by many test runs: intra-op threads only spin-wait (measured ~20x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def baseline_uri(tiny_models, tmp_path_factory) -> str:

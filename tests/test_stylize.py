@@ -21,14 +21,6 @@ from fstrain.stylize.images import decode_png, encode_png, to_uint8
 SIZE, STYLE_DIM = 32, 32
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a CPU shared by many test runs: intra-op threads only spin-wait (measured ~20x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_generator(seed: int) -> Generator:
     torch.manual_seed(seed)
