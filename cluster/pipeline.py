@@ -8,7 +8,8 @@ in the typical case, and its stages are a chain whose outputs feed the next stag
 driver shaped like the pipeline (submit, wait, submit the next), lets Ray retry a stage whose worker died
 (`max_retries`) while the stage itself resumes from the checkpoint it keeps in storage, and lets the autoscaler
 bring a GPU node up per pending task. TorchTrainer would add a trainer/worker-group layer per style for a world size
-of 1; a multi-GPU style runs `accelerate launch`/`torchrun` as a subprocess inside its task instead.
+of 1. One GPU per style is what this system supports (cluster.train rejects gpus_per_style > 1); a multi-GPU style
+would launch `accelerate launch` as a subprocess inside its task, keeping this driver unchanged.
 
 Contract for a stage: `fn(ctx: StageContext) -> dict` (JSON-serialisable). It keeps its own checkpoints under
 `ctx.work_uri`, calls `ctx.resumed(step)` when it picks one up, and `ctx.report(step, total, loss)` as it goes.
