@@ -1,7 +1,7 @@
 """batch.stylize: manifest/resume logic, the detector through insightface, and whole Ray Data jobs on S3.
 
 The end-to-end test runs the real pipeline (local Ray, moto S3 server, tiny random models, the tiny SCRFD-format
-detector) on 60 photos into three styles, with ~13% bad inputs, an actor that crashes once, and a rerun.
+detector) on 60 synthetic photos into three styles, with ~18% bad inputs, an actor that crashes once, and a rerun.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from PIL import Image
 from batch import manifest
 from batch.stylize import list_inputs, main
 from fstrain.data import storage
-from support.batch_inputs import write_batch_inputs
+from support.batch_inputs import box_iou, write_batch_inputs
 from support.tiny_detector import export_tiny_detector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,28 +93,48 @@ def test_list_inputs_keys_are_relative_and_unique(local_root):
 
 
 def test_detector_largest_face_and_no_face_through_insightface(tmp_path):
+    """Synthetic photos through insightface's SCRFD path: the renderer's face boxes are found, largest first."""
     from batch.faces import InsightFaceDetector
-    from support.batch_inputs import background, draw_face, portrait
+    from support.batch_inputs import backdrop, box_iou, synthetic_photo, two_face_scene
 
     export_tiny_detector(tmp_path / "buffalo_l")
     detector = InsightFaceDetector(str(tmp_path / "buffalo_l"), det_size=160)
-    rng = np.random.default_rng(1)
-    image = background(rng, 320, 200)
-    from PIL import ImageDraw
-
-    draw = ImageDraw.Draw(image)
-    small = draw_face(draw, 60, 70, 22, 28, (240, 214, 190))
-    big = draw_face(draw, 220, 105, 40, 52, (240, 214, 190))
+    image, boxes = two_face_scene(seed=1)            # true boxes largest first, areas >= 1.8x apart
     faces = detector.detect(np.asarray(image))
-    assert len(faces) == 2
-    np.testing.assert_allclose(faces[0].bbox, big, atol=4)
-    np.testing.assert_allclose(faces[1].bbox, small, atol=4)
-    # Keypoints: eyes above the nose above the mouth, left eye left of right eye.
-    kps = faces[0].kps
+    assert len(faces) >= 2
+    assert box_iou(faces[0].bbox, boxes[0]) > 0.5, (faces[0].bbox, boxes)
+    assert max(box_iou(f.bbox, boxes[1]) for f in faces[1:]) > 0.5
+    for seed in range(3):
+        assert detector.detect(np.asarray(backdrop(seed, 200, 150))) == []
+    image, meta = synthetic_photo(0)
+    faces = detector.detect(np.asarray(image))
+    assert box_iou(faces[0].bbox, meta["bbox"]) > 0.5
+    # Keypoints come from an upright template in the box: eyes above the nose above the mouth, inside the box.
+    kps, (x1, y1, x2, y2) = faces[0].kps, faces[0].bbox
     assert kps[0, 0] < kps[1, 0] and kps[0, 1] < kps[2, 1] < kps[3, 1]
-    assert detector.detect(np.asarray(background(rng, 200, 150))) == []
-    one, box = portrait(rng)
-    np.testing.assert_allclose(detector.detect(np.asarray(one))[0].bbox, box, atol=6)
+    assert (x1 < kps[:, 0]).all() and (kps[:, 0] < x2).all() and (y1 < kps[:, 1]).all() and (kps[:, 1] < y2).all()
+
+
+def test_detector_hit_rate_on_synthetic_photos(tmp_path, capsys):
+    """Hit rate (IoU > 0.5 with the renderer's face box) over unaligned synthetic photos; none on bare backdrops."""
+    from batch.faces import InsightFaceDetector
+    from support.batch_inputs import backdrop, box_iou, synthetic_photo
+
+    export_tiny_detector(tmp_path / "buffalo_l")
+    detector = InsightFaceDetector(str(tmp_path / "buffalo_l"), det_size=160)
+    ious = []
+    for size in (96, 128):
+        for index in range(40):
+            image, meta = synthetic_photo(index, size, seed=11)
+            faces = detector.detect(np.asarray(image))
+            ious.append(box_iou(faces[0].bbox, meta["bbox"]) if faces else 0.0)
+    ious = np.array(ious)
+    false_faces = sum(len(detector.detect(np.asarray(backdrop(seed, 192, 192)))) for seed in range(20))
+    with capsys.disabled():
+        print(f"\ntiny detector on {len(ious)} synthetic photos: hit rate {np.mean(ious > 0.5):.3f} (IoU > 0.5), "
+              f"mean IoU {ious.mean():.3f}; faces on 20 bare backdrops: {false_faces}")
+    assert np.mean(ious > 0.5) >= 0.95 and ious.mean() > 0.7
+    assert false_faces == 0
 
 
 def test_missing_detector_fails_fast_with_instructions(tmp_path, tiny_models):
@@ -146,8 +166,8 @@ def test_missing_style_generator_names_uri(tmp_path, tiny_models, capsys):
 def test_s3_job_accounts_for_every_input_survives_crash_and_resumes(s3_server, s3_root, tiny_models, tmp_path,
                                                                   monkeypatch):
     inputs, out, root = (storage.join(s3_root, p) for p in ("photos", "stylized", "pipeline"))
-    expected = write_batch_inputs(inputs, n_plain=44)              # 60 inputs, 8 of them bad
-    assert len(expected.keys) == 60 and len(expected.keys_with("error")) == 8
+    expected = write_batch_inputs(inputs)         # 60 synthetic photos/scenes: 8 bad, 3 gray (no skin colour)
+    assert len(expected.keys) == 60 and len(expected.keys_with("error")) == 11
     publish_styles(tiny_models, root)
     detector_root = storage.join(root, "models", "buffalo_l")
     storage.upload_file(export_tiny_detector(tmp_path / "det"), storage.join(detector_root, "det_10g.onnx"))
@@ -165,7 +185,7 @@ def test_s3_job_accounts_for_every_input_survives_crash_and_resumes(s3_server, s
     by_key = {r.key: r for r in records}
     assert len(records) == len(by_key) == 60 and sorted(by_key) == expected.keys
     assert summary["ok"] + summary["error"] == summary["inputs"] == 60
-    assert summary["ok"] == 52 and summary["error"] == 8 and summary["skipped"] == 0
+    assert summary["ok"] == 49 and summary["error"] == 11 and summary["skipped"] == 0
     for key, want in expected.expected.items():
         record = by_key[key]
         assert record.status == want.status, (key, record.to_json())
@@ -182,8 +202,9 @@ def test_s3_job_accounts_for_every_input_survives_crash_and_resumes(s3_server, s
         with np.load(io.BytesIO(storage.read_bytes(record.outputs["latents"]))) as latents:
             assert latents["w_plus"].shape == (tiny_models.n_latent, tiny_models.style_dim)
             assert np.isfinite(latents["w_plus"]).all() and np.abs(latents["w_plus"]).sum() > 0
-        np.testing.assert_allclose(record.face["bbox"], want.face_box, atol=6)
-    assert by_key["group/two-faces"].face["faces_found"] == 2      # several faces -> the largest one
+        assert box_iou(record.face["bbox"], want.face_box) > 0.5, (key, record.face, want.face_box)
+    for key in ("group/two-faces", "group/two-faces-b"):            # several faces -> the largest one (checked above)
+        assert by_key[key].face["faces_found"] >= 2
     assert any("alpha" in c for c in by_key["modes/gray-alpha"].face["conversions"])
     assert any("exif" in c for c in by_key["modes/exif-rotated"].face["conversions"])
     # Distinct generators give distinct pictures of one photo; one photo's styles share its single w+ encoding.

@@ -1,8 +1,11 @@
-"""A folder of test photos for batch stylization: mostly good portraits, ~10% bad inputs of every kind.
+"""A folder of test photos for batch stylization: synthetic portraits, ~18% bad inputs of every kind.
 
-Faces are bright ovals with dark eyes, brows and mouth on a darker, textured background (what the tiny SCRFD-format
-detector in `tiny_detector.py` measures). Every file comes with what the pipeline must do with it, so tests can
-check that outputs + error lines account for every input and that each error names its input and reason.
+Good photos are unaligned `photo` renders of the synthetic portrait world (`fstrain.data.synthetic`: rotated,
+off-centre faces on a 1.5x canvas) and two-face scenes; each comes with the renderer's ground-truth face box (the
+face outline grown by 40 template units, `meta["bbox"]`) of the face the pipeline must choose. Every file comes with
+what the pipeline must do with it, so tests can check that outputs + error lines account for every input and that
+each error names its input and reason. The test detector (`tiny_detector.py`) finds faces by skin colour, so gray
+photos are expected to fail detection ("no face found") after decoding fine.
 """
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from fstrain.data import storage
 
-SKIN = ((236, 208, 186), (244, 222, 200), (228, 200, 176), (250, 230, 214))
+PHOTO_SIZE = 128         # aligned size of the renders; unaligned canvases are 1.5x (192 px)
 
 
 @dataclass
@@ -22,7 +25,7 @@ class Expectation:
     status: str                       # "ok" | "error"
     stage: str = ""                   # error stage
     reason: str = ""                  # substring of the error message
-    face_box: tuple | None = None     # (x1, y1, x2, y2) of the face that must be chosen
+    face_box: tuple | None = None     # (x1, y1, x2, y2) ground truth of the face that must be chosen
     note: str = ""
 
 
@@ -39,41 +42,60 @@ class BatchInputs:
         return sorted(k for k, e in self.expected.items() if e.status == status)
 
 
-def draw_face(draw: ImageDraw.ImageDraw, cx: float, cy: float, half_w: float, half_h: float,
-              skin: tuple[int, int, int]) -> tuple[float, float, float, float]:
-    """A frontal face oval with eyes, brows, nose and mouth; returns its box."""
-    draw.ellipse((cx - half_w, cy - half_h, cx + half_w, cy + half_h), fill=skin)
-    eye_dx, eye_y, eye_r = 0.36 * half_w, cy - 0.14 * half_h, max(1.5, 0.1 * half_w)
-    for sign in (-1, 1):
-        ex = cx + sign * eye_dx
-        draw.ellipse((ex - eye_r * 1.4, eye_y - eye_r, ex + eye_r * 1.4, eye_y + eye_r), fill=(40, 30, 30))
-        draw.line((ex - eye_r * 1.6, eye_y - 2.2 * eye_r, ex + eye_r * 1.6, eye_y - 2.4 * eye_r), fill=(70, 50, 40),
-                  width=max(1, int(eye_r * 0.6)))
-    draw.line((cx, cy - 0.02 * half_h, cx - 0.06 * half_w, cy + 0.18 * half_h), fill=(190, 150, 130), width=1)
-    mouth_y = cy + 0.45 * half_h
-    draw.arc((cx - 0.27 * half_w, mouth_y - 0.08 * half_h, cx + 0.27 * half_w, mouth_y + 0.08 * half_h), 0, 180,
-             fill=(150, 60, 60), width=max(1, int(0.05 * half_w)))
-    return (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+def box_iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    base = rng.integers(20, 90, size=3)
-    noise = rng.normal(0, 10, size=(height, width, 1))
-    gradient = np.linspace(0, 30, width)[None, :, None]
-    pixels = np.clip(base[None, None, :] + noise + gradient, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
+def synthetic_photo(index: int, size: int = PHOTO_SIZE, seed: int = 0) -> tuple[Image.Image, dict]:
+    """Unaligned synthetic photo `index` of dataset `seed` and its metadata (bbox, landmarks, face_transform...)."""
+    from fstrain.data.synthetic import generate
+
+    _, image, meta = next(generate("photo", 1, size, seed, aligned=False, start=index))
+    return image, meta
 
 
-def portrait(rng: np.random.Generator, width: int = 160, height: int = 160) -> tuple[Image.Image, tuple]:
-    image = background(rng, width, height)
-    draw = ImageDraw.Draw(image)
-    half_w = rng.uniform(0.16, 0.24) * width
-    half_h = half_w * rng.uniform(1.2, 1.35)
-    cx = rng.uniform(half_w + 12, width - half_w - 12)
-    cy = rng.uniform(half_h + 12, height - half_h - 12)
-    draw.ellipse((cx - half_w * 1.05, cy - half_h * 1.12, cx + half_w * 1.05, cy - half_h * 0.2), fill=(35, 25, 20))
-    box = draw_face(draw, cx, cy, half_w, half_h, SKIN[int(rng.integers(len(SKIN)))])
-    return image, box
+def two_face_scene(seed: int, size: int = PHOTO_SIZE, min_area_ratio: float = 1.8) -> tuple[Image.Image, list]:
+    """The first two-person scene from `seed` on whose faces' true boxes differ in area by `min_area_ratio` or more
+    (chosen by ground truth only). Returns (image, true boxes largest first)."""
+    from fstrain.data.synthetic import identity_rng, render_photo_scene, sample_identity
+
+    for k in range(1000):
+        people = [sample_identity(identity_rng(seed, 2 * k + j), f"scene{seed}-{k}-{j}") for j in range(2)]
+        image, meta = render_photo_scene(people, size, seed=seed * 1000 + k)
+        boxes = sorted((tuple(f["bbox"]) for f in meta["faces"]), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]),
+                       reverse=True)
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+        if areas[0] >= min_area_ratio * areas[1]:
+            return image, boxes
+    raise ValueError(f"no scene with face areas {min_area_ratio}x apart in seed {seed}")
+
+
+def backdrop(seed: int, width: int = 144, height: int = 144) -> Image.Image:
+    """A synthetic photo with no face: the renderer's backdrop (gradient, bokeh or window light) and photo finish."""
+    from fstrain.data.synthetic import effects, identity_rng, sample_identity, sample_view
+    from fstrain.data.synthetic.palette import domain_palette
+
+    rng = np.random.default_rng([seed, 99])
+    view = sample_view(rng, aligned=False)
+    palette = domain_palette(sample_identity(identity_rng(seed, 0), "backdrop"), view, "photo")
+    frame_to_pixels = np.diag([width / 512.0 * rng.uniform(0.8, 1.5), height / 512.0 * rng.uniform(0.8, 1.5), 1.0])
+    u, v = effects.frame_coords(frame_to_pixels, width, height)
+    scale = float(np.sqrt(abs(np.linalg.det(frame_to_pixels[:2, :2]))))
+    rgb = effects.background("photo", view.background_kind, palette, u, v, scale, view.texture_seed)
+    return effects.finish("photo", rgb, view.texture_seed)
+
+
+def small_face_photo(seed: int, side: int = 160, face_size: int = 56) -> tuple[Image.Image, tuple]:
+    """One synthetic face rendered at `face_size` (its box ~20-30 px) on a `side` px canvas. Returns (image, box)."""
+    from fstrain.data.synthetic import identity_rng, render_photo_scene, sample_identity
+
+    image, meta = render_photo_scene([sample_identity(identity_rng(seed, 0), f"small{seed}")], face_size,
+                                     canvas=(side, side), seed=seed)
+    return image, tuple(meta["faces"][0]["bbox"])
 
 
 def _png(image: Image.Image, **kwargs) -> bytes:
@@ -88,63 +110,68 @@ def _jpeg(image: Image.Image, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def write_batch_inputs(prefix: str, n_plain: int = 44, seed: int = 0) -> BatchInputs:
-    """Write the set under `prefix` (local dir or s3:// prefix): n_plain + 8 handled cases + 8 bad inputs."""
+def write_batch_inputs(prefix: str, n_plain: int = 43, seed: int = 0) -> BatchInputs:
+    """Write the set under `prefix` (local dir or s3:// prefix): n_plain photos + 9 handled cases + 8 bad inputs."""
     rng = np.random.default_rng(seed)
     out = BatchInputs(prefix)
+    index = iter(range(10_000))
 
     def put(name: str, data: bytes, expectation: Expectation) -> None:
         storage.write_bytes(storage.join(prefix, name), data)
         out.expected[name.rsplit(".", 1)[0]] = expectation
 
+    def photo() -> tuple[Image.Image, tuple]:
+        image, meta = synthetic_photo(next(index), seed=seed)
+        return image, tuple(meta["bbox"])
+
     for i in range(n_plain):
-        image, box = portrait(rng)
+        image, box = photo()
         sub = "people/" if i % 3 == 0 else ""
         data = _jpeg(image) if i % 2 else _png(image)
         put(f"{sub}photo-{i:03d}.{'jpg' if i % 2 else 'png'}", data, Expectation("ok", face_box=box))
 
-    # Handled cases: unusual encodings that must decode to a usable RGB photo.
-    image, box = portrait(rng)
-    put("modes/gray.png", _png(image.convert("L")), Expectation("ok", face_box=box, note="L"))
-    image, box = portrait(rng)
-    put("modes/gray-alpha.png", _png(image.convert("LA")), Expectation("ok", face_box=box, note="LA"))
-    image, box = portrait(rng)
+    # Handled cases: unusual encodings that must decode to a usable RGB photo. Gray ones decode fine but carry no
+    # skin colour for the test detector: they must end as "no face found" at the detect stage, not at decode.
+    no_colour = dict(stage="detect", reason="no face found")
+    image, _ = photo()
+    put("modes/gray.png", _png(image.convert("L")), Expectation("error", note="L", **no_colour))
+    image, _ = photo()
+    put("modes/gray-alpha.png", _png(image.convert("LA")), Expectation("error", note="LA", **no_colour))
+    image, _ = photo()
+    wide = (np.asarray(image.convert("L"), dtype=np.uint16) * 257)
+    put("modes/gray16.png", _png(Image.fromarray(wide)), Expectation("error", note="16-bit", **no_colour))
+    image, box = photo()
     put("modes/palette.png", _png(image.convert("P", palette=Image.ADAPTIVE)), Expectation("ok", face_box=box))
-    image, box = portrait(rng)
+    image, box = photo()
     rgba = image.convert("RGBA")
     rgba.putalpha(255)
     put("modes/rgba.png", _png(rgba), Expectation("ok", face_box=box))
-    image, box = portrait(rng)
+    image, box = photo()
     put("modes/cmyk.jpg", _jpeg(image.convert("CMYK")), Expectation("ok", face_box=box))
-    image, box = portrait(rng)
-    wide = (np.asarray(image.convert("L"), dtype=np.uint16) * 257)
-    put("modes/gray16.png", _png(Image.fromarray(wide)), Expectation("ok", face_box=box, note="16-bit"))
     # EXIF orientation 6 (rotate 90 CW to display): store the pixels rotated the other way.
-    image, box = portrait(rng, 160, 200)
-    stored = image.transpose(Image.ROTATE_90)
+    image, box = photo()
     exif = Image.Exif()
     exif[0x0112] = 6
-    put("modes/exif-rotated.jpg", _jpeg(stored, exif=exif.tobytes()), Expectation("ok", face_box=box))
-    # Several faces: the largest one must be chosen.
-    image = background(rng, 320, 200)
-    draw = ImageDraw.Draw(image)
-    draw_face(draw, 60, 70, 22, 28, SKIN[0])
-    big = draw_face(draw, 220, 105, 40, 52, SKIN[1])
-    put("group/two-faces.jpg", _jpeg(image), Expectation("ok", face_box=big, note="largest"))
+    put("modes/exif-rotated.jpg", _jpeg(image.transpose(Image.ROTATE_90), exif=exif.tobytes()),
+        Expectation("ok", face_box=box))
+    # Two faces of clearly different sizes: the largest one must be chosen.
+    for name, scene_seed in (("group/two-faces.jpg", seed + 1), ("group/two-faces-b.png", seed + 2)):
+        image, boxes = two_face_scene(scene_seed)
+        put(name, _jpeg(image) if name.endswith(".jpg") else _png(image),
+            Expectation("ok", face_box=boxes[0], note="largest"))
 
     # Bad inputs: each must become an error line naming the input and the reason.
-    image, _ = portrait(rng)
+    image, _ = photo()
     whole = _jpeg(image)
     put("bad/truncated.jpg", whole[: len(whole) // 3], Expectation("error", "decode", "truncated"))
     put("bad/empty.png", b"", Expectation("error", "decode", "empty"))
     put("bad/notes.jpg", b"these are my holiday notes, not a photo\n" * 20, Expectation("error", "decode", "not an image"))
     put("bad/garbage.webp", bytes(rng.integers(0, 256, 4096, dtype=np.uint8)), Expectation("error", "decode", "image"))
-    put("bad/landscape.png", _png(background(rng, 200, 150)), Expectation("error", "detect", "no face"))
-    put("bad/tiny.png", _png(portrait(rng)[0].resize((24, 24))), Expectation("error", "decode", "too small"))
+    put("bad/landscape.png", _png(backdrop(seed, 200, 150)), Expectation("error", "detect", "no face"))
+    put("bad/tiny.png", _png(photo()[0].resize((24, 24))), Expectation("error", "decode", "too small"))
     bomb = Image.new("1", (9000, 8000))   # 72 Mpx, a few KB as PNG
     put("bad/bomb.png", _png(bomb, optimize=True), Expectation("error", "decode", "decompression bomb"))
-    image = background(rng, 160, 160)   # detected, but under the test's --min-face-side of 30 px
-    draw_face(ImageDraw.Draw(image), 80, 80, 11, 14, SKIN[0])
+    image, _ = small_face_photo(seed)   # detected, but under the test's --min-face-side of 30 px
     put("bad/face-too-small.png", _png(image), Expectation("error", "detect", "face too small"))
     return out
 
