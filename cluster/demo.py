@@ -1,17 +1,18 @@
 """`make demo`: the whole system end to end on this machine, on embedded defaults.
 
-    python -m cluster.demo [--root DIR|s3://bucket/prefix] [--images N] [--photos N] [--keep-ray]
+    python -m cluster.demo [--root DIR|s3://bucket/prefix] [--images N] [--photos N] [--state-dir DIR]
 
-1. starts a local Ray head (loopback only, its own auth token) — cluster.local;
-2. writes tiny RANDOM base models (fstrain.models.init) and five small style datasets drawn from the synthetic
-   portrait world, ingested into WebDataset shards (fstrain.ingest);
-3. submits `python -m cluster.train configs/tiny_five_styles.yaml` with `ray job submit`: five styles at once;
+1. pretrains tiny 32 px base models on the synthetic world's photos (fstrain.models.pretrain; reused from
+   `<root>/models/` when a previous demo left the same ones there) and writes five small style datasets drawn from
+   the synthetic portrait world, ingested into WebDataset shards (fstrain.ingest);
+2. starts a local Ray head (loopback only, its own auth token) — cluster.local;
+3. submits `python -m cluster.train configs/demo_five_styles.yaml` with `ray job submit`: five styles at once;
 4. writes aligned synthetic photos and submits `python -m batch.stylize` over them into all five styles;
 5. prints the gallery (HTML + contact-sheet PNG) and the run summary.
 
-The models are tiny (32 px) and were never trained on real faces: the pictures show that every stage runs and
-where its outputs go, not what a real style looks like. For real results use configs/five_styles.yaml with the
-official weights (README: "Real checkpoints").
+The models are tiny (32 px) and were trained for a few minutes on synthetic cartoon-like photos, never on real
+faces: the pictures show what each stage does to a face of that world, not what a real style looks like. For
+real results use configs/five_styles.yaml with the official weights (README: "Real checkpoints").
 """
 from __future__ import annotations
 
@@ -27,14 +28,58 @@ from pathlib import Path
 from fstrain.data import storage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO_ROOT / "configs" / "tiny_five_styles.yaml"
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo_five_styles.yaml"      # pretrained models, longer fine-tunes
 STYLES = ("cartoon", "anime", "fantasy", "illustration", "impasto")
 TINY_MODEL_ARGS = {"size": 32, "style_dim": 512, "n_mlp": 2, "channel_multiplier": 1, "channel_max": 32,
                    "encoder_depth": "tiny", "identity": "tiny", "lpips_net": "alex", "seed": 0}
 RUN_ID = "demo"
-NOTICE = ("NOTE: the demo's models are tiny (32 px) RANDOM networks, never trained on real faces; the images show\n"
-          "that every stage runs end to end, not what a real style looks like. Real runs: configs/five_styles.yaml\n"
-          "with the official weights (see README, 'Real checkpoints').")
+DERIVED_OUTPUTS = ("pairs", "styles", "stylized", f"runs/{RUN_ID}")    # everything made from the base models
+
+
+def notice(pretrained_seconds: float) -> str:
+    """What the demo's pictures are (and are not), for the first and last lines of its output."""
+    return (f"NOTE: the demo's base models are tiny (32 px) networks pretrained for {pretrained_seconds:.0f} s on the "
+            f"synthetic world's\nphotos (fstrain.models.pretrain), never on real faces; the pictures show what the "
+            f"method does in that\nworld, not what a real style looks like. Real runs: configs/five_styles.yaml "
+            f"with the official weights\n(see README, 'Real checkpoints').")
+
+
+def ensure_pretrained_models(models_uri: str, settings=None, *, log=print) -> tuple[bool, float]:
+    """Pretrained tiny models in `models_uri`: reused when its models.json says they were trained with `settings`
+    and every file still has its recorded sha256, else trained now. Returns (trained now, training seconds)."""
+    import dataclasses
+
+    from fstrain.models.pretrain import PretrainSettings, pretrain_models
+
+    settings = settings or PretrainSettings(**TINY_MODEL_ARGS)
+    manifest_uri = storage.join(models_uri, "models.json")
+    if storage.exists(manifest_uri):
+        manifest = storage.read_json(manifest_uri)
+        pretrained = manifest.get("pretrained") or {}
+        if pretrained.get("settings") == dataclasses.asdict(settings) and _files_intact(models_uri, manifest):
+            log(f"reusing the tiny models pretrained earlier ({pretrained['seconds']:.0f} s) in {models_uri}")
+            return False, float(pretrained["seconds"])
+    manifest = pretrain_models(models_uri, settings, log=log)
+    return True, float(manifest["pretrained"]["seconds"])
+
+
+def _files_intact(models_uri: str, manifest: dict) -> bool:
+    import hashlib
+
+    for entry in manifest.get("models", {}).values():
+        uri = storage.join(models_uri, entry["file"])
+        if not storage.exists(uri) or hashlib.sha256(storage.read_bytes(uri)).hexdigest() != entry["sha256"]:
+            return False
+    return True
+
+
+def remove_derived_outputs(root: str, *, log=print) -> None:
+    """New base models invalidate pairs, runs, published styles and stylized photos of earlier demos (pairs and
+    batch outputs are skipped when present, so stale ones would be reused)."""
+    for rel in DERIVED_OUTPUTS:
+        removed = storage.delete_prefix(storage.join(root, *rel.split("/")))
+        if removed:
+            log(f"removed {removed} files of an earlier demo under {storage.join(root, rel)} (new base models)")
 
 
 def write_style_images(folder: Path, style: str, count: int, size: int, seed: int) -> None:
@@ -48,13 +93,25 @@ def write_style_images(folder: Path, style: str, count: int, size: int, seed: in
 
 
 def prepare_world(root: str, *, images_per_style: int, image_size: int = 32, styles=STYLES, seed: int = 1000,
-                  log=print) -> None:
-    """Tiny random models under `<root>/models/` and one ingested dataset per style under `<root>/datasets/`."""
+                  pretrained: bool = False, log=print) -> float | None:
+    """Tiny models under `<root>/models/` and one ingested dataset per style under `<root>/datasets/`.
+
+    pretrained=False: random models (fstrain.models.init; fast, for tests). pretrained=True: models pretrained on
+    synthetic photos (fstrain.models.pretrain), reused when already there; outputs of earlier demos made from
+    other base models are removed. Returns the pretraining seconds (None for random models).
+    """
     from fstrain.ingest import ingest
     from fstrain.models.init import init_models
 
-    init_models(storage.join(root, "models"), **TINY_MODEL_ARGS)
-    log(f"wrote tiny RANDOM models to {storage.join(root, 'models')}")
+    models_uri = storage.join(root, "models")
+    seconds = None
+    if pretrained:
+        trained_now, seconds = ensure_pretrained_models(models_uri, log=log)
+        if trained_now:
+            remove_derived_outputs(root, log=log)
+    else:
+        init_models(models_uri, **TINY_MODEL_ARGS)
+        log(f"wrote tiny RANDOM models to {models_uri}")
     with tempfile.TemporaryDirectory(prefix="fstrain-demo-styles-") as tmp:
         for index, style in enumerate(styles):
             folder = Path(tmp) / style
@@ -63,6 +120,7 @@ def prepare_world(root: str, *, images_per_style: int, image_size: int = 32, sty
             report = ingest(str(folder), root, style, image_size, samples_per_shard=max(8, images_per_style // 2),
                             progress=False)
             log(f"ingested {report.ok} {style} images into {report.dataset_uri}")
+    return seconds
 
 
 def write_photos(dest: str, *, count: int, size: int, seed: int = 7) -> None:
@@ -92,28 +150,28 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
     from cluster.local import local_head
 
     started = time.time()
-    log(NOTICE)
-    prepare_world(root, images_per_style=images_per_style, log=log)
+    pretrained_s = prepare_world(root, images_per_style=images_per_style, pretrained=True, log=log)
+    log(notice(pretrained_s))
     photos_uri = storage.join(root, "inputs", "photos")
     write_photos(photos_uri, count=photos, size=64)
     log(f"wrote {photos} aligned synthetic photos to {photos_uri}")
     out_uri = storage.join(root, "stylized")
     with local_head(state_dir, num_cpus=4) as cluster:
         log(f"local Ray head at {cluster.dashboard_url} (loopback only)")
-        submit(cluster, ["python", "-m", "cluster.train", str(TINY_CONFIG.relative_to(REPO_ROOT)),
+        submit(cluster, ["python", "-m", "cluster.train", str(DEMO_CONFIG.relative_to(REPO_ROOT)),
                          "--root", root, "--run-id", RUN_ID], log=log)
         submit(cluster, ["python", "-m", "batch.stylize", "--input", photos_uri, "--output", out_uri,
                          "--styles", ",".join(STYLES), "--root", root, "--config",
-                         str(TINY_CONFIG.relative_to(REPO_ROOT)), "--aligned", "--job-id", RUN_ID], log=log)
+                         str(DEMO_CONFIG.relative_to(REPO_ROOT)), "--aligned", "--job-id", RUN_ID], log=log)
     summary = storage.read_json(storage.join(root, "runs", RUN_ID, "summary.json"))
     result = {"root": root, "summary": storage.join(root, "runs", RUN_ID, "summary.json"),
               "gallery_html": storage.join(out_uri, "gallery.html"),
               "contact_sheet": storage.join(out_uri, "contact_sheet.png"),
               "manifest": storage.join(out_uri, "manifest.jsonl"),
               "styles": {s: v["status"] for s, v in summary["styles"].items()},
-              "wall_s": round(time.time() - started, 1)}
+              "pretrain_s": pretrained_s, "wall_s": round(time.time() - started, 1)}
     log("")
-    log(NOTICE)
+    log(notice(pretrained_s))
     log(f"run summary:   {result['summary']}")
     for style, status in result["styles"].items():
         log(f"  {style:<13} {status:<7} {summary['styles'][style].get('published_uri')}")
