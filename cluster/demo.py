@@ -34,6 +34,27 @@ TINY_MODEL_ARGS = {"size": 32, "style_dim": 512, "n_mlp": 2, "channel_multiplier
                    "encoder_depth": "tiny", "identity": "tiny", "lpips_net": "alex", "seed": 0}
 RUN_ID = "demo"
 DERIVED_OUTPUTS = ("pairs", "styles", "stylized", f"runs/{RUN_ID}")    # everything made from the base models
+DEFAULT_ROOT = REPO_ROOT / "demo-out"
+DEMO_MARKER = "demo-root.json"   # the demo may delete its own derived outputs only under a root carrying this
+
+
+class DemoRootError(RuntimeError):
+    """The chosen root holds outputs the demo did not make; it will not overwrite or delete them."""
+
+
+def claim_demo_root(root: str) -> None:
+    """Mark `root` as the demo's own, refusing a root that already holds someone else's pairs/styles/runs."""
+    marker = storage.join(root, DEMO_MARKER)
+    if storage.exists(marker):
+        return
+    is_default = "://" not in root and Path(root).resolve() == DEFAULT_ROOT.resolve()   # earlier demos' folder
+    if not is_default:
+        foreign = [rel for rel in DERIVED_OUTPUTS if storage.list_uris(storage.join(root, *rel.split("/")))]
+        if foreign:
+            raise DemoRootError(f"{root} already holds {', '.join(foreign)} that the demo did not write (no "
+                                f"{DEMO_MARKER}); the demo replaces such outputs when it retrains its models, so "
+                                f"give it an empty --root")
+    storage.write_json(marker, {"made_by": "python -m cluster.demo", "created": time.time()})
 
 
 def notice(pretrained_seconds: float) -> str:
@@ -108,6 +129,7 @@ def prepare_world(root: str, *, images_per_style: int, image_size: int = 32, sty
     if pretrained:
         trained_now, seconds = ensure_pretrained_models(models_uri, log=log)
         if trained_now:
+            claim_demo_root(root)   # never delete outputs under a root the demo does not own
             remove_derived_outputs(root, log=log)
     else:
         init_models(models_uri, **TINY_MODEL_ARGS)
@@ -150,6 +172,7 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
     from cluster.local import local_head
 
     started = time.time()
+    claim_demo_root(root)
     pretrained_s = prepare_world(root, images_per_style=images_per_style, pretrained=True, log=log)
     log(notice(pretrained_s))
     photos_uri = storage.join(root, "inputs", "photos")
@@ -184,7 +207,7 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(REPO_ROOT / "demo-out"),
+    parser.add_argument("--root", default=str(DEFAULT_ROOT),
                         help="storage root: a local folder (default ./demo-out) or s3://bucket/prefix")
     parser.add_argument("--images", type=int, default=24, help="style images per style")
     parser.add_argument("--photos", type=int, default=12, help="photos to batch-stylize")
@@ -193,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root if "://" in args.root else str(Path(args.root).resolve())
     state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="fsd-", dir="/tmp"))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    result = run_demo(root, images_per_style=args.images, photos=args.photos, state_dir=state_dir)
+    try:
+        result = run_demo(root, images_per_style=args.images, photos=args.photos, state_dir=state_dir)
+    except DemoRootError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0 if all(status == "ok" for status in result["styles"].values()) else 1
 
 

@@ -127,3 +127,24 @@ def test_a_folder_with_too_few_photos_is_an_error_naming_it(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(ValueError, match="photos"):
         load_photos(str(tmp_path / "photos"), 10, 32)
+
+
+def test_demo_claims_only_an_empty_or_own_root_before_it_may_delete_outputs(tmp_path):
+    from cluster.demo import DEMO_MARKER, DemoRootError, claim_demo_root, main
+
+    empty = tmp_path / "empty"
+    claim_demo_root(str(empty))
+    assert (empty / DEMO_MARKER).exists()
+    (empty / "styles" / "cartoon").mkdir(parents=True)
+    (empty / "styles" / "cartoon" / "generator.pt").write_bytes(b"made by an earlier demo")
+    claim_demo_root(str(empty))            # its own root: allowed, outputs untouched until models change
+    assert (empty / "styles" / "cartoon" / "generator.pt").exists()
+
+    foreign = tmp_path / "production"
+    (foreign / "styles" / "anime").mkdir(parents=True)
+    (foreign / "styles" / "anime" / "generator.pt").write_bytes(b"someone's trained style")
+    with pytest.raises(DemoRootError, match=r"production already holds styles .*empty --root"):
+        claim_demo_root(str(foreign))
+    assert main(["--root", str(foreign)]) == 2
+    assert (foreign / "styles" / "anime" / "generator.pt").read_bytes() == b"someone's trained style"
+    assert not (foreign / DEMO_MARKER).exists()
