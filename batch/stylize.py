@@ -107,8 +107,7 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
     defaults = config.stylize if config else StylizeConfig()
     root = args.root or ""
     # --encoder is a path as the user typed it; the config's model URIs are relative to the root.
-    encoder = args.encoder or (resolve_model_uri(config.models.encoder_wplus, root) if config and root
-                               else config.models.encoder_wplus if config else None)
+    encoder = args.encoder or (resolve_model_uri(config.models.encoder_wplus, root) if config else None)
     if not encoder:
         raise SystemExit("no W+ encoder: pass --config (models.encoder_wplus) or --encoder URI")
     overrides = dict(item.split("=", 1) for item in args.generator)

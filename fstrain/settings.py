@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fstrain.data import storage
+
 
 def resolve_model_uri(uri: str, root: str) -> str:
     """Model URIs in configs are absolute paths, schemed URIs (`s3://`), or relative to the pipeline root."""
     if not uri or uri.startswith("/") or "://" in uri:
         return uri
-    return root.rstrip("/") + "/" + uri
+    return storage.join(root, uri)
 
 
 @dataclass

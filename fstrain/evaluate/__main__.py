@@ -8,8 +8,8 @@ stored in the run's checkpoints; `--inception-weights`, `--photos` and `--num-sa
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
+import os
 import sys
 
 import torch

@@ -24,7 +24,7 @@ from fstrain.metrics.distances import fixed_latents, render_fixed
 from fstrain.metrics.features import CONFIG_KEY, INCEPTION_SIZE
 from fstrain.models.checkpoints import load_generator
 from fstrain.models.registry import fetch
-from fstrain.settings import PipelineConfig
+from fstrain.settings import PipelineConfig, resolve_model_uri
 from fstrain.train import resources
 from fstrain.evaluate import inputs
 from fstrain.evaluate.runs import TRAINED, ModeRun, mode_runs, style_dir
@@ -59,7 +59,7 @@ def build_extractor(config: PipelineConfig, root: str, device: torch.device) -> 
     cfg = config.evaluate
     if not cfg.inception_weights:
         return None, f"FID not computed: {CONFIG_KEY} is empty (set it to Inception-v3 weights)."
-    uri = resources.resolve_uri(cfg.inception_weights, root)
+    uri = resolve_model_uri(cfg.inception_weights, root)
     extractor = load_inception(uri, layout=cfg.inception_layout, input_size=cfg.inception_input_size,
                                sha256=cfg.inception_sha256 or None, device=device)
     return extractor, f"FID features: {extractor.name} from {uri}."
@@ -70,12 +70,12 @@ def load_models(config: PipelineConfig, root: str, device: torch.device,
     from fstrain.models.psp import load_encoder
     cfg = config.evaluate
     base = resources.load_base_generator(config.models, root)
-    lpips_uri = resources.resolve_uri(config.models.lpips_backbone, root)
+    lpips_uri = resolve_model_uri(config.models.lpips_backbone, root)
     lpips = resources.load_lpips_metric(config.models, root).to(device)
     identity = resources.load_identity_net(config.models, root).to(device) if cfg.semantic_lambda_id > 0 else None
     encoder = None
     if cfg.photos:
-        uri = resources.resolve_uri(config.models.encoder_wplus, root)
+        uri = resolve_model_uri(config.models.encoder_wplus, root)
         encoder = load_encoder(str(fetch(uri, config.models.sha256.get("encoder_wplus"))), space="w+").to(device)
     notes = []
     if extractor is None:

@@ -112,7 +112,8 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
                              "(CLI: --baseline URI, or --run-id to use the run's baseline), or drop level 2")
         from fstrain.models.identity import load_identity
         from fstrain.models.perceptual import load_lpips
-        star = load_generator(local("baseline_generator", baseline_generator_uri, relative_to_root=False), load_discriminator=False)
+        star = load_generator(local("baseline_generator", baseline_generator_uri, relative_to_root=False),
+                              load_discriminator=False)
         models.generator_star = star.generator.to(device).eval()
         lpips = load_lpips(local("lpips_backbone", models_cfg.lpips_backbone), net=models_cfg.lpips_net).to(device)
         identity = None

@@ -6,4 +6,4 @@ Entry points: `run_finetune(config, style=, mode=, root=, run_id=)` (Python, use
 from fstrain.train.checkpointing import ResumeError, final_generator_uri, publish_generator  # noqa: F401
 from fstrain.train.data import DatasetError  # noqa: F401
 from fstrain.train.loop import FineTuneRun, run_finetune  # noqa: F401
-from fstrain.train.resources import MODES, ModelMissingError, resolve_uri, run_dir  # noqa: F401
+from fstrain.train.resources import MODES, ModelMissingError, run_dir  # noqa: F401

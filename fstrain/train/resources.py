@@ -16,16 +16,13 @@ from torch import nn
 from fstrain.data import storage
 from fstrain.models import registry
 from fstrain.models.checkpoints import CheckpointError, LoadedGenerator, load_generator
-from fstrain.settings import resolve_model_uri as resolve_uri  # noqa: F401  (re-exported)
-from fstrain.settings import ModelsConfig
+from fstrain.settings import ModelsConfig, resolve_model_uri
 
 MODES = ("baseline", "sc", "pc", "sc+pc")
 
 
 class ModelMissingError(FileNotFoundError):
     """A model the run needs is missing or unreadable; the message names the config key, URI and the fix."""
-
-
 
 
 def run_dir(root: str, run_id: str, style: str, mode: str) -> str:
@@ -49,7 +46,7 @@ def mode_terms(mode: str) -> tuple[bool, bool]:
 
 def _fetch(models: ModelsConfig, field_name: str, root: str) -> tuple[str, str]:
     """(resolved URI, local path) of a configured model, with a message that says what to do when absent."""
-    uri = resolve_uri(getattr(models, field_name), root)
+    uri = resolve_model_uri(getattr(models, field_name), root)
     if not uri:
         raise ModelMissingError(f"models.{field_name} is empty in the config; set it to the model's path or URI")
     try:
