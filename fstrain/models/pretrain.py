@@ -48,6 +48,7 @@ from fstrain.models.init import init_models
 from fstrain.models.psp import PSPEncoder, build_encoder, save_encoder
 from fstrain.models.registry import save_json, sha256_file
 from fstrain.models.stylegan2 import Generator
+from fstrain.stylize.images import from_uint8, image_grid, to_uint8
 
 WARNING = ("PRETRAINED DEMO/TEST weights from fstrain.models.pretrain: tiny models trained on synthetic portraits, "
            "not on real faces (not FFHQ)")
@@ -88,9 +89,8 @@ class PretrainSettings:
 
 
 def _to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL RGB images -> (N, 3, H, W) float in [-1, 1]."""
-    arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
+    """PIL images -> (N, 3, H, W) float in [-1, 1]."""
+    return from_uint8(np.stack([np.asarray(im.convert("RGB")) for im in images]))
 
 
 def load_photos(source: str, count: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -276,20 +276,14 @@ def _fold_code_mean(encoder: PSPEncoder, photos: torch.Tensor) -> None:
         encoder.latent_avg.copy_(mean)
 
 
-def _uint8_grid(rows: list[torch.Tensor]) -> Image.Image:
-    """Rows of (N, 3, H, W) images in [-1, 1] -> one PIL image."""
-    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
-    pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(pixels)
-
-
 @torch.no_grad()
 def preview(encoder_w: PSPEncoder, encoder_z: PSPEncoder, g: Generator, photos: torch.Tensor,
             seed: int) -> Image.Image:
     """Rows: held-out photos | G(E_w+(x)) | G(mapping(E_z+(x))) | random G(z)."""
     z = torch.randn(len(photos), g.style_dim, generator=torch.Generator().manual_seed(seed))
-    return _uint8_grid([photos, g.synthesis(encoder_w(photos)), g.synthesis(g.get_latent(encoder_z(photos))),
-                        g([z], randomize_noise=False)[0]])
+    rows = [photos, g.synthesis(encoder_w(photos)), g.synthesis(g.get_latent(encoder_z(photos))),
+            g([z], randomize_noise=False)[0]]
+    return image_grid([list(to_uint8(row)) for row in rows], pad=0)
 
 
 def pretrain_models(out: str | Path, settings: PretrainSettings = PretrainSettings(), *, photos: str = "synthetic",
@@ -361,7 +355,7 @@ def pretrain_models(out: str | Path, settings: PretrainSettings = PretrainSettin
         for entry in manifest["models"].values():
             entry["uri"] = storage.join(base, entry["file"]) if "://" in base else \
                 str(Path(base).resolve() / entry["file"])
-    save_json(manifest, f"{base}/models.json")
+    save_json(manifest, storage.join(base, "models.json"))
     log(f"wrote pretrained tiny models to {base} in {seconds} s (preview: {base}/pretrain_preview.png)")
     return manifest
 
