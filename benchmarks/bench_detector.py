@@ -43,7 +43,7 @@ def main() -> int:
 
 def report(detector, args) -> None:
     from fstrain.data.synthetic import generate, identity_rng, render_photo_scene, sample_identity
-    from support.batch_inputs import backdrop, box_iou
+    from support.batch_inputs import backdrop, box_area, box_iou, true_boxes_largest_first
 
     print(f"tiny SCRFD-format detector, det size {args.det_size}, seed {args.seed}")
     print(f"{'photos':<22} {'n':>5} {'hit rate':>9} {'mean IoU':>9} {'extra':>6} {'kp err':>7} {'ms/photo':>9}")
@@ -68,10 +68,9 @@ def report(detector, args) -> None:
         people = [sample_identity(identity_rng(args.seed, 2 * k + j), f"scene-{k}-{j}") for j in range(2)]
         image, meta = render_photo_scene(people, 128, seed=args.seed * 1000 + k)
         faces = detector.detect(np.asarray(image))
-        boxes = sorted((f["bbox"] for f in meta["faces"]), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+        boxes = true_boxes_largest_first(meta)
         found += sum(max((box_iou(f.bbox, b) for f in faces), default=0.0) > 0.5 for b in boxes)
-        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-        if areas[0] >= 1.8 * areas[1]:
+        if box_area(boxes[0]) >= 1.8 * box_area(boxes[1]):
             separated += 1
             largest += bool(faces) and box_iou(faces[0].bbox, boxes[0]) > 0.5
     print(f"two-face scenes @ 128 px: {args.scenes} scenes, faces found {found / (2 * args.scenes):.3f}; "

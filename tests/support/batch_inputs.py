@@ -47,7 +47,16 @@ def box_iou(a, b) -> float:
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return inter / (box_area(a) + box_area(b) - inter)
+
+
+def box_area(box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def true_boxes_largest_first(meta: dict) -> list[tuple]:
+    """The ground-truth face boxes of a rendered scene, largest first (the face the pipeline must choose)."""
+    return sorted((tuple(face["bbox"]) for face in meta["faces"]), key=box_area, reverse=True)
 
 
 def synthetic_photo(index: int, size: int = PHOTO_SIZE, seed: int = 0) -> tuple[Image.Image, dict]:
@@ -66,10 +75,8 @@ def two_face_scene(seed: int, size: int = PHOTO_SIZE, min_area_ratio: float = 1.
     for k in range(1000):
         people = [sample_identity(identity_rng(seed, 2 * k + j), f"scene{seed}-{k}-{j}") for j in range(2)]
         image, meta = render_photo_scene(people, size, seed=seed * 1000 + k)
-        boxes = sorted((tuple(f["bbox"]) for f in meta["faces"]), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]),
-                       reverse=True)
-        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-        if areas[0] >= min_area_ratio * areas[1]:
+        boxes = true_boxes_largest_first(meta)
+        if box_area(boxes[0]) >= min_area_ratio * box_area(boxes[1]):
             return image, boxes
     raise ValueError(f"no scene with face areas {min_area_ratio}x apart in seed {seed}")
 
