@@ -2,7 +2,7 @@
 
     python -m cluster.demo [--root DIR|s3://bucket/prefix] [--images N] [--photos N] [--state-dir DIR]
 
-1. pretrains tiny 32 px base models on the synthetic world's photos (fstrain.models.pretrain; reused from
+1. pretrains tiny 32 px base models on the synthetic world's photos (fstrain.world.autoencoder; reused from
    `<root>/models/` when a previous demo left the same ones there) and writes five small style datasets drawn from
    the synthetic portrait world, ingested into WebDataset shards (fstrain.ingest);
 2. starts a local Ray head (loopback only, its own auth token) — cluster.local;
@@ -60,7 +60,7 @@ def claim_demo_root(root: str) -> None:
 def notice(pretrained_seconds: float) -> str:
     """What the demo's pictures are (and are not), for the first and last lines of its output."""
     return (f"NOTE: the demo's base models are tiny (32 px) networks pretrained for {pretrained_seconds:.0f} s on the "
-            f"synthetic world's\nphotos (fstrain.models.pretrain), never on real faces; the pictures show what the "
+            f"synthetic world's\nphotos (fstrain.world.autoencoder), never on real faces; the pictures show what the "
             f"method does in that\nworld, not what a real style looks like. Real runs: configs/five_styles.yaml "
             f"with the official weights\n(see README, 'Real checkpoints').")
 
@@ -70,7 +70,7 @@ def ensure_pretrained_models(models_uri: str, settings=None, *, log=print) -> tu
     and every file still has its recorded sha256, else trained now. Returns (trained now, training seconds)."""
     import dataclasses
 
-    from fstrain.models.pretrain import PretrainSettings, pretrain_models
+    from fstrain.world.autoencoder import PretrainSettings, pretrain_models
 
     settings = settings or PretrainSettings(**TINY_MODEL_ARGS)
     manifest_uri = storage.join(models_uri, "models.json")
@@ -118,7 +118,7 @@ def prepare_world(root: str, *, images_per_style: int, image_size: int = 32, sty
     """Tiny models under `<root>/models/` and one ingested dataset per style under `<root>/datasets/`.
 
     pretrained=False: random models (fstrain.models.init; fast, for tests). pretrained=True: models pretrained on
-    synthetic photos (fstrain.models.pretrain), reused when already there; outputs of earlier demos made from
+    synthetic photos (fstrain.world.autoencoder), reused when already there; outputs of earlier demos made from
     other base models are removed. Returns the pretraining seconds (None for random models).
     """
     from fstrain.ingest import ingest

@@ -1,4 +1,4 @@
-"""fstrain.models.pretrain: tiny base models trained on synthetic photos reconstruct and follow their inputs."""
+"""fstrain.world.autoencoder: tiny base models trained on synthetic photos reconstruct and follow their inputs."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ import torch
 from fstrain.data.synthetic import generate
 from fstrain.models.checkpoints import load_generator, read_checkpoint
 from fstrain.models.init import init_models
-from fstrain.models.pretrain import PretrainSettings, load_photos, main, pretrain_models, reconstruction_error
+from fstrain.world.autoencoder import PretrainSettings, load_photos, main, pretrain_models, reconstruction_error
 from fstrain.models.psp import load_encoder
 
 # Short phases: enough to learn colour and layout at 32 px in ~15 s on one thread.

@@ -1,6 +1,6 @@
 """Pretrain TINY base models on photos (by default the synthetic portrait world) so the demo shows the method.
 
-    python -m fstrain.models.pretrain OUT [--photos synthetic|FOLDER|DATASET_PREFIX] [--count N] [--seed S] ...
+    python -m fstrain.world.autoencoder OUT [--photos synthetic|FOLDER|DATASET_PREFIX] [--count N] [--seed S] ...
 
 !! These are DEMO / TEST models trained for a minute or two on synthetic cartoon-like "photos" at 32 px. They are
 !! not FFHQ StyleGAN2 / pSp / DualStyleGAN weights and know nothing about real faces. For real runs use the
@@ -50,7 +50,7 @@ from fstrain.models.registry import save_json, sha256_file
 from fstrain.models.stylegan2 import Generator
 from fstrain.stylize.images import from_uint8, image_grid, to_uint8
 
-WARNING = ("PRETRAINED DEMO/TEST weights from fstrain.models.pretrain: tiny models trained on synthetic portraits, "
+WARNING = ("PRETRAINED DEMO/TEST weights from fstrain.world.autoencoder: tiny models trained on synthetic portraits, "
            "not on real faces (not FFHQ)")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TRAINED_FILES = ("generator.pt", "encoder_wplus.pt", "encoder_zplus.pt")
@@ -362,7 +362,7 @@ def pretrain_models(out: str | Path, settings: PretrainSettings = PretrainSettin
 
 def main(argv: list[str] | None = None) -> None:
     defaults = PretrainSettings()
-    parser = argparse.ArgumentParser(prog="python -m fstrain.models.pretrain", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fstrain.world.autoencoder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="output folder or s3:// prefix (the same files fstrain.models.init writes)")
     parser.add_argument("--photos", default="synthetic",
