@@ -4,14 +4,15 @@
 `impl="auto"` uses CUDA when the tensor is on a GPU, the arguments are ones the kernels support and the extension
 builds (on first use, cached on disk), else the reference; it logs once per op and reason, in one line, which
 it chose and why. `using_impl("ref")` switches what "auto" means inside a block (benchmarks compare both paths
-through an unchanged model that way).
+through an unchanged model that way). `route` makes that decision from the device alone (pure, so tests check
+every branch without a GPU); `choose` carries it out.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -57,26 +58,62 @@ def cuda_backend(device: torch.device) -> CudaBackend:
     return CudaBackend(extension_for(device).module)
 
 
-def choose(op: str, x: torch.Tensor, impl: str, unsupported: str | None) -> CudaBackend | None:
-    """The CUDA backend to use, or None for the reference. `unsupported` says why the kernels can't take the call."""
+class Route(NamedTuple):
+    """Which path one call takes. `reason` is the line impl="auto" announces; None when the caller chose the
+    path explicitly (impl="ref" or "cuda"), which also means a failed CUDA build raises instead of falling back."""
+    use_cuda: bool
+    reason: str | None
+
+
+def route(op: str, device: torch.device, impl: str, unsupported: str | None) -> Route:
+    """The routing decision from the tensor's device, the impl and why the kernels cannot take the call (if so).
+
+    Pure (it builds, loads and allocates nothing), so every branch can be checked for any device on any machine.
+    """
     check_impl(impl)
     if impl == "auto":
         impl = _auto_means
     if impl == "ref":
-        return None
+        return Route(False, None)
+    is_cuda = device.type == "cuda"
     if impl == "cuda":
-        if not x.is_cuda:
-            raise ValueError(f"kernels: impl='cuda' for {op} needs a CUDA tensor, got one on {x.device}")
+        if not is_cuda:
+            raise ValueError(f"kernels: impl='cuda' for {op} needs a CUDA tensor, got one on {device}")
         if unsupported:
             raise ValueError(f"kernels: impl='cuda' for {op} does not support {unsupported}; use impl='ref'")
-        return cuda_backend(x.device)  # BuildError propagates with the compiler's message
-    # auto
-    if not x.is_cuda:
-        announce(op, f"using reference {op} (tensor on {x.device.type})")
-        return None
+        return Route(True, None)
+    if not is_cuda:
+        return Route(False, f"using reference {op} (tensor on {device.type})")
     if unsupported:
-        announce(op, f"using reference {op} ({unsupported})")
+        return Route(False, f"using reference {op} ({unsupported})")
+    return Route(True, f"using CUDA {op} (tensor on {device})")
+
+
+def upfirdn2d_unsupported(kernel: torch.Tensor) -> str | None:
+    """Why the upfirdn2d kernels cannot take this call, or None (they compute no gradient for the FIR kernel)."""
+    return "a kernel that requires grad" if kernel.requires_grad else None
+
+
+def bias_act_unsupported(x: torch.Tensor, act: str, alpha: float, gain: float, dim: int) -> str | None:
+    """Why the bias_act kernels cannot take this call, or None."""
+    if gain <= 0 or not math.isfinite(gain):
+        return f"gain={gain} (the kernels need a positive gain)"
+    if act == "lrelu" and alpha < 0:
+        return f"alpha={alpha} (the kernels need alpha >= 0)"
+    if x.ndim == 0 or not -x.ndim <= dim < x.ndim:
+        return f"dim={dim} for x of shape {tuple(x.shape)}"
+    return None
+
+
+def choose(op: str, x: torch.Tensor, impl: str, unsupported: str | None) -> CudaBackend | None:
+    """The CUDA backend to use, or None for the reference. `unsupported` says why the kernels can't take the call."""
+    decision = route(op, x.device, impl, unsupported)
+    if not decision.use_cuda:
+        if decision.reason is not None:
+            announce(op, decision.reason)
         return None
+    if decision.reason is None:  # impl="cuda": a BuildError propagates with the compiler's message
+        return cuda_backend(x.device)
     from kernels.build import BuildError
 
     try:
@@ -85,7 +122,7 @@ def choose(op: str, x: torch.Tensor, impl: str, unsupported: str | None) -> Cuda
         first_line = next((line for line in str(error).splitlines() if line.strip()), "unknown error")
         announce(op, f"using reference {op} (CUDA build failed: {first_line}; see python -m kernels.build)")
         return None
-    announce(op, f"using CUDA {op} (tensor on {x.device})")
+    announce(op, decision.reason)
     return backend
 
 
@@ -96,8 +133,7 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up=1, down=1, pad=(0, 0), i
     (x0, x1, y0, y1). Output height is (H*up + pad_y0 + pad_y1 - kh + down) // down.
     """
     up, down, pad = as_pair(up), as_pair(down), as_padding(pad)
-    unsupported = "a kernel that requires grad" if kernel.requires_grad else None
-    backend = choose("upfirdn2d", x, impl, unsupported)
+    backend = choose("upfirdn2d", x, impl, upfirdn2d_unsupported(kernel))
     if backend is None:
         return upfirdn2d_ref(x, kernel, up=up, down=down, pad=pad)
     if x.ndim != 4 or kernel.ndim != 2:
@@ -114,14 +150,7 @@ def bias_act(x: torch.Tensor, bias: torch.Tensor | None = None, act: str = "lrel
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}")
     gain = ACTIVATIONS[act][1] if gain is None else float(gain)
-    unsupported = None
-    if gain <= 0 or not math.isfinite(gain):
-        unsupported = f"gain={gain} (the kernels need a positive gain)"
-    elif act == "lrelu" and alpha < 0:
-        unsupported = f"alpha={alpha} (the kernels need alpha >= 0)"
-    elif x.ndim == 0 or not -x.ndim <= dim < x.ndim:
-        unsupported = f"dim={dim} for x of shape {tuple(x.shape)}"
-    backend = choose("bias_act", x, impl, unsupported)
+    backend = choose("bias_act", x, impl, bias_act_unsupported(x, act, alpha, gain, dim))
     if backend is None:
         return bias_act_ref(x, bias, act=act, alpha=alpha, gain=gain, clamp=clamp, dim=dim)
     dim = dim % x.ndim

@@ -94,10 +94,53 @@ def test_upfirdn2d_reference_gradcheck_including_the_kernel():
 
 
 def test_upfirdn2d_kernel_requiring_grad_goes_to_the_reference_path():
+    """Routed for a CUDA device (the decision is pure, so no GPU is needed): auto falls back to the reference and
+    says why, an explicit impl="cuda" refuses; a plain kernel on the same device goes to CUDA."""
+    from kernels.ops import Route, route, upfirdn2d_unsupported
+
+    gpu = torch.device("cuda", 0)
+    learnable, fixed = torch.ones(2, 2, requires_grad=True), torch.ones(2, 2)
+    assert route("upfirdn2d", gpu, "auto", upfirdn2d_unsupported(learnable)) == Route(
+        False, "using reference upfirdn2d (a kernel that requires grad)")
+    with pytest.raises(ValueError, match="impl='cuda' for upfirdn2d does not support a kernel that requires grad"):
+        route("upfirdn2d", gpu, "cuda", upfirdn2d_unsupported(learnable))
+    assert route("upfirdn2d", gpu, "auto", upfirdn2d_unsupported(fixed)) == Route(
+        True, "using CUDA upfirdn2d (tensor on cuda:0)")
+    assert route("upfirdn2d", gpu, "cuda", upfirdn2d_unsupported(fixed)) == Route(True, None)
+    # The reference path it falls back to does differentiate the kernel: every tap meets every input once.
     x = torch.randn(1, 1, 4, 4, requires_grad=True)
-    k = torch.ones(2, 2, requires_grad=True)
-    kernels.upfirdn2d(x, k, pad=(1, 1)).sum().backward()  # every tap meets every input once
-    assert k.grad is not None and torch.allclose(k.grad, torch.full((2, 2), x.sum().item()))
+    kernels.upfirdn2d(x, learnable, pad=(1, 1)).sum().backward()
+    assert learnable.grad is not None and torch.allclose(learnable.grad, torch.full((2, 2), x.sum().item()))
+
+
+def test_routing_decision_for_every_impl_device_and_reason():
+    from kernels.ops import Route, bias_act_unsupported, route
+
+    gpu, cpu = torch.device("cuda", 1), torch.device("cpu")
+    assert route("bias_act", gpu, "ref", None) == Route(False, None)
+    assert route("bias_act", cpu, "auto", None) == Route(False, "using reference bias_act (tensor on cpu)")
+    assert route("bias_act", gpu, "auto", None) == Route(True, "using CUDA bias_act (tensor on cuda:1)")
+    x = torch.zeros(2, 3)
+    reasons = {"gain": bias_act_unsupported(x, "lrelu", 0.2, 0.0, 1),
+               "alpha": bias_act_unsupported(x, "lrelu", -0.1, 1.0, 1),
+               "dim": bias_act_unsupported(x, "relu", 0.2, 1.0, 2)}
+    assert reasons == {"gain": "gain=0.0 (the kernels need a positive gain)",
+                       "alpha": "alpha=-0.1 (the kernels need alpha >= 0)",
+                       "dim": "dim=2 for x of shape (2, 3)"}
+    assert bias_act_unsupported(x, "relu", -0.1, 1.0, -1) is None   # alpha only matters for lrelu
+    for reason in reasons.values():
+        assert route("bias_act", gpu, "auto", reason) == Route(False, f"using reference bias_act ({reason})")
+        with pytest.raises(ValueError, match="does not support"):
+            route("bias_act", gpu, "cuda", reason)
+    with pytest.raises(ValueError, match="needs a CUDA tensor, got one on cpu"):
+        route("bias_act", cpu, "cuda", None)
+    # using_impl changes what "auto" means, and only that.
+    with kernels.using_impl("ref"):
+        assert route("bias_act", gpu, "auto", None) == Route(False, None)
+        assert route("bias_act", gpu, "cuda", None) == Route(True, None)
+    with kernels.using_impl("cuda"):
+        with pytest.raises(ValueError, match="does not support gain=0.0"):
+            route("bias_act", gpu, "auto", reasons["gain"])
 
 
 def test_upfirdn2d_rejects_bad_shapes_and_padding():
