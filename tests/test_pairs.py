@@ -90,7 +90,8 @@ def test_level2_reaches_lower_semantic_loss_than_level1(pair_models):
 
 def test_pairs_for_batch_levels_and_codes(pair_models):
     pixels = np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE))) for p in cartoon_pictures(2, 9)])
-    made = pairs_for_batch(pair_models, ["a", "b"], pixels, [1, 2, 3], style=STYLE, optimise_steps=3, lr=0.05)
+    # 8 steps: on these tiny random nets Adam's first step overshoots (L_sem 0.18 -> 0.31 for "a") before it descends.
+    made = pairs_for_batch(pair_models, ["a", "b"], pixels, [1, 2, 3], style=STYLE, optimise_steps=8, lr=0.05)
     assert sorted(made) == [1, 2, 3]
     base = pair_models.base_generator
     for level, samples in made.items():
@@ -104,7 +105,18 @@ def test_pairs_for_batch_levels_and_codes(pair_models):
     z1 = torch.from_numpy(np.stack([s.z_plus for s in made[1]]))
     w1 = torch.from_numpy(np.stack([s.w_plus for s in made[1]]))
     assert torch.allclose(base.get_latent(z1), w1, atol=1e-5)
-    assert all(s.meta["l_sem_final"] <= s.meta["l_sem_initial"] for s in made[2])
+    # Level 2: L_sem(G*(z+), S) recomputed here at the stored z2+ and at z1+ is what the metadata records, and
+    # the optimisation lowered it for every sample by a clear margin (keeping the best iterate alone cannot).
+    star = pair_models.generator_star
+    z2 = torch.from_numpy(np.stack([s.z_plus for s in made[2]]))
+    with torch.no_grad():
+        def l_sem(z_plus: torch.Tensor) -> torch.Tensor:
+            rendered = star.synthesis(star.get_latent(z_plus), randomize_noise=False)
+            return pair_models.semantic_loss(rendered, from_uint8(pixels))
+        initial, final = l_sem(z1), l_sem(z2)
+    assert torch.allclose(initial, torch.tensor([s.meta["l_sem_initial"] for s in made[2]]), atol=1e-5)
+    assert torch.allclose(final, torch.tensor([s.meta["l_sem_final"] for s in made[2]]), atol=1e-5)
+    assert torch.all(final < 0.9 * initial), (initial, final)   # measured: 0.18 -> 0.13, 0.20 -> 0.12
 
 
 @pytest.mark.parametrize("root_kind", ["local", "s3"])
