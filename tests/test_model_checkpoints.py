@@ -185,8 +185,57 @@ def test_unexpected_key_and_missing_entry_are_named(tmp_path):
         load_generator(saved_converted(tmp_path, state))
     path = str(tmp_path / "only_d.pt")
     torch.save({"d": tiny_discriminator().state_dict()}, path)
-    with pytest.raises(CheckpointError, match=r"only_d\.pt: no 'g_ema' entry; the checkpoint has \['d'\]"):
+    with pytest.raises(CheckpointError, match=r"only_d\.pt: no 'g_ema' generator in the file \(it has \['d'\]\)"):
         load_generator(path)
+
+
+# ---------------------------------------------------------------- generator-only files and `which`
+
+
+def test_generator_only_files_load_through_which(tmp_path, caplog):
+    g, g_ema = tiny_generator(seed=3), tiny_generator(seed=4)
+    only_g = str(tmp_path / "jojogan_style.pt")
+    torch.save({"g": g.state_dict()}, only_g)   # JoJoGAN-style fine-tune: the training generator alone
+    with caplog.at_level("WARNING", logger="fstrain.models.checkpoints"):
+        loaded = load_generator(only_g)
+    assert "no 'g_ema' in the file, using its 'g'" in caplog.text
+    assert torch.equal(render(loaded.generator), render(g))
+    assert loaded.discriminator is None and loaded.metadata["latent_avg_source"].startswith("computed")
+    assert torch.equal(render(load_generator(only_g, which="g").generator), render(g))
+
+    only_ema = str(tmp_path / "ema_only.pt")
+    torch.save({"g_ema": g_ema.state_dict()}, only_ema)
+    assert torch.equal(render(load_generator(only_ema).generator), render(g_ema))
+    with pytest.raises(CheckpointError, match=r"ema_only\.pt: no 'g' generator in the file .*; set which: g_ema"):
+        load_generator(only_ema, which="g")
+
+    both = str(tmp_path / "both.pt")
+    torch.save({"g": g.state_dict(), "g_ema": g_ema.state_dict()}, both)
+    assert torch.equal(render(load_generator(both).generator), render(g_ema))
+    assert torch.equal(render(load_generator(both, which="g").generator), render(g))
+    with pytest.raises(CheckpointError, match=r"which='G_ema'; choose 'g_ema'"):
+        load_generator(both, which="G_ema")
+
+
+def test_bad_files_get_one_line_each(tmp_path):
+    good = str(tmp_path / "good.pt")
+    save_generator(good, tiny_generator(), torch.zeros(STYLE_DIM), {})
+    data = open(good, "rb").read()
+    cases = {
+        "empty.pt": (b"", r"empty\.pt: the file is empty \(0 bytes\)"),
+        "cut.pt": (data[: len(data) // 2], r"cut\.pt: the file is truncated or damaged"),
+        "photo.pt": (b"\x89PNG\r\n\x1a\nIHDR", r"photo\.pt: not a model file"),
+    }
+    for name, (content, pattern) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=pattern) as info:
+            load_generator(str(tmp_path / name))
+        assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+    # A generator of the wrong resolution for the configuration, in one line.
+    with pytest.raises(CheckpointError, match=r"good\.pt: a 32 px generator, but data\.image_size is 1024; point "
+                                              r"the config at a 1024 px generator or set data\.image_size: 32"):
+        load_generator(good, expected_size=1024, size_setting="data.image_size")
+    assert load_generator(good, expected_size=32).generator.size == 32
 
 
 def test_latent_avg_of_wrong_size_is_rejected(tmp_path):
@@ -201,13 +250,15 @@ def test_unreadable_inputs_raise_checkpoint_errors(tmp_path):
         load_generator(str(tmp_path / "nope.pt"))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"definitely not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"garbage\.pt: not a loadable weights-only torch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"garbage\.pt: not a model file \(it starts with b'definite'\); "
+                                              r"expected a PyTorch checkpoint"):
         load_generator(str(garbage))
-    # Arbitrary pickled objects are refused by the weights-only unpickler.
+    # Arbitrary pickled objects are refused by the weights-only unpickler, without advice to disable it.
     evil = tmp_path / "evil.pt"
     torch.save({"g_ema": {}, "payload": pickle.PicklingError("x")}, str(evil))
-    with pytest.raises(CheckpointError, match=r"evil\.pt: not a loadable weights-only"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused: .*'pickle\.PicklingError'") as info:
         load_generator(str(evil))
+    assert "weights_only" not in str(info.value)
     bad_sidecar = tmp_path / "ok.pt"
     save_generator(str(bad_sidecar), tiny_generator(), torch.zeros(STYLE_DIM), {})
     (tmp_path / "ok.pt.json").write_text("{not json")

@@ -1,10 +1,12 @@
 """Load and save StyleGAN2 generators in rosinality/stylegan2-pytorch's checkpoint layout.
 
-Accepted inputs (all read with `torch.load(weights_only=True)`):
+Accepted inputs (torch files read with `torch.load(weights_only=True)`, see `fstrain.models.formats`):
 - converted checkpoints `{"g_ema", "latent_avg"}` (optionally `"g"`, `"d"`),
 - training checkpoints `{"g", "d", "g_ema", "g_optim", "d_optim", "args", "ada_aug_p"}`; `args` is an
   argparse.Namespace, allow-listed for the weights-only unpickler,
-- a bare generator state dict.
+- generator-only files `{"g"}` (JoJoGAN and others) or `{"g_ema"}`, and a bare generator state dict,
+- NVIDIA stylegan2-ada-pytorch network pickles (`.pkl`), read without running their code (`nvidia_pkl`).
+`which` picks the generator: "g_ema" (default; a file holding only "g" is read with a notice) or "g".
 The architecture (size, style_dim, n_mlp, channel table) is read off the state dict itself, so any rosinality
 file loads without flags; loading is strict and errors name the file, the key and both shapes.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import re
 import tempfile
@@ -25,15 +28,16 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from fstrain.models.registry import state_dict_mismatch
+from fstrain.models import formats
+from fstrain.models.registry import CheckpointError, state_dict_mismatch
 from fstrain.models.stylegan2 import Discriminator, Generator, channel_table
 
 FORMAT_NAME = "rosinality-stylegan2"
 MEAN_LATENT_SAMPLES = 4096  # rosinality's generate.py / projector.py use 4096 samples too
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit the StyleGAN2 layout; the message names file and key."""
+WHICH = ("g_ema", "g")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,21 +112,45 @@ def _not_found(exc: Exception) -> bool:
 
 
 def read_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """torch.load a checkpoint with weights_only=True, allowing the argparse.Namespace of training checkpoints."""
+    """A checkpoint's top-level dict: torch files weights-only (argparse.Namespace of training checkpoints allowed),
+    network pickles as `nvidia_pkl` records. Every failure is one CheckpointError line."""
     try:
         data = _read_bytes(uri)
     except Exception as exc:
         if _not_found(exc):
             raise CheckpointError(f"{uri}: checkpoint not found; check the path or URI") from exc
         raise
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{uri}: not a loadable weights-only torch checkpoint ({exc})") from exc
+    _, checkpoint = formats.read_weights(data, uri, safe_globals=[argparse.Namespace])
     if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"{uri}: expected a dict checkpoint, got {type(checkpoint).__name__}")
+        raise CheckpointError(f"{uri}: expected a dict checkpoint (rosinality {{'g_ema', 'latent_avg'}} or a "
+                              f"network pickle), got {type(checkpoint).__name__}")
     return dict(checkpoint)
+
+
+def pick_generator(checkpoint: Mapping[str, Any], uri: str, which: str) -> tuple[str, Mapping[str, torch.Tensor]]:
+    """(entry used, its state dict). `which="g_ema"` falls back to "g" with a notice when only "g" exists."""
+    if which not in WHICH:
+        raise CheckpointError(f"{uri}: which={which!r}; choose 'g_ema' (the averaged generator) or 'g'")
+    entry = which
+    if entry not in checkpoint and which == "g_ema" and "g" in checkpoint:
+        entry = "g"
+        log.warning("%s: no 'g_ema' in the file, using its 'g' (training weights, not the moving average)", uri)
+    if entry not in checkpoint:
+        present = [k for k in WHICH if k in checkpoint]
+        hint = f"set which: {present[0]}" if present else "expected {'g_ema', 'latent_avg'} or {'g'}"
+        raise CheckpointError(f"{uri}: no '{which}' generator in the file (it has "
+                              f"{sorted(map(str, checkpoint))[:8]}); {hint}")
+    state = checkpoint[entry]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{uri}: '{entry}' is a {type(state).__name__}, expected a state dict")
+    return entry, state
+
+
+def check_size(generator: Generator, uri: str, expected_size: int | None, setting: str) -> None:
+    """One line when a file's generator has another resolution than the configuration asks for."""
+    if expected_size is not None and generator.size != expected_size:
+        raise CheckpointError(f"{uri}: a {generator.size} px generator, but {setting} is {expected_size}; point the "
+                              f"config at a {expected_size} px generator or set {setting}: {generator.size}")
 
 
 # ---------------------------------------------------------------- architecture inference
@@ -225,28 +253,31 @@ def _read_metadata(uri: str) -> dict[str, Any]:
 
 
 def load_generator(path_or_uri: str, *, map_location: str | torch.device = "cpu", which: str = "g_ema",
-                   load_discriminator: bool = True) -> LoadedGenerator:
-    """Build and strictly load a Generator (and the Discriminator when the file has `d`) from a checkpoint.
+                   load_discriminator: bool = True, expected_size: int | None = None,
+                   size_setting: str = "the configured size") -> LoadedGenerator:
+    """Build and strictly load a Generator (and the Discriminator when the file has one) from a checkpoint.
 
-    `which` picks the generator weights ("g_ema" or "g"). `latent_avg` comes from the file; training
-    checkpoints lack it, so it is then computed as mean_latent(4096) with seed 0 and metadata says so.
+    `which` picks the generator weights ("g_ema" or "g", see `pick_generator`). `latent_avg` comes from the file
+    (NVIDIA: `w_avg`); training checkpoints lack it, so it is then computed as mean_latent(4096) with seed 0 and
+    metadata says so. `expected_size` refuses a generator of another resolution in one line naming `size_setting`.
     """
     uri = str(path_or_uri)
     checkpoint = read_checkpoint(uri)
+    from fstrain.models import nvidia_pkl
+    if nvidia_pkl.is_network_pickle(checkpoint):
+        loaded = nvidia_pkl.loaded_from_pickle(checkpoint, uri, which, load_discriminator, map_location)
+        check_size(loaded.generator, uri, expected_size, size_setting)
+        return loaded
     metadata = _read_metadata(uri)
 
     if "conv1.conv.weight" in checkpoint:  # a bare generator state dict
         checkpoint = {which: checkpoint}
-    if which not in checkpoint:
-        raise CheckpointError(f"{uri}: no '{which}' entry; the checkpoint has {sorted(checkpoint)}. "
-                              f"Pass which='g_ema' or which='g' to pick the generator weights.")
-    state = checkpoint[which]
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{uri}: '{which}' is a {type(state).__name__}, expected a state dict")
+    entry, state = pick_generator(checkpoint, uri, which)
 
     arch = infer_generator_architecture(state, uri, _architecture_hints(checkpoint, metadata, "architecture"))
     generator = Generator(**arch)
-    load_state_strict(generator, state, uri, f"generator '{which}'")
+    load_state_strict(generator, state, uri, f"generator '{entry}'")
+    check_size(generator, uri, expected_size, size_setting)
     generator = generator.to(map_location).eval()
 
     metadata = dict(metadata)

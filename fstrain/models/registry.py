@@ -33,6 +33,10 @@ class WeightsMismatchError(ValueError):
     """A weights file loaded but its keys or shapes do not fit the network; the message names the keys."""
 
 
+class CheckpointError(WeightsMismatchError, RuntimeError):
+    """A model file is unreadable, unsafe, of an unsupported kind or does not fit; one line naming file and fix."""
+
+
 @dataclass
 class ModelSpec:
     """How configs name a model: a URI and an optional sha256 pin."""

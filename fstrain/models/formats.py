@@ -1,0 +1,83 @@
+"""What kind of model file this is, and reading it without running code from it: one place for every format.
+
+Formats, told apart by their first bytes:
+- `torch-zip`    torch.save's zip archive (PyTorch >= 1.6: rosinality .pt, pSp/e4e .pt, arcface .pth, ...)
+- `torch-legacy` torch.save's pre-1.6 stream (a pickled magic number first)
+- `pickle`       a plain pickle: NVIDIA stylegan2-ada-pytorch / stylegan3 network pickles (`.pkl`)
+
+torch files are read with `torch.load(weights_only=True)`; pickles with `fstrain.models.nvidia_pkl`'s restricted
+unpickler. Every failure is one `CheckpointError` line naming the file and what was expected. None of them advises
+`weights_only=False`: that would run whatever code the file carries. Adding a format means one entry in `sniff`
+and one reader in `read_weights`.
+"""
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from typing import Any, Iterable
+
+import torch
+
+from fstrain.models.registry import CheckpointError
+
+TORCH_ZIP = "torch-zip"
+TORCH_LEGACY = "torch-legacy"
+PICKLE = "pickle"
+EXPECTED = "a PyTorch checkpoint (.pt/.pth) or an NVIDIA stylegan2-ada-pytorch network pickle (.pkl)"
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch's legacy stream opens with the pickled int 0x1950a86a20f9469cfc6c (LONG1, 10 bytes little endian).
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def sniff(data: bytes, uri: str) -> str:
+    """The format of a model file's bytes, or a CheckpointError saying why it is none of them."""
+    if not data:
+        raise CheckpointError(f"{uri}: the file is empty (0 bytes); expected {EXPECTED}. Copy or download it again.")
+    if data.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            raise CheckpointError(f"{uri}: the file is truncated or damaged ({len(data)} bytes, its zip archive has "
+                                  f"no end record); copy or download it again.")
+        return TORCH_ZIP
+    if data[:1] == b"\x80" and data[2:14] == _LEGACY_MAGIC:
+        return TORCH_LEGACY
+    if data[:1] == b"\x80" and 2 <= data[1] <= 5:
+        return PICKLE
+    raise CheckpointError(f"{uri}: not a model file (it starts with {data[:8]!r}); expected {EXPECTED}.")
+
+
+def _blocked_global(message: str) -> str | None:
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return found.group(1) if found else None
+
+
+def refused_message(uri: str, what: str) -> str:
+    return (f"{uri}: refused: the file asks to run or build '{what}', which no supported model format contains; "
+            f"nothing from it was executed. Expected {EXPECTED} holding only tensors, numbers and dicts.")
+
+
+def _read_torch(data: bytes, uri: str, safe_globals: Iterable[Any]) -> Any:
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError/RuntimeError/EOFError/KeyError for bad files
+        message = str(exc)
+        blocked = _blocked_global(message)
+        if blocked:
+            raise CheckpointError(refused_message(uri, blocked)) from None
+        if isinstance(exc, EOFError) or "EOF" in message or "truncated" in message:
+            raise CheckpointError(f"{uri}: the file is truncated ({len(data)} bytes); copy or download it "
+                                  f"again.") from None
+        first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+        raise CheckpointError(f"{uri}: not a readable PyTorch checkpoint ({first_line[:200]}); expected "
+                              f"{EXPECTED}.") from None
+
+
+def read_weights(data: bytes, uri: str, safe_globals: Iterable[Any] = ()) -> tuple[str, Any]:
+    """(format, content) of a model file's bytes; pickles come back as nvidia_pkl records, never as live code."""
+    kind = sniff(data, uri)
+    if kind == PICKLE:
+        from fstrain.models.nvidia_pkl import read_network_pickle
+        return kind, read_network_pickle(data, uri)
+    return kind, _read_torch(data, uri, safe_globals)
