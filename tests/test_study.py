@@ -1,0 +1,138 @@
+"""cluster.study: Toonify layer swap, and the quick study end to end on a local Ray with tiny random models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from fstrain.data import storage
+from fstrain.models.checkpoints import load_generator
+from fstrain.stylize.layer_swap import DIRECTIONS, key_resolution, layer_swap, swap_resolutions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_layer_swap_takes_low_and_high_layers_from_the_named_models(tiny_models):
+    base = load_generator(tiny_models.generator, load_discriminator=False).generator
+    styled = load_generator(tiny_models.generator, load_discriminator=False).generator
+    with torch.no_grad():
+        for p in styled.parameters():
+            p.add_(1.0)
+    assert swap_resolutions(32) == [4, 8, 16]
+    for direction in DIRECTIONS:
+        swapped = layer_swap(base, styled, 8, direction)
+        low, high = (base, styled) if direction == "structure_from_base" else (styled, base)
+        for key, value in swapped.state_dict().items():
+            resolution = key_resolution(key)
+            expected = base if resolution is None else low if resolution <= 8 else high
+            assert torch.equal(value, expected.state_dict()[key]), (direction, key)
+    # Both halves are used: the swap differs from either source.
+    w = base.get_latent(torch.randn(2, base.style_dim, generator=torch.Generator().manual_seed(0)))
+    w_plus = w.unsqueeze(1).repeat(1, base.n_latent, 1)
+    images = {name: g.synthesis(w_plus, randomize_noise=False) for name, g in
+              (("base", base), ("styled", styled), ("swap", layer_swap(base, styled, 8, "structure_from_base")))}
+    assert not torch.allclose(images["swap"], images["base"]) and not torch.allclose(images["swap"], images["styled"])
+    with pytest.raises(ValueError, match="direction"):
+        layer_swap(base, styled, 8, "sideways")
+    with pytest.raises(ValueError, match="swap resolution 32"):
+        layer_swap(base, styled, 32, "structure_from_base")
+
+
+def _study_config(tmp_path: Path, root: str) -> Path:
+    config = yaml.safe_load((REPO / "configs" / "study.yaml").read_text())
+    config["pipeline"] = str(REPO / "configs" / "tiny_five_styles.yaml")
+    config["quick"]["pipeline"] = ""
+    config["pair_levels"] = [1, 3]
+    config["swap_resolutions"] = [8]
+    config["evaluation"].update(feature_net="models/inception_RANDOM.pth", feature_input_size=75,
+                                attribute_reader="support.study_world:load_tiny_attribute_reader", batch_size=8)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_quick_study_trains_every_row_evaluates_against_ground_truth_and_reruns_nothing(ray_local, tmp_path, capsys):
+    from cluster.demo import prepare_world
+    from cluster.study import main
+    from fstrain.metrics import save_random_inception_weights
+    from fstrain.models.perceptual import load_lpips
+    from fstrain.models.psp import load_encoder
+    from fstrain.study.evaluation import TestSet, render_test_images, stylize_all, _mean_lpips
+
+    root, out = str(tmp_path / "root"), str(tmp_path / "report")
+    prepare_world(root, images_per_style=8, styles=("cartoon",))
+    save_random_inception_weights(str(tmp_path / "root" / "models" / "inception_RANDOM.pth"), "torchvision", seed=0)
+    config = _study_config(tmp_path, root)
+
+    assert main([str(config), "--root", root, "--out", out, "--quick", "--styles", "cartoon"]) == 0
+    first_log = capsys.readouterr().out
+    record = json.loads(Path(out, "study.json").read_text())
+
+    # Structure: every Table 4 row, both Toonify directions, the pair levels and the base G, all measured.
+    rows = record["aggregate"]["cartoon"]
+    expected = {"baseline", "sc", "pc", "sc+pc", "sc+pc@1", "sc+pc@3", "base G",
+                "toonify:structure_from_base@8", "toonify:structure_from_style@8"}
+    assert set(rows) == expected
+    for row in expected:
+        for metric in ("fid", "perceptual", "gt_perceptual", "gt_identity", "gt_attribute", "retrieval_top1"):
+            assert rows[row][metric]["n"] == 1 and np.isfinite(rows[row][metric]["mean"]), (row, metric)
+    assert record["complete"] and record["quick"] and record["seeds"] == [0]
+    assert record["default_pair_level"] == {"cartoon": 3}
+    statuses = {i["role"]: i["status"] for i in record["instruments"]}
+    assert statuses == {"FID feature net": "RANDOM", "perceptual net": "RANDOM", "identity net": "RANDOM",
+                        "attribute reader": "RANDOM"}
+    md = Path(out, "study.md").read_text()
+    assert "QUICK RUN" in md and "WARNING: at least one instrument has RANDOM weights" in md
+    assert "one seed: no claim" in json.dumps(record["paper_ordering"]) and "Only 1 seed" in md
+    for figure in record["figures"]:
+        assert Path(out, f"{figure}.png").exists()
+    grid = record["grids"]["cartoon"]
+    assert grid["columns"] == ["photo", "ground truth", "baseline", "sc", "pc", "sc+pc",
+                               "toonify:structure_from_base@8", "toonify:structure_from_style@8"]
+    with Image.open(grid["uri"]) as image:
+        assert image.width > image.height          # 3 identities x 8 columns
+    assert record["table3"]["cartoon"]["ours"]["training_s"]["mean"] > 0
+
+    # Every number came from a real run: recompute GT perceptual distance and perceptual distance of +SC&PC
+    # from the saved generator, the W+ encoder and the held-out renders.
+    evaluation = record["evaluations"][0]
+    generator = load_generator(evaluation["generators"]["sc+pc"], load_discriminator=False).generator
+    encoder = load_encoder(str(Path(root, "models", "encoder_wplus.pt")), space="w+")
+    lpips = load_lpips(str(Path(root, "models", "lpips_alex_backbone_RANDOM.pth")), net="alex")
+    images = render_test_images(TestSet(**evaluation["test_set"]))
+    outputs, _ = stylize_all(encoder, generator, images.photos, 8, torch.device("cpu"))
+    assert _mean_lpips(lpips, outputs, images.truths, 8, "cpu") == pytest.approx(
+        rows["sc+pc"]["gt_perceptual"]["mean"], rel=1e-5)
+    assert _mean_lpips(lpips, images.photos, outputs, 8, "cpu") == pytest.approx(
+        rows["sc+pc"]["perceptual"]["mean"], rel=1e-5)
+    # The level-1 variant is its own fine-tune on other pairs, so it measures differently from +SC&PC (level 3).
+    assert rows["sc+pc@1"]["gt_perceptual"]["mean"] != rows["sc+pc"]["gt_perceptual"]["mean"]
+    assert rows["sc+pc@3"]["gt_perceptual"]["mean"] == rows["sc+pc"]["gt_perceptual"]["mean"]
+
+    # A rerun skips every finished cell and reports the same numbers.
+    assert main([str(config), "--root", root, "--out", out, "--quick", "--styles", "cartoon"]) == 0
+    rerun_log = capsys.readouterr().out
+    assert "done in" not in rerun_log.replace("already done", "")
+    assert rerun_log.count("already done; skipping") == len(record["cells"])
+    again = json.loads(Path(out, "study.json").read_text())
+    assert again["aggregate"] == record["aggregate"]
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
+    from cluster.study import main
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipeline: nowhere.yaml\n")
+    assert main([str(bad), "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "nowhere.yaml does not exist" in capsys.readouterr().err
+    assert main([str(REPO / "configs" / "study.yaml"), "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--styles", "watercolour"]) == 2
+    assert "watercolour" in capsys.readouterr().err
+    assert main([str(REPO / "configs" / "study.yaml"), "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--seeds", "a,b"]) == 2
+    assert "--seeds" in capsys.readouterr().err
