@@ -5,6 +5,10 @@ Checkpoint layout (pSp / DualStyleGAN `.pt`, read with weights_only=True):
 `encoder.*` keys match pSp's module tree exactly (`input_layer`, `body.N.res_layer.*`, `styles.N.convs.*`,
 `styles.N.linear.*`, `latlayer1/2`), so real files load strictly.
 
+e4e (omertov/encoder4editing) files have the same layout and keys with `opts["encoder_type"] == "Encoder4Editing"`;
+they load into `Encoder4Editing`, whose forward is e4e's: one base code from the coarsest map for every layer, plus
+a per-layer offset from the FPN level of that layer. Other pSp encoder types are refused by name.
+
 W+ encoders output `codes + latent_avg` (pSp's `start_from_latent_avg`); Z+ encoders (DualStyleGAN's
 `encoder.pt`) output z+ codes, which the generator maps layer by layer, so no average is added. Which space a file
 holds is not recorded by pSp itself: we write `opts["latent_space"]`; for third-party files pass `space=`.
@@ -111,6 +115,35 @@ class GradualStyleEncoder(nn.Module):
         p1 = self._upsample_add(p2, self.latlayer2(c1))
         latents += [self.styles[j](p1) for j in range(MIDDLE_END, self.n_styles)]
         return torch.stack(latents, dim=1)
+
+
+class Encoder4Editing(GradualStyleEncoder):
+    """e4e: the same modules and keys as pSp's encoder, read coarse-to-fine: w_i = styles[0](c3) + styles[i](F_i)
+    for i >= 1, F_i = c3 / p2 / p1 for the coarse / middle / fine layers (e4e at inference: every offset on)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_layer(x)
+        taps = []
+        for i, unit in enumerate(self.body):
+            x = unit(x)
+            if i in self.taps:
+                taps.append(x)
+        c1, c2, c3 = taps
+        base = self.styles[0](c3)
+        codes = [base]
+        features = c3
+        for i in range(1, self.n_styles):
+            if i == COARSE_END:
+                p2 = self._upsample_add(c3, self.latlayer1(c2))
+                features = p2
+            elif i == MIDDLE_END:
+                features = self._upsample_add(p2, self.latlayer2(c1))
+            codes.append(base + self.styles[i](features))
+        return torch.stack(codes, dim=1)
+
+
+ENCODER_TYPES: dict[str, type[GradualStyleEncoder]] = {"GradualStyleEncoder": GradualStyleEncoder,
+                                                       "Encoder4Editing": Encoder4Editing}
 
 
 class PSPEncoder(nn.Module):
@@ -221,10 +254,16 @@ def load_encoder(uri: str, space: str | None = None, sha256: str | None = None,
     if not enc_state:
         raise WeightsMismatchError(f"{uri}: 'state_dict' has no 'encoder.*' keys")
     space = space or _infer_space(opts, uri)
-    encoder = GradualStyleEncoder(**_encoder_kwargs(opts, enc_state, uri))
+    encoder_type = opts.get("encoder_type") or "GradualStyleEncoder"
+    if encoder_type not in ENCODER_TYPES:
+        raise WeightsMismatchError(f"{uri}: opts encoder_type={encoder_type!r} is not supported; expected one of "
+                                   f"{sorted(ENCODER_TYPES)} (pSp's GradualStyleEncoder or e4e's Encoder4Editing)")
+    encoder = ENCODER_TYPES[encoder_type](**_encoder_kwargs(opts, enc_state, uri))
     check_state_dict(encoder, enc_state, uri, "pSp encoder ('encoder.' prefix)")
     add_avg = space == "w+" and bool(opts.get("start_from_latent_avg", True))
     latent_avg = checkpoint.get("latent_avg")
+    if isinstance(latent_avg, torch.Tensor) and latent_avg.ndim == 2 and latent_avg.shape[0] == 1:
+        latent_avg = latent_avg[0]  # a (1, style_dim) mean_latent, broadcast over layers as pSp/e4e do
     if add_avg and latent_avg is None:
         raise WeightsMismatchError(f"{uri}: W+ encoder with start_from_latent_avg but no 'latent_avg' entry")
     try:
@@ -249,7 +288,7 @@ def save_encoder(uri: str, encoder: PSPEncoder | GradualStyleEncoder, latent_avg
     if latent_avg is None and isinstance(encoder, PSPEncoder):
         latent_avg = encoder.latent_avg
     cfg = core.config
-    full_opts = {"encoder_type": "GradualStyleEncoder", "output_size": None, **dict(opts or {}),
+    full_opts = {"output_size": None, **dict(opts or {}), "encoder_type": type(core).__name__,
                  "n_styles": cfg["n_styles"], "input_nc": cfg["input_nc"], "style_dim": cfg["style_dim"],
                  "latent_space": space, "start_from_latent_avg": space == "w+",
                  "encoder_mode": cfg["mode"], "encoder_units": list(cfg["units"]),
