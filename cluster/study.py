@@ -217,6 +217,23 @@ def seed_config(pipeline: PipelineConfig, study: StudyConfig, seed: int, root: s
     return dataclasses.replace(pipeline, train=train, pairs=pairs, cluster=cluster, root=root)
 
 
+def instrument_identities(study: StudyConfig, pipeline: PipelineConfig, root: str) -> dict[str, str]:
+    """config key -> sha256 of each evaluation net the study will use; a missing file is a ConfigError now, not
+    after hours of training. Part of the evaluation cells' fingerprint: new instruments re-evaluate every cell."""
+    from fstrain.study.instruments import resolve_instruments
+    try:
+        resolved = resolve_instruments(study.evaluation, pipeline, root)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out = {}
+    for key, uri in resolved.uris().items():
+        if not storage.exists(uri):
+            raise ConfigError(f"{key}: {uri} does not exist; train the world's instruments (python -m "
+                              f"fstrain.world.pretrain {storage.join(root, 'models')}), give another URI, or 'none'")
+        out[key] = hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+    return out
+
+
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -226,6 +243,7 @@ def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styl
     from fstrain.config import config_to_dict
 
     cells: dict[str, Cell] = {}
+    instruments = instrument_identities(study, pipeline, root)
 
     def add(cell: Cell) -> None:
         cells[cell.key] = cell
@@ -263,7 +281,7 @@ def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styl
             add(Cell(f"{prefix}/evaluate", seed, style, "evaluate", run_id, study_folder(root, run_id, style),
                      evaluate_stage(study, config, seed, level_runs, default_level), needs=trained,
                      fingerprint=_fingerprint({k: v for k, v in config_to_dict(study).items()
-                                               if k not in ('seeds', 'styles')}, seed, style)))
+                                               if k not in ("seeds", "styles")}, seed, style, instruments)))
     return cells
 
 
@@ -410,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(styles) - set(pipeline.styles))
         if unknown:
             raise ConfigError(f"{args.config}: styles {unknown} are not in the pipeline's styles {pipeline.styles}")
+        instrument_identities(study, pipeline, args.root)
     except (ConfigError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

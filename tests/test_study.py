@@ -43,14 +43,32 @@ def test_layer_swap_takes_low_and_high_layers_from_the_named_models(tiny_models)
         layer_swap(base, styled, 32, "structure_from_base")
 
 
+def _random_evaluation_nets(models: Path) -> None:
+    """A RANDOM world image reader (FID features + attribute heads) and a RANDOM evaluation identity net, listed
+    in models.json's `evaluation` section as fstrain.world.pretrain lists its evaluation nets."""
+    import shutil
+    from fstrain.models.reader import ImageReader, save_reader
+
+    heads = {"hair_style": 6, "glasses": 2, "bangs": 2, "eye_colour": 6, "face_shape": 3, "painted_skin": 3,
+             "painted_hair": 3, "domain": 6}
+    torch.manual_seed(0)
+    save_reader(str(models / "eval_features.pth"), ImageReader((8, 16), heads, input_size=32))
+    shutil.copy(models / "identity.pth", models / "eval_identity.pth")
+    for name in ("eval_features.pth", "eval_identity.pth"):
+        (models / f"{name}.json").write_text(json.dumps({"random_init": True}))
+    manifest = json.loads((models / "models.json").read_text())
+    manifest["evaluation"] = {"inception_weights": {"file": "eval_features.pth"},
+                              "identity": {"file": "eval_identity.pth", "kind": "arcface"}}
+    (models / "models.json").write_text(json.dumps(manifest))
+
+
 def _study_config(tmp_path: Path, root: str) -> Path:
     config = yaml.safe_load((REPO / "configs" / "study.yaml").read_text())
     config["pipeline"] = str(REPO / "configs" / "tiny_five_styles.yaml")
     config["quick"]["pipeline"] = ""
     config["pair_levels"] = [1, 3]
     config["swap_resolutions"] = [8]
-    config["evaluation"].update(feature_net="models/inception_RANDOM.pth", feature_input_size=75,
-                                attribute_reader="support.study_world:load_tiny_attribute_reader", batch_size=8)
+    config["evaluation"]["batch_size"] = 8
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -60,18 +78,17 @@ def _study_config(tmp_path: Path, root: str) -> Path:
 def test_quick_study_trains_every_row_evaluates_against_ground_truth_and_reruns_nothing(ray_local, tmp_path, capsys):
     from cluster.demo import prepare_world
     from cluster.study import main
-    from fstrain.metrics import save_random_inception_weights
     from fstrain.models.perceptual import load_lpips
     from fstrain.models.psp import load_encoder
     from fstrain.study.evaluation import TestSet, render_test_images, stylize_all, _mean_lpips
 
     root, out = str(tmp_path / "root"), str(tmp_path / "report")
     prepare_world(root, images_per_style=8, styles=("cartoon",))
-    save_random_inception_weights(str(tmp_path / "root" / "models" / "inception_RANDOM.pth"), "torchvision", seed=0)
     config = _study_config(tmp_path, root)
+    _random_evaluation_nets(tmp_path / "root" / "models")
 
     assert main([str(config), "--root", root, "--out", out, "--quick", "--styles", "cartoon"]) == 0
-    first_log = capsys.readouterr().out
+    capsys.readouterr()
     record = json.loads(Path(out, "study.json").read_text())
 
     # Structure: every Table 4 row, both Toonify directions, the pair levels and the base G, all measured.
@@ -84,9 +101,11 @@ def test_quick_study_trains_every_row_evaluates_against_ground_truth_and_reruns_
             assert rows[row][metric]["n"] == 1 and np.isfinite(rows[row][metric]["mean"]), (row, metric)
     assert record["complete"] and record["quick"] and record["seeds"] == [0]
     assert record["default_pair_level"] == {"cartoon": 3}
-    statuses = {i["role"]: i["status"] for i in record["instruments"]}
-    assert statuses == {"FID feature net": "RANDOM", "perceptual net": "RANDOM", "identity net": "RANDOM",
-                        "attribute reader": "RANDOM"}
+    instruments = {i["role"]: i for i in record["instruments"]}
+    assert {role: i["status"] for role, i in instruments.items()} == {
+        "FID feature net": "RANDOM", "perceptual net": "RANDOM", "identity net": "RANDOM", "attribute reader": "RANDOM"}
+    assert instruments["identity net"]["uri"].endswith("eval_identity.pth")       # "auto" took models.json's
+    assert instruments["attribute reader"]["uri"].endswith("eval_features.pth")
     md = Path(out, "study.md").read_text()
     assert "QUICK RUN" in md and "WARNING: at least one instrument has RANDOM weights" in md
     assert "one seed: no claim" in json.dumps(record["paper_ordering"]) and "Only 1 seed" in md
@@ -124,6 +143,31 @@ def test_quick_study_trains_every_row_evaluates_against_ground_truth_and_reruns_
     assert again["aggregate"] == record["aggregate"]
 
 
+def test_auto_instruments_are_the_listed_evaluation_nets_else_the_pipelines_labelled(tiny_models, tmp_path):
+    import dataclasses
+    import shutil
+    from fstrain.config import load_config
+    from fstrain.settings import PipelineConfig
+    from fstrain.study.instruments import resolve_instruments
+    from fstrain.study.settings import StudyEvaluationConfig
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_models.root, root / "models")
+    pipeline = load_config(str(REPO / "configs" / "tiny_five_styles.yaml"), PipelineConfig)
+    auto = StudyEvaluationConfig()
+    fallback = resolve_instruments(auto, pipeline, str(root))
+    assert fallback.feature_net is None and fallback.attribute_reader is None     # tiny config: no FID weights
+    assert fallback.identity == str(root / "models" / "identity.pth") and not fallback.identity_dedicated
+    assert fallback.lpips.endswith("lpips_alex_backbone_RANDOM.pth") and not fallback.lpips_dedicated
+    _random_evaluation_nets(root / "models")
+    listed = resolve_instruments(auto, pipeline, str(root))
+    assert listed.feature_net == listed.attribute_reader == str(root / "models" / "eval_features.pth")
+    assert listed.identity == str(root / "models" / "eval_identity.pth") and listed.identity_dedicated
+    chosen = resolve_instruments(dataclasses.replace(auto, identity="none", feature_net="models/x.pth"), pipeline,
+                                 str(root))
+    assert chosen.identity is None and chosen.feature_net == str(root / "models" / "x.pth")
+
+
 def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     from cluster.study import main
     bad = tmp_path / "bad.yaml"
@@ -136,3 +180,9 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     assert main([str(REPO / "configs" / "study.yaml"), "--root", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--seeds", "a,b"]) == 2
     assert "--seeds" in capsys.readouterr().err
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"pipeline: {REPO / 'configs' / 'tiny_five_styles.yaml'}\nevaluation:\n"
+                       f"  identity: models/eval_identity.pth\n")
+    assert main([str(missing), "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation.identity" in err and "does not exist" in err and "Traceback" not in err

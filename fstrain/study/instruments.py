@@ -1,23 +1,24 @@
 """The study's evaluation instruments, each with a label saying what it is, so no number hides its source.
 
 Four roles: the FID feature net, the perceptual net (LPIPS), the evaluation identity net and the attribute reader.
-Each comes from the study config's `evaluation` section; a role left empty falls back to what the pipeline has
-(the pipeline's Inception weights, its training LPIPS / identity nets) and the label says so. Weights marked
-random (a `<file>.json` sidecar with `random_init`, or a `models.json` beside them that says so) are labelled
-RANDOM; the report prints every label above its tables.
+Each study config key (`evaluation.*`) is a URI, "none", or "auto":
+- feature_net / identity / attribute_reader "auto": the evaluation nets listed in the `evaluation` section of
+  `<root>/models/models.json` (written by `python -m fstrain.world.pretrain`: `inception_weights` is the world's
+  image reader, whose pooled features are the FID features and whose heads read attributes; `identity` the
+  evaluation identity net). Without that section: the pipeline's `evaluate.inception_weights` (FID) and
+  `models.identity` (the training-loss identity net, labelled as such); no attribute reader.
+- lpips_backbone "auto": the pipeline's LPIPS net (the world has no separate evaluation perceptual net), labelled.
+Weights marked random (a `<file>.json` sidecar with `random_init`, or a `models.json` beside them that says so)
+are labelled RANDOM; the report prints every label above its tables.
 
-An attribute reader is any object with
-    random_init: bool
-    kinds: dict[str, str]                       # attribute name -> "categorical" | "continuous"
-    __call__(images (N,3,H,W) in [-1,1]) -> dict[str, Tensor]   # categorical: (N, classes) logits,
-                                                                # continuous: (N, k) values scaled to [0, 1]
-made by the factory the config names as "package.module:function" (called with the weights URI and the device).
+An attribute reader is any object with `random_init`, `kinds` (attribute -> "categorical" | "continuous") and
+`__call__(images in [-1, 1]) -> {attribute: (N, classes) logits or (N, k) values in 0..1}`; the world's image
+reader (fstrain.models.reader) is wrapped as one by `WorldAttributeReader`.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -81,20 +82,90 @@ def marked_random(uri: str) -> bool:
     return False
 
 
+AUTO, NONE = "auto", "none"
+# The world image reader's heads that describe the person (fstrain.world.attributes): identity-level classes, face
+# shape, and the colours the domain painted (what the truth render shows in the same domain).
+CATEGORICAL_ATTRIBUTES = ("hair_style", "glasses", "bangs", "eye_colour")
+CONTINUOUS_ATTRIBUTES = ("face_shape", "painted_skin", "painted_hair")
+
+
+class WorldAttributeReader:
+    """The AttributeReader protocol over a world image reader's heads (fstrain.models.reader.ImageReader)."""
+
+    def __init__(self, reader: nn.Module, random_init: bool):
+        self.reader = reader.eval().requires_grad_(False)
+        self.random_init = random_init
+        heads = set(reader.heads)
+        self.kinds = {**{n: "categorical" for n in CATEGORICAL_ATTRIBUTES if n in heads},
+                      **{n: "continuous" for n in CONTINUOUS_ATTRIBUTES if n in heads}}
+        if not self.kinds:
+            wanted = ", ".join(CATEGORICAL_ATTRIBUTES + CONTINUOUS_ATTRIBUTES)
+            raise ValueError(f"the image reader has no attribute heads ({wanted}); it has {sorted(heads)}")
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.reader(images)
+        return {name: out[name].float() for name in self.kinds}
+
+
+def models_manifest_evaluation(root: str) -> dict[str, str]:
+    """role -> URI of the evaluation nets `<root>/models/models.json` lists (empty when it lists none)."""
+    from fstrain import layout
+    manifest_uri = layout.model_manifest(layout.models(root))
+    if not storage.exists(manifest_uri):
+        return {}
+    section = storage.read_json(manifest_uri).get("evaluation") or {}
+    return {role: storage.join(layout.models(root), entry["file"]) for role, entry in section.items()
+            if isinstance(entry, dict) and entry.get("file")}
+
+
+@dataclass
+class Resolved:
+    """Where each instrument comes from, decided before any training starts (so a missing file fails early)."""
+    feature_net: str | None
+    feature_dedicated: bool
+    identity: str | None
+    identity_kind: str
+    identity_dedicated: bool
+    lpips: str
+    lpips_net: str
+    lpips_dedicated: bool
+    attribute_reader: str | None
+
+    def uris(self) -> dict[str, str]:
+        return {k: v for k, v in (("evaluation.feature_net", self.feature_net), ("evaluation.identity",
+                                                                                 self.identity),
+                                  ("evaluation.lpips_backbone", self.lpips),
+                                  ("evaluation.attribute_reader", self.attribute_reader)) if v}
+
+
+def resolve_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, root: str) -> Resolved:
+    listed = models_manifest_evaluation(root)
+
+    def pick(value: str, listed_role: str | None, fallback: str) -> tuple[str | None, bool]:
+        if value == NONE:
+            return None, False
+        if value != AUTO:
+            return resolve_model_uri(value, root), True
+        if listed_role and listed_role in listed:
+            return listed[listed_role], True
+        return (resolve_model_uri(fallback, root) or None), False
+
+    feature, feature_dedicated = pick(cfg.feature_net, "inception_weights", pipeline.evaluate.inception_weights)
+    identity, identity_dedicated = pick(cfg.identity, "identity", pipeline.models.identity)
+    lpips, lpips_dedicated = pick(cfg.lpips_backbone, None, pipeline.models.lpips_backbone)
+    if lpips is None:
+        raise ValueError("evaluation.lpips_backbone cannot be 'none': the perceptual and semantic distances need it")
+    reader, _ = pick(cfg.attribute_reader, "inception_weights", "")
+    return Resolved(feature, feature_dedicated, identity,
+                    cfg.identity_kind if identity_dedicated else pipeline.models.identity_kind, identity_dedicated,
+                    lpips, cfg.lpips_net or pipeline.models.lpips_net, lpips_dedicated, reader)
+
+
 def _status(uri: str, dedicated: bool) -> str:
     if marked_random(uri):
         return "RANDOM"
     return "evaluation net" if dedicated else "training-loss net (no separate evaluation net configured)"
-
-
-def load_factory(spec: str) -> Callable[..., AttributeReader]:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"evaluation.attribute_reader must be 'package.module:function'; got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"evaluation.attribute_reader {spec!r} cannot be imported: {exc}") from None
 
 
 def load_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, root: str,
@@ -104,47 +175,38 @@ def load_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, root:
     from fstrain.models.perceptual import load_lpips
     from fstrain.models.registry import fetch
 
+    where = resolve_instruments(cfg, pipeline, root)
     labels: list[Instrument] = []
-    # FID features
-    feature_uri = resolve_model_uri(cfg.feature_net or pipeline.evaluate.inception_weights, root)
     extractor = None
-    if feature_uri:
-        extractor = load_inception(feature_uri, layout=cfg.feature_net_layout, input_size=cfg.feature_input_size,
-                                   device=device)
-        status = "RANDOM" if extractor.random_init or marked_random(feature_uri) else (
-            "evaluation net" if cfg.feature_net else "the pipeline's evaluate.inception_weights")
-        labels.append(Instrument("FID feature net", feature_uri, status, extractor.name))
+    if where.feature_net:
+        extractor = load_inception(where.feature_net, layout=cfg.feature_net_layout,
+                                   input_size=cfg.feature_input_size, device=device)
+        status = "RANDOM" if extractor.random_init or marked_random(where.feature_net) else (
+            "evaluation net" if where.feature_dedicated else "the pipeline's evaluate.inception_weights")
+        labels.append(Instrument("FID feature net", where.feature_net, status, extractor.name))
     else:
         labels.append(Instrument("FID feature net", None, "not configured", "FID not computed"))
-    # Perceptual
-    lpips_uri = resolve_model_uri(cfg.lpips_backbone or pipeline.models.lpips_backbone, root)
-    lpips_net = cfg.lpips_net or pipeline.models.lpips_net
-    lpips = load_lpips(str(fetch(lpips_uri)), net=lpips_net).to(device).eval().requires_grad_(False)
-    labels.append(Instrument("perceptual net", lpips_uri, _status(lpips_uri, bool(cfg.lpips_backbone)),
-                             f"LPIPS-{lpips_net}"))
-    # Identity
-    identity_uri = resolve_model_uri(cfg.identity or pipeline.models.identity, root)
+    lpips = load_lpips(str(fetch(where.lpips)), net=where.lpips_net).to(device).eval().requires_grad_(False)
+    labels.append(Instrument("perceptual net", where.lpips, _status(where.lpips, where.lpips_dedicated),
+                             f"LPIPS-{where.lpips_net}"))
     identity = None
-    if identity_uri:
-        identity = load_identity(str(fetch(identity_uri)), cfg.identity_kind if cfg.identity else
-                                 pipeline.models.identity_kind, device=device)
-        labels.append(Instrument("identity net", identity_uri, _status(identity_uri, bool(cfg.identity))))
+    if where.identity:
+        identity = load_identity(str(fetch(where.identity)), where.identity_kind, device=device)
+        labels.append(Instrument("identity net", where.identity, _status(where.identity, where.identity_dedicated)))
     else:
-        labels.append(Instrument("identity net", None, "not configured", "retrieval not computed"))
-    # Attribute reader
+        labels.append(Instrument("identity net", None, "not configured", "GT identity and retrieval not computed"))
     attributes = None
-    if cfg.attribute_reader:
-        weights = resolve_model_uri(cfg.attribute_reader_weights, root)
-        attributes = load_factory(cfg.attribute_reader)(weights, device)
-        if not isinstance(attributes, AttributeReader):
-            raise ValueError(f"evaluation.attribute_reader {cfg.attribute_reader!r} returned "
-                             f"{type(attributes).__name__}, which lacks random_init / kinds / __call__")
-        status = "RANDOM" if attributes.random_init or (weights and marked_random(weights)) else "evaluation net"
-        labels.append(Instrument("attribute reader", weights or cfg.attribute_reader, status,
-                                 f"attributes: {', '.join(sorted(attributes.kinds))}"))
+    if where.attribute_reader:
+        from fstrain.models.reader import load_reader
+        attributes = WorldAttributeReader(load_reader(where.attribute_reader, device=device),
+                                          random_init=marked_random(where.attribute_reader))
+        labels.append(Instrument("attribute reader", where.attribute_reader,
+                                 "RANDOM" if attributes.random_init else "evaluation net",
+                                 f"attributes: {', '.join(attributes.kinds)}"))
     else:
         labels.append(Instrument("attribute reader", None, "not configured",
-                                 "GT attribute error not computed (set evaluation.attribute_reader)"))
+                                 "GT attribute error not computed (no evaluation reader in models/models.json and "
+                                 "none configured)"))
     return Instruments(extractor=extractor, lpips=lpips, identity=identity, attributes=attributes, labels=labels)
 
 

@@ -3,11 +3,10 @@
     pipeline: demo_five_styles.yaml       # the pipeline config every cell trains with (relative to this file)
     seeds: [0, 1, 2]
     test_identities: 100                  # held-out world identities (fstrain.world.splits.HELDOUT) per style
-    evaluation:
-      feature_net: models/eval/features.pth      # FID features (evaluation net, never a training-loss net)
-      identity: models/eval/identity.pth          # retrieval and the identity term of the semantic distance
-      lpips_backbone: ""                          # "" = the pipeline's LPIPS net, labelled as the training one
-      attribute_reader: "package.module:loader"   # a factory returning an AttributeReader (fstrain.study.instruments)
+    evaluation:                           # each "auto" (models/models.json's evaluation nets), a URI, or "none"
+      feature_net: auto                   # FID features (an evaluation net, never a training-loss net)
+      identity: auto                      # retrieval, GT identity and the identity term of the semantic distance
+      attribute_reader: auto              # GT attribute error
     quick: {steps: 4, baseline_steps: 4, test_identities: 6}
 
 Load with `load_study_config(path)`; unknown keys and wrong types fail with the file and key named.
@@ -25,17 +24,17 @@ ROW_MODES = ("baseline", "sc", "pc", "sc+pc")          # Table 4's rows, trained
 
 @dataclass
 class StudyEvaluationConfig:
-    """The evaluation instruments. Model URIs follow the pipeline's rule: relative ones are under the root."""
-    feature_net: str = ""              # FID feature net (Inception-v3 layouts); "" = the pipeline's
-                                       # evaluate.inception_weights; both empty = FID not computed
-    feature_net_layout: str = "auto"   # auto | torchvision | pytorch-fid
-    feature_input_size: int = 299      # 299 for comparable FIDs; >= 75 for tiny tests
-    identity: str = ""                 # evaluation identity net (arcface / IR-SE layouts); "" = the training one
+    """The evaluation instruments: each a URI (relative ones are under the root), "auto" or "none"; "auto" takes
+    the evaluation nets `<root>/models/models.json` lists, else the pipeline's nets, labelled as training-loss nets
+    (fstrain.study.instruments says exactly)."""
+    feature_net: str = "auto"          # FID features: an Inception-v3 file or a world image reader
+    feature_net_layout: str = "auto"   # auto | torchvision | pytorch-fid (Inception files only)
+    feature_input_size: int = 299      # Inception input side: 299 for comparable FIDs; >= 75 for tiny tests
+    identity: str = "auto"             # evaluation identity net (arcface / IR-SE layouts)
     identity_kind: str = "auto"
-    lpips_backbone: str = ""           # evaluation perceptual net (LPIPS trunk); "" = the training one
+    lpips_backbone: str = "auto"       # perceptual net (LPIPS trunk); auto = the pipeline's
     lpips_net: str = ""                # alex | vgg; "" = the pipeline's models.lpips_net
-    attribute_reader: str = ""         # "module:function" returning an AttributeReader; "" = not computed
-    attribute_reader_weights: str = ""  # URI handed to that function
+    attribute_reader: str = "auto"     # a world image reader with attribute heads (fstrain.models.reader)
     semantic_lambda_id: float = 0.1    # weight of (1 - cos ID) in the semantic distance
     semantic_samples: int = 64         # fixed z of the semantic distance
     batch_size: int = 16
