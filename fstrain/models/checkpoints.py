@@ -111,18 +111,20 @@ def _not_found(exc: Exception) -> bool:
     return storage is not None and isinstance(exc, getattr(storage, "NotFoundError", ()))
 
 
-def read_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(uri: str, map_location: str | torch.device = "cpu", label: str | None = None) -> dict[str, Any]:
     """A checkpoint's top-level dict: torch files weights-only (argparse.Namespace of training checkpoints allowed),
-    network pickles as `nvidia_pkl` records. Every failure is one CheckpointError line."""
+    network pickles as `nvidia_pkl` records. Every failure is one CheckpointError line naming `label` (default
+    `uri`; the hub passes the configured URI when reading a cached copy)."""
+    name = label or uri
     try:
-        data = _read_bytes(uri)
+        source: Any = uri if os.path.isfile(uri) else _read_bytes(uri)
     except Exception as exc:
         if _not_found(exc):
-            raise CheckpointError(f"{uri}: checkpoint not found; check the path or URI") from exc
+            raise CheckpointError(f"{name}: checkpoint not found; check the path or URI") from exc
         raise
-    _, checkpoint = formats.read_weights(data, uri, safe_globals=[argparse.Namespace])
+    _, checkpoint = formats.read_weights(source, name, safe_globals=[argparse.Namespace])
     if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"{uri}: expected a dict checkpoint (rosinality {{'g_ema', 'latent_avg'}} or a "
+        raise CheckpointError(f"{name}: expected a dict checkpoint (rosinality {{'g_ema', 'latent_avg'}} or a "
                               f"network pickle), got {type(checkpoint).__name__}")
     return dict(checkpoint)
 
@@ -254,21 +256,24 @@ def _read_metadata(uri: str) -> dict[str, Any]:
 
 def load_generator(path_or_uri: str, *, map_location: str | torch.device = "cpu", which: str = "g_ema",
                    load_discriminator: bool = True, expected_size: int | None = None,
-                   size_setting: str = "the configured size") -> LoadedGenerator:
+                   size_setting: str = "the configured size", label: str | None = None,
+                   metadata: Mapping[str, Any] | None = None) -> LoadedGenerator:
     """Build and strictly load a Generator (and the Discriminator when the file has one) from a checkpoint.
 
     `which` picks the generator weights ("g_ema" or "g", see `pick_generator`). `latent_avg` comes from the file
     (NVIDIA: `w_avg`); training checkpoints lack it, so it is then computed as mean_latent(4096) with seed 0 and
     metadata says so. `expected_size` refuses a generator of another resolution in one line naming `size_setting`.
+    `label` names the file in errors and in `source` (a cached copy's URI); `metadata` replaces the sidecar read.
     """
-    uri = str(path_or_uri)
-    checkpoint = read_checkpoint(uri)
+    path = str(path_or_uri)
+    uri = label or path
+    checkpoint = read_checkpoint(path, label=uri)
     from fstrain.models import nvidia_pkl
     if nvidia_pkl.is_network_pickle(checkpoint):
         loaded = nvidia_pkl.loaded_from_pickle(checkpoint, uri, which, load_discriminator, map_location)
         check_size(loaded.generator, uri, expected_size, size_setting)
         return loaded
-    metadata = _read_metadata(uri)
+    metadata = dict(metadata) if metadata is not None else _read_metadata(path)
 
     if "conv1.conv.weight" in checkpoint:  # a bare generator state dict
         checkpoint = {which: checkpoint}

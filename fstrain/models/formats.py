@@ -13,8 +13,10 @@ and one reader in `read_weights`.
 from __future__ import annotations
 
 import io
+import os
 import re
 import zipfile
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -31,18 +33,29 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
-def sniff(data: bytes, uri: str) -> str:
-    """The format of a model file's bytes, or a CheckpointError saying why it is none of them."""
+Source = bytes | str | os.PathLike
+
+
+def _head_and_size(source: Source) -> tuple[bytes, int]:
+    if isinstance(source, bytes):
+        return source[:16], len(source)
+    with open(source, "rb") as f:
+        return f.read(16), os.fstat(f.fileno()).st_size
+
+
+def sniff(source: Source, uri: str) -> str:
+    """The format of a model file (its bytes or local path), or a CheckpointError saying why it is none of them."""
+    data, size = _head_and_size(source)
     if not data:
         raise CheckpointError(f"{uri}: the file is empty (0 bytes); expected {EXPECTED}. Copy or download it again.")
     if data.startswith(_ZIP_MAGIC):
-        if not zipfile.is_zipfile(io.BytesIO(data)):
-            raise CheckpointError(f"{uri}: the file is truncated or damaged ({len(data)} bytes, its zip archive has "
+        if not zipfile.is_zipfile(io.BytesIO(source) if isinstance(source, bytes) else source):
+            raise CheckpointError(f"{uri}: the file is truncated or damaged ({size} bytes, its zip archive has "
                                   f"no end record); copy or download it again.")
         return TORCH_ZIP
     if data[:1] == b"\x80" and data[2:14] == _LEGACY_MAGIC:
         return TORCH_LEGACY
-    if data[:1] == b"\x80" and 2 <= data[1] <= 5:
+    if data[:1] == b"\x80" and len(data) > 1 and 2 <= data[1] <= 5:
         return PICKLE
     raise CheckpointError(f"{uri}: not a model file (it starts with {data[:8]!r}); expected {EXPECTED}.")
 
@@ -57,27 +70,29 @@ def refused_message(uri: str, what: str) -> str:
             f"nothing from it was executed. Expected {EXPECTED} holding only tensors, numbers and dicts.")
 
 
-def _read_torch(data: bytes, uri: str, safe_globals: Iterable[Any]) -> Any:
+def _read_torch(source: Source, uri: str, safe_globals: Iterable[Any]) -> Any:
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                              weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError/RuntimeError/EOFError/KeyError for bad files
         message = str(exc)
         blocked = _blocked_global(message)
         if blocked:
             raise CheckpointError(refused_message(uri, blocked)) from None
         if isinstance(exc, EOFError) or "EOF" in message or "truncated" in message:
-            raise CheckpointError(f"{uri}: the file is truncated ({len(data)} bytes); copy or download it "
-                                  f"again.") from None
+            raise CheckpointError(f"{uri}: the file is truncated ({_head_and_size(source)[1]} bytes); copy or "
+                                  f"download it again.") from None
         first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
         raise CheckpointError(f"{uri}: not a readable PyTorch checkpoint ({first_line[:200]}); expected "
                               f"{EXPECTED}.") from None
 
 
-def read_weights(data: bytes, uri: str, safe_globals: Iterable[Any] = ()) -> tuple[str, Any]:
-    """(format, content) of a model file's bytes; pickles come back as nvidia_pkl records, never as live code."""
-    kind = sniff(data, uri)
+def read_weights(source: Source, uri: str, safe_globals: Iterable[Any] = ()) -> tuple[str, Any]:
+    """(format, content) of a model file (bytes or local path); `uri` names it in errors. Pickles come back as
+    nvidia_pkl records, never as live objects."""
+    kind = sniff(source, uri)
     if kind == PICKLE:
         from fstrain.models.nvidia_pkl import read_network_pickle
-        return kind, read_network_pickle(data, uri)
-    return kind, _read_torch(data, uri, safe_globals)
+        return kind, read_network_pickle(source if isinstance(source, bytes) else Path(source).read_bytes(), uri)
+    return kind, _read_torch(source, uri, safe_globals)

@@ -1,11 +1,15 @@
 """Model registry: pretrained files named by URI (local path or s3://), optionally pinned by sha256.
 
 `fetch(uri, sha256)` returns a local path: local files as they are, remote files downloaded once per machine into
-`~/.cache/fstrain/models/` (override with `$FSTRAIN_MODEL_CACHE` or `cache_dir=`), atomically and verified.
-`load_torch(uri)` fetches and `torch.load`s with `weights_only=True`. `save_torch(obj, uri)` writes atomically.
+`~/.cache/fstrain/models/` (override with `$FSTRAIN_MODEL_CACHE` or `cache_dir=`), under a file lock (processes
+on one machine wait for the first download instead of repeating it), atomically and verified.
+`load_torch(uri)` fetches and reads with `torch.load(weights_only=True)` through `fstrain.models.formats` (one-line
+errors). `save_torch(obj, uri)` writes atomically. `fstrain.models.hub` puts these together per config key.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -13,7 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -99,6 +103,18 @@ def _make_readable(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+@contextlib.contextmanager
+def _machine_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path`: released by the kernel if the holder dies, so it never goes stale."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fetch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Local path of the model file at `uri`, verified against `sha256` when given.
 
@@ -118,11 +134,17 @@ def fetch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os
     # A pinned file is cached by content; an unpinned one by URI + object version, so an overwrite refetches.
     key = sha256.lower() if sha256 else hashlib.sha256(f"{uri}\n{_remote_version(uri)}".encode()).hexdigest()
     target = cache / f"{key}{_suffix(uri)}"
-    if target.is_file():
-        if sha256 is None or sha256_file(target) == sha256.lower():
-            return target
-        target.unlink(missing_ok=True)  # a damaged cache entry: fetch it again
-    cache.mkdir(parents=True, exist_ok=True)
+    with _machine_lock(cache / f".{key}.lock"):
+        if target.is_file():
+            if sha256 is None or sha256_file(target) == sha256.lower():
+                return target
+            target.unlink(missing_ok=True)  # a damaged cache entry: fetch it again
+        _download(uri, target, sha256)
+    return target
+
+
+def _download(uri: str, target: Path, sha256: str | None) -> None:
+    cache = target.parent
     fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=".partial-")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -135,21 +157,17 @@ def fetch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os
                                       f"config.") from exc
         _check_sha(tmp, uri, sha256)
         _make_readable(tmp)
-        os.replace(tmp, target)  # atomic: concurrent fetches on one machine each land a complete file
+        os.replace(tmp, target)  # atomic: a reader never sees half a file
     finally:
         tmp.unlink(missing_ok=True)
-    return target
 
 
 def load_torch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None,
                safe_globals: Iterable[Any] = ()) -> Any:
-    """fetch + torch.load(weights_only=True, map_location='cpu'); errors name the URI."""
+    """fetch + read with torch.load(weights_only=True, map_location='cpu'); one-line errors naming the URI."""
+    from fstrain.models.formats import read_weights  # formats imports this module's errors
     path = fetch(uri, sha256, cache_dir)
-    try:
-        with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsMismatchError(f"{uri}: not a loadable weights-only torch file ({exc})") from exc
+    return read_weights(path, str(uri), safe_globals)[1]
 
 
 def write_bytes_atomic(data: bytes, uri: str | os.PathLike) -> str:
