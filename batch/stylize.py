@@ -23,6 +23,7 @@ from typing import Any
 
 from batch import manifest
 from batch.stages import IMAGE_EXTENSIONS, MODES, OUTPUT_FORMATS, EncodeUpload, JobSpec, PrepareFaces, StylizeActor
+from fstrain import layout
 from fstrain.data import storage
 
 EXIT_SOME_ERRORS = 3
@@ -114,7 +115,7 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
     if not root and set(styles) - set(overrides):
         raise SystemExit("--root is needed to find <root>/styles/<style>/generator.pt (or pass --generator "
                          "STYLE=URI for every style)")
-    generators = {s: overrides.get(s) or storage.join(root, "styles", s, "generator.pt") for s in styles}
+    generators = {s: overrides.get(s) or layout.published_generator(root, s) for s in styles}
     for label, uri in [("W+ encoder", encoder), *[(f"G' of style {s!r}", u) for s, u in generators.items()]]:
         if not storage.exists(uri):
             hint = "publish it with cluster.train" if label.startswith("G'") else "fix models.encoder_wplus"

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fstrain import layout
 from fstrain.data import storage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +34,14 @@ STYLES = ("cartoon", "anime", "fantasy", "illustration", "impasto")
 TINY_MODEL_ARGS = {"size": 32, "style_dim": 512, "n_mlp": 2, "channel_multiplier": 1, "channel_max": 32,
                    "encoder_depth": "tiny", "identity": "tiny", "lpips_net": "alex", "seed": 0}
 RUN_ID = "demo"
-DERIVED_OUTPUTS = ("pairs", "styles", "stylized", f"runs/{RUN_ID}")    # everything made from the base models
 DEFAULT_ROOT = REPO_ROOT / "demo-out"
-DEMO_MARKER = "demo-root.json"   # the demo may delete its own derived outputs only under a root carrying this
+DEMO_MARKER = layout.DEMO_MARKER   # the demo deletes its derived outputs only under a root carrying this
+
+
+def derived_outputs(root: str) -> dict[str, str]:
+    """Everything made from the base models, by the name a message shows: the run, published styles, outputs."""
+    return {"styles": layout.styles(root), f"runs/{RUN_ID}": layout.run(root, RUN_ID),
+            "stylized": layout.demo_stylized(root)}
 
 
 class DemoRootError(RuntimeError):
@@ -44,12 +50,12 @@ class DemoRootError(RuntimeError):
 
 def claim_demo_root(root: str) -> None:
     """Mark `root` as the demo's own, refusing a root that already holds someone else's pairs/styles/runs."""
-    marker = storage.join(root, DEMO_MARKER)
+    marker = layout.demo_marker(root)
     if storage.exists(marker):
         return
     is_default = "://" not in root and Path(root).resolve() == DEFAULT_ROOT.resolve()   # earlier demos' folder
     if not is_default:
-        foreign = [rel for rel in DERIVED_OUTPUTS if storage.list_uris(storage.join(root, *rel.split("/")))]
+        foreign = [name for name, uri in derived_outputs(root).items() if storage.list_uris(uri)]
         if foreign:
             raise DemoRootError(f"{root} already holds {', '.join(foreign)} that the demo did not write (no "
                                 f"{DEMO_MARKER}); the demo replaces such outputs when it retrains its models, so "
@@ -73,7 +79,7 @@ def ensure_pretrained_models(models_uri: str, settings=None, *, log=print) -> tu
     from fstrain.world.autoencoder import PretrainSettings, pretrain_models
 
     settings = settings or PretrainSettings(**TINY_MODEL_ARGS)
-    manifest_uri = storage.join(models_uri, "models.json")
+    manifest_uri = layout.model_manifest(models_uri)
     if storage.exists(manifest_uri):
         manifest = storage.read_json(manifest_uri)
         pretrained = manifest.get("pretrained") or {}
@@ -97,10 +103,10 @@ def _files_intact(models_uri: str, manifest: dict) -> bool:
 def remove_derived_outputs(root: str, *, log=print) -> None:
     """New base models invalidate pairs, runs, published styles and stylized photos of earlier demos (pairs and
     batch outputs are skipped when present, so stale ones would be reused)."""
-    for rel in DERIVED_OUTPUTS:
-        removed = storage.delete_prefix(storage.join(root, *rel.split("/")))
+    for uri in derived_outputs(root).values():
+        removed = storage.delete_prefix(uri)
         if removed:
-            log(f"removed {removed} files of an earlier demo under {storage.join(root, rel)} (new base models)")
+            log(f"removed {removed} files of an earlier demo under {uri} (new base models)")
 
 
 def write_style_images(folder: Path, style: str, count: int, size: int, seed: int) -> None:
@@ -124,7 +130,7 @@ def prepare_world(root: str, *, images_per_style: int, image_size: int = 32, sty
     from fstrain.ingest import ingest
     from fstrain.models.init import init_models
 
-    models_uri = storage.join(root, "models")
+    models_uri = layout.models(root)
     seconds = None
     if pretrained:
         trained_now, seconds = ensure_pretrained_models(models_uri, log=log)
@@ -175,10 +181,10 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
     claim_demo_root(root)
     pretrained_s = prepare_world(root, images_per_style=images_per_style, pretrained=True, log=log)
     log(notice(pretrained_s))
-    photos_uri = storage.join(root, "inputs", "photos")
+    photos_uri = layout.demo_photos(root)
     write_photos(photos_uri, count=photos, size=64)
     log(f"wrote {photos} aligned synthetic photos to {photos_uri}")
-    out_uri = storage.join(root, "stylized")
+    out_uri = layout.demo_stylized(root)
     with local_head(state_dir, num_cpus=4) as cluster:
         log(f"local Ray head at {cluster.dashboard_url} (loopback only)")
         submit(cluster, ["python", "-m", "cluster.train", str(DEMO_CONFIG.relative_to(REPO_ROOT)),
@@ -186,8 +192,8 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
         submit(cluster, ["python", "-m", "batch.stylize", "--input", photos_uri, "--output", out_uri,
                          "--styles", ",".join(STYLES), "--root", root, "--config",
                          str(DEMO_CONFIG.relative_to(REPO_ROOT)), "--aligned", "--job-id", RUN_ID], log=log)
-    summary = storage.read_json(storage.join(root, "runs", RUN_ID, "summary.json"))
-    result = {"root": root, "summary": storage.join(root, "runs", RUN_ID, "summary.json"),
+    summary = storage.read_json(layout.run_summary(root, RUN_ID))
+    result = {"root": root, "summary": layout.run_summary(root, RUN_ID),
               "gallery_html": storage.join(out_uri, "gallery.html"),
               "contact_sheet": storage.join(out_uri, "contact_sheet.png"),
               "manifest": storage.join(out_uri, "manifest.jsonl"),

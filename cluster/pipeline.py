@@ -11,10 +11,14 @@ bring a GPU node up per pending task. TorchTrainer would add a trainer/worker-gr
 of 1. One GPU per style is what this system supports (cluster.train rejects gpus_per_style > 1); a multi-GPU style
 would launch `accelerate launch` as a subprocess inside its task, keeping this driver unchanged.
 
-Contract for a stage: `fn(ctx: StageContext) -> dict` (JSON-serialisable). It keeps its own checkpoints under
-`ctx.work_uri`, calls `ctx.resumed(step)` when it picks one up, and `ctx.report(step, total, loss)` as it goes.
-Its output lands in `<work_uri>/stage.json` when it finishes, so a resubmitted run with the same run id skips it.
-An output may carry `published_uri` and `metrics`; the summary reports the last of each.
+Contract for a stage: `fn(ctx: StageContext) -> dict` (JSON-serialisable). Its outputs and checkpoints live in
+`ctx.work_uri` (the stage's `folder`, by default `<root>/runs/<run>/<style>/<stage>`; fstrain.layout names them),
+it calls `ctx.resumed(step)` when it picks one up, and `ctx.report(step, total, loss)` as it goes. When it finishes
+its output lands in `<work_uri>/stage.json`, beside its outputs, with the `sha256` identities of the earlier
+stages' products it consumed. A resubmitted run skips a stage whose marker exists and whose recorded inputs still
+match; when an earlier stage's product changed (say the baseline was retrained) the stage reruns and the log says
+why. An output may carry `sha256` ({product: hex}, its products' identities), `published_uri` and `metrics`;
+the summary reports the last of each.
 
 While it runs the driver prints one line per running style every `progress_interval_s`
 (`[cartoon] styled 120/600 loss=0.41 eta 2m10s`); at the end a table, and `<root>/runs/<run_id>/summary.json`.
@@ -33,17 +37,30 @@ from typing import Any, Callable, Mapping, Sequence
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from fstrain import layout, provenance
 from fstrain.data import storage
 
-STAGE_DONE_FILE = "stage.json"
+StageFolder = Callable[[str, str, str], str]     # (root, run_id, style) -> the folder of the stage's outputs
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of a style's DAG. `resources` overrides the style's task resources (e.g. a CPU-only publish)."""
+    """One step of a style's DAG. `resources` overrides the style's task resources (e.g. a CPU-only publish);
+    `folder` names where its outputs and done-marker live (default `<root>/runs/<run>/<style>/<name>`)."""
     name: str
     fn: Callable[["StageContext"], dict]
     resources: Mapping[str, Any] | None = None
+    folder: StageFolder | None = None
+
+    def work_uri(self, root: str, run_id: str, style: str) -> str:
+        if self.folder is not None:
+            return self.folder(root, run_id, style)
+        return layout.stage_work(root, run_id, style, self.name)
+
+
+def consumed(previous: Mapping[str, dict]) -> dict[str, dict]:
+    """The identities (`sha256`) of the earlier stages' products, as a stage's marker records them."""
+    return {name: dict(output["sha256"]) for name, output in previous.items() if output.get("sha256")}
 
 
 @dataclass
@@ -55,12 +72,8 @@ class StageContext:
     run_id: str
     attempt: int                      # 1 on the first try, 2 after one retry, ...
     previous: dict[str, dict]         # outputs of this style's earlier stages, by stage name
+    work_uri: str = ""                # the stage's folder: its checkpoints, outputs and done-marker live here
     _board: Any = field(default=None, repr=False)
-
-    @property
-    def work_uri(self) -> str:
-        """`<root>/runs/<run_id>/<style>/<stage>`: the stage's checkpoints and outputs live here."""
-        return storage.join(self.root, "runs", self.run_id, self.style, self.stage)
 
     def report(self, step: int, total: int, loss: float | None = None) -> None:
         if self._board is not None:
@@ -113,15 +126,16 @@ def _run_stage(stage: Stage, style: str, root: str, run_id: str, previous: dict[
     node_id = ray.get_runtime_context().get_node_id()
     attempt = ray.get(board.start.remote(style, stage.name, node_id, os.getpid()))
     ctx = StageContext(style=style, stage=stage.name, root=root, run_id=run_id, attempt=attempt,
-                       previous=previous, _board=board)
+                       previous=previous, work_uri=stage.work_uri(root, run_id, style), _board=board)
     started = time.time()
     output = stage.fn(ctx)
     if output is None:
         output = {}
     if not isinstance(output, dict):
         raise TypeError(f"stage {stage.name!r} of {style!r} returned {type(output).__name__}; it must return a dict")
-    record = {"output": output, "run_s": time.time() - started, "node_id": node_id, "finished_at": time.time()}
-    storage.write_json(storage.join(ctx.work_uri, STAGE_DONE_FILE), record)
+    record = {"output": output, "inputs": consumed(previous), "run_s": time.time() - started, "node_id": node_id,
+              "finished_at": time.time()}
+    storage.write_json(layout.stage_marker(ctx.work_uri), record)
     return record
 
 
@@ -174,10 +188,6 @@ class Summary:
             rows.append((s.style, s.status, stages, attempts, resumed, format_duration(s.wall_s), last))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
-
-
-def summary_uri(root: str, run_id: str) -> str:
-    return storage.join(root, "runs", run_id, "summary.json")
 
 
 def format_duration(seconds: float) -> str:
@@ -267,13 +277,18 @@ def run_styles(styles: Sequence[str], stages: Sequence[Stage], *, root: str, run
         while run.next_index < len(stages):
             stage = stages[run.next_index]
             record = run.summary.stages[run.next_index]
-            done_uri = storage.join(root, "runs", run_id, run.summary.style, stage.name, STAGE_DONE_FILE)
+            style = run.summary.style
+            done_uri = layout.stage_marker(stage.work_uri(root, run_id, style))
             if storage.exists(done_uri):
-                record.status, record.output = "skipped", storage.read_json(done_uri)["output"]
-                run.previous[stage.name] = record.output
-                log(f"[{run.summary.style}] {stage.name} already done in run {run_id}; skipping")
-                run.next_index += 1
-                continue
+                done = storage.read_json(done_uri)
+                stale = provenance.changes(done.get("inputs") or {}, consumed(run.previous))
+                if not stale:
+                    record.status, record.output = "skipped", done["output"]
+                    run.previous[stage.name] = record.output
+                    log(f"[{style}] {stage.name} already done in run {run_id}; skipping")
+                    run.next_index += 1
+                    continue
+                log(f"[{style}] {stage.name} rerun: {'; '.join(stale)}")
             options = dict(resources_per_style if stage.resources is None else stage.resources)
             ref = _run_stage.options(max_retries=max_retries, retry_exceptions=False,
                                      name=f"{run.summary.style}:{stage.name}", **options).remote(
@@ -302,8 +317,8 @@ def run_styles(styles: Sequence[str], stages: Sequence[Stage], *, root: str, run
     summary = Summary(run_id=run_id, root=root, wall_s=time.time() - started,
                       styles={style: runs[style].summary for style in styles})
     log(summary.table())
-    storage.write_json(summary_uri(root, run_id), summary.to_dict())
-    log(f"summary: {summary_uri(root, run_id)}")
+    storage.write_json(layout.run_summary(root, run_id), summary.to_dict())
+    log(f"summary: {layout.run_summary(root, run_id)}")
     return summary
 
 

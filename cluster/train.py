@@ -3,14 +3,16 @@
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m cluster.train configs/five_styles.yaml
     python -m cluster.train CONFIG [--root URI] [--styles a,b,...] [--run-id ID]     # local Ray when none is up
 
-For every style, in parallel, the paper's DAG:
+For every style, in parallel, the paper's DAG (folders from fstrain.layout; each holds its stage's stage.json):
     baseline   G* = fine-tune(G), adversarial loss only          <root>/runs/<run>/<style>/baseline/
-    pairs      (S, P1..P3, codes) from E_z+, G*, E_w+            <root>/pairs/<style>/level{1,2,3}/
+    pairs      (S, P1..P3, codes) from E_z+, G*, E_w+            <root>/runs/<run>/<style>/pairs/level{1,2,3}/
     styled     G' = fine-tune(G) with L_sem and/or L_pair        <root>/runs/<run>/<style>/<constrained mode>/
     publish    G'.g_ema in rosinality layout                     <root>/styles/<style>/generator.pt
 Each stage is a Ray task with the style's resources (`cluster.gpus_per_style`, `cluster.cpus_per_style`); a stage
 whose worker dies is retried and resumes from its checkpoint in storage; a resubmitted job with the same run id
-skips finished stages. The scheduling itself lives in cluster.pipeline.
+skips finished stages whose inputs are unchanged (a retrained baseline reruns pairs, styled and publish, and the
+pairs and the published style are rebuilt only where their recorded sha256 inputs differ). The scheduling itself
+lives in cluster.pipeline.
 """
 from __future__ import annotations
 
@@ -21,16 +23,12 @@ import sys
 from typing import Any
 
 from cluster.pipeline import Stage, StageContext, Summary, run_styles
+from fstrain import layout, provenance
 from fstrain.config import ConfigError, load_config
 from fstrain.data import storage
 from fstrain.settings import PipelineConfig
 
 STAGES = ("baseline", "pairs", "styled", "publish")
-
-
-def published_uri(root: str, style: str) -> str:
-    return storage.join(root, "styles", style, "generator.pt")
-
 
 def _report_losses(ctx: StageContext):
     """A run_finetune progress callback that forwards (step, total, total loss) to the job's progress board."""
@@ -45,17 +43,18 @@ def _quiet_step_bars() -> None:
 
 
 def _fine_tune(config: PipelineConfig, ctx: StageContext, *, mode: str, steps: int | None) -> dict[str, Any]:
-    from fstrain.train import run_dir, run_finetune
+    from fstrain.train import run_finetune
     from fstrain.train.checkpointing import latest_checkpoint
 
     _quiet_step_bars()
     # Record a resume before training, so the progress board shows it while the stage runs.
-    found = latest_checkpoint(run_dir(ctx.root, ctx.run_id, ctx.style, mode))
+    found = latest_checkpoint(layout.mode_run(ctx.root, ctx.run_id, ctx.style, mode))
     if found is not None:
         ctx.resumed(found[0])
     result = run_finetune(config, style=ctx.style, mode=mode, root=ctx.root, run_id=ctx.run_id, steps=steps,
                           progress=_report_losses(ctx))
     return {"mode": mode, "generator": result["generator"], "final_step": result["final_step"],
+            "sha256": {"generator": provenance.sha256_uri(result["generator"])},
             "resumed_from": result["resumed_from"], "skipped_samples": result.get("skipped_samples"),
             "metrics": result.get("metrics") or {}}
 
@@ -76,8 +75,9 @@ def pairs_stage(config: PipelineConfig):
             ctx.report(done, total, info.get("l_sem_final_mean") if isinstance(info, dict) else None)
 
         levels = sorted(set(config.pairs.levels) | {config.train.pair_level})
-        return make_pairs(config, style=ctx.style, root=ctx.root, levels=levels,
-                          baseline_generator_uri=ctx.previous["baseline"]["generator"], progress=report)
+        return make_pairs(config, style=ctx.style, root=ctx.root, run_id=ctx.run_id, levels=levels,
+                          baseline_generator_uri=ctx.previous["baseline"]["generator"], progress=report,
+                          log=lambda line: print(f"[{ctx.style}] {line}", flush=True))
     return pairs
 
 
@@ -89,21 +89,28 @@ def styled_stage(config: PipelineConfig):
 
 def publish_stage(config: PipelineConfig):
     def publish(ctx: StageContext) -> dict[str, Any]:
-        from fstrain.train import run_dir
         from fstrain.train.checkpointing import publish_generator
 
         mode = config.cluster.constrained_mode
-        dest = publish_generator(run_dir(ctx.root, ctx.run_id, ctx.style, mode), published_uri(ctx.root, ctx.style))
-        return {"published_uri": dest, "metrics": ctx.previous["styled"].get("metrics", {})}
+        dest = publish_generator(layout.mode_run(ctx.root, ctx.run_id, ctx.style, mode),
+                                 layout.published_generator(ctx.root, ctx.style),
+                                 log=lambda line: print(f"[{ctx.style}] {line}", flush=True))
+        return {"published_uri": dest, "sha256": {"generator": provenance.sha256_uri(dest)},
+                "metrics": ctx.previous["styled"].get("metrics", {})}
     return publish
 
 
 def style_stages(config: PipelineConfig) -> list[Stage]:
-    """The four stages of one style; publish only copies files, so it asks for one CPU and no GPU."""
-    return [Stage("baseline", baseline_stage(config)),
-            Stage("pairs", pairs_stage(config)),
-            Stage("styled", styled_stage(config)),
-            Stage("publish", publish_stage(config), resources={"num_cpus": 1, "num_gpus": 0})]
+    """The four stages of one style, each marking its done-ness in the folder of its outputs; publish only copies
+    files, so it asks for one CPU and no GPU."""
+    mode = config.cluster.constrained_mode
+    return [Stage("baseline", baseline_stage(config),
+                  folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, "baseline")),
+            Stage("pairs", pairs_stage(config), folder=layout.pairs),
+            Stage("styled", styled_stage(config),
+                  folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, mode)),
+            Stage("publish", publish_stage(config), resources={"num_cpus": 1, "num_gpus": 0},
+                  folder=lambda root, run_id, style: layout.published_style(root, style))]
 
 
 def style_resources(config: PipelineConfig) -> dict[str, Any]:

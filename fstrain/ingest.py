@@ -22,6 +22,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from fstrain import layout
 from fstrain.data import storage
 from fstrain.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, center_crop_resize, decode_image_info, encode_png
 from fstrain.data.shards import ShardWriter
@@ -47,10 +48,6 @@ class IngestReport:
     def to_json(self) -> dict:
         return {"style": self.style, "dataset": self.dataset_uri, "ok": self.ok, "shards": self.shards,
                 "skipped": [{"name": n, "reason": r} for n, r in self.skipped]}
-
-
-def dataset_uri(dest: str, style: str) -> str:
-    return storage.join(dest, "datasets", style)
 
 
 def list_inputs(src: str) -> list[str]:
@@ -122,7 +119,7 @@ def ingest(src: str, dest: str, style: str, size: int, samples_per_shard: int = 
     if size < 1:
         raise ValueError(f"--size must be positive, got {size}")
     src = str(src).rstrip("/") or "/"
-    report = IngestReport(style=style, dataset_uri=dataset_uri(dest, style))
+    report = IngestReport(style=style, dataset_uri=layout.dataset(dest, style))
     uris = list_inputs(src)
     candidates, metadata, report.skipped = _split_inputs(src, uris)
     keys: set[str] = set()
@@ -167,7 +164,7 @@ def ingest(src: str, dest: str, style: str, size: int, samples_per_shard: int = 
         # A run that ingested nothing keeps the previous dataset instead of deleting it.
         writer.replace_existing = report.ok > 0
     report.shards = writer.shards
-    storage.write_json(storage.join(report.dataset_uri, "ingest_report.json"), report.to_json())
+    storage.write_json(layout.ingest_report(dest, style), report.to_json())
     return report
 
 

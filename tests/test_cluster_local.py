@@ -12,7 +12,8 @@ import time
 import pytest
 
 from cluster.local import _pid_alive, read_state, start_head
-from cluster.pipeline import Stage, run_styles, summary_uri
+from cluster.pipeline import Stage, run_styles
+from fstrain import layout
 from fstrain.data import storage
 from support.ray_cluster import (REPO_ROOT, RAY_CLI, TESTS_DIR, CountingStage, expected_value, short_tmp_dir,
                                  submit_job)
@@ -32,7 +33,7 @@ def test_job_submitted_with_the_cluster_token_runs_the_dag(ray_head, tmp_path):
     assert result.status == "SUCCEEDED", result.logs
     assert "[cartoon] baseline" in result.logs and "/6" in result.logs       # progress lines reach `ray job logs`
     assert "baseline:ok styled:ok" in result.logs                             # the summary table
-    summary = storage.read_json(summary_uri(root, "job1"))
+    summary = storage.read_json(layout.run_summary(root, "job1"))
     assert {s: v["status"] for s, v in summary["styles"].items()} == {"cartoon": "ok", "anime": "ok"}
     assert storage.read_json(storage.join(root, "styles", "anime", "generator.json"))["value"] == \
         expected_value("anime", [6, 6])

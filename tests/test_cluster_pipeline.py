@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from cluster.pipeline import Stage, format_duration, progress_line, run_styles, summary_uri
+from cluster.pipeline import Stage, format_duration, progress_line, run_styles
+from fstrain import layout
 from fstrain.data import storage
 from support.ray_cluster import CountingStage, expected_value, kill_when_pid_file_appears
 
@@ -33,7 +34,7 @@ def test_styles_run_their_chains_and_publish(ray_local, tmp_path):
         assert s.published_uri == storage.join(root, "styles", style, "generator.json")
         assert storage.read_json(s.published_uri)["value"] == value
         assert s.metrics == {"loss": 0.25}
-    written = storage.read_json(summary_uri(root, "r1"))
+    written = storage.read_json(layout.run_summary(root, "r1"))
     assert written["styles"]["anime"]["status"] == "ok"
     assert written["styles"]["anime"]["stages"][0]["name"] == "baseline"
     assert written["styles"]["anime"]["published_uri"].endswith("styles/anime/generator.json")
@@ -59,7 +60,7 @@ def test_a_failing_style_is_reported_and_the_others_finish(ray_local, tmp_path):
         assert summary.styles[style].status == "ok"
         assert storage.exists(storage.join(root, "styles", style, "generator.json"))
     assert not storage.exists(storage.join(root, "styles", "anime", "generator.json"))
-    written = storage.read_json(summary_uri(root, "r2"))["styles"]["anime"]
+    written = storage.read_json(layout.run_summary(root, "r2"))["styles"]["anime"]
     assert (written["status"], written["failed_stage"]) == ("failed", "baseline")
     assert "[anime] baseline FAILED: RuntimeError: injected failure" in "\n".join(lines)
 
@@ -84,7 +85,7 @@ def test_a_killed_worker_is_retried_and_the_stage_resumes_from_its_checkpoint(ra
     assert baseline.resumed_from == [4]             # the checkpoint written at step 4, before the kill
     assert baseline.output["steps_run"] == 2        # only steps 5..6 ran again
     assert cartoon.stages[1].output["value"] == expected_value("cartoon", [6, 4])   # same as an unbroken run
-    written = storage.read_json(summary_uri(root, "r3"))["styles"]["cartoon"]["stages"][0]
+    written = storage.read_json(layout.run_summary(root, "r3"))["styles"]["cartoon"]["stages"][0]
     assert (written["attempts"], written["resumed_from"]) == (2, [4])
 
 
@@ -101,6 +102,32 @@ def test_a_rerun_with_the_same_run_id_skips_finished_stages(ray_local, tmp_path)
     assert [r.status for r in cartoon.stages] == ["skipped", "ok"]
     assert cartoon.stages[0].attempts == 0
     assert cartoon.stages[1].output["value"] == expected_value("cartoon", [6, 4])
+
+
+def test_a_changed_earlier_product_reruns_the_later_stages_and_says_why(ray_local, tmp_path):
+    """Markers sit beside their stage's outputs and record what they consumed: a retrained baseline reruns styled."""
+    root, lines = str(tmp_path / "root"), []
+    styled_folder = lambda root, run_id, style: storage.join(root, "elsewhere", run_id, style)  # noqa: E731
+    stages = [Stage("baseline", CountingStage(steps=6)),
+              Stage("styled", CountingStage(steps=4), folder=styled_folder)]
+    first = run_styles(["cartoon"], stages, root=root, run_id="r5", resources_per_style=CPU, log=lines.append)
+    baseline_folder = layout.stage_work(root, "r5", "cartoon", "baseline")
+    marker = storage.read_json(layout.stage_marker(styled_folder(root, "r5", "cartoon")))
+    assert marker["inputs"] == {"baseline": first.styles["cartoon"].stages[0].output["sha256"]}
+    assert storage.exists(layout.stage_marker(baseline_folder))
+    assert not storage.exists(layout.stage_marker(layout.stage_work(root, "r5", "cartoon", "styled")))
+
+    # Unchanged: both skipped. Baseline retrained (its folder cleared, one more step): styled reruns, saying why.
+    again = run_styles(["cartoon"], stages, root=root, run_id="r5", resources_per_style=CPU, log=lines.append)
+    assert [r.status for r in again.styles["cartoon"].stages] == ["skipped", "skipped"]
+    storage.delete_prefix(baseline_folder)
+    lines.clear()
+    retrained = [Stage("baseline", CountingStage(steps=7)), stages[1]]
+    third = run_styles(["cartoon"], retrained, root=root, run_id="r5", resources_per_style=CPU, log=lines.append)
+    assert [r.status for r in third.styles["cartoon"].stages] == ["ok", "ok"]
+    old = first.styles["cartoon"].stages[0].output["sha256"]["value"]
+    new = third.styles["cartoon"].stages[0].output["sha256"]["value"]
+    assert f"[cartoon] styled rerun: baseline.value changed ({old[:8]}… → {new[:8]}…)" in lines
 
 
 def test_progress_line_and_durations():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cluster.demo import prepare_world
-from cluster.pipeline import Stage
-from cluster.train import STAGES, main, published_uri, style_stages, train_styles
+from cluster.train import STAGES, main, style_stages, train_styles
+from fstrain import layout
 from fstrain.config import load_config
 from fstrain.data import storage
 from fstrain.models.checkpoints import load_generator
@@ -37,13 +37,13 @@ def test_ray_job_submit_trains_five_styles_and_publishes_to_s3(ray_head, s3_root
     # One progress/summary line per style in the job log.
     for style in FIVE:
         assert f"[{style}] done in" in result.logs
-    summary = storage.read_json(storage.join(s3_root, "runs", "job1", "summary.json"))
+    summary = storage.read_json(layout.run_summary(s3_root, "job1"))
     assert set(summary["styles"]) == set(FIVE)
     for style in FIVE:
         entry = summary["styles"][style]
         assert entry["status"] == "ok", entry
         assert [s["name"] for s in entry["stages"]] == list(STAGES)
-        assert entry["published_uri"] == published_uri(s3_root, style)
+        assert entry["published_uri"] == layout.published_generator(s3_root, style)
         loaded = load_generator(entry["published_uri"])
         assert loaded.metadata["style"] == style and loaded.metadata["mode"] == "sc+pc"
         assert loaded.generator.size == 32
@@ -59,7 +59,8 @@ def test_killed_fine_tune_worker_resumes_and_a_failing_style_does_not_stop_other
     stages = style_stages(dataclasses.replace(config, root=root))
     styled = stages[STAGES.index("styled")]
     # Kill the styled fine-tune at step 12 of 20; its last checkpoint is step 10 (checkpoint_every: 10).
-    stages[STAGES.index("styled")] = Stage("styled", PauseOnFirstAttempt(styled.fn, str(pid_dir), pause_at_step=12))
+    stages[STAGES.index("styled")] = dataclasses.replace(
+        styled, fn=PauseOnFirstAttempt(styled.fn, str(pid_dir), pause_at_step=12))
     killed: list[int] = []
     killer = threading.Thread(target=lambda: killed.append(
         kill_when_pid_file_appears(pid_dir / "cartoon-styled.pid", timeout_s=300)), daemon=True)
@@ -76,13 +77,18 @@ def test_killed_fine_tune_worker_resumes_and_a_failing_style_does_not_stop_other
     assert styled_record.attempts == 2
     assert styled_record.resumed_from == [10]
     assert styled_record.output["final_step"] == 20 and styled_record.output["resumed_from"] == 10
-    assert storage.exists(published_uri(root, "cartoon"))
+    assert storage.exists(layout.published_generator(root, "cartoon"))
+    # Each stage's marker sits beside its outputs; the run's pairs are its own.
+    for folder in (layout.mode_run(root, "kill1", "cartoon", "baseline"), layout.pairs(root, "kill1", "cartoon"),
+                   layout.mode_run(root, "kill1", "cartoon", "sc+pc"), layout.published_style(root, "cartoon")):
+        assert storage.exists(layout.stage_marker(folder)), folder
+    assert storage.list_uris(layout.pairs(root, "kill1", "cartoon", 3), suffixes=".provenance.json")
 
     anime = summary.styles["anime"]
     assert anime.status == "failed" and anime.failed_stage == "baseline"
     assert "datasets/anime" in anime.error and "fstrain.ingest" in anime.error
 
-    on_disk = storage.read_json(storage.join(root, "runs", "kill1", "summary.json"))
+    on_disk = storage.read_json(layout.run_summary(root, "kill1"))
     assert on_disk["styles"]["cartoon"]["stages"][2]["resumed_from"] == [10]
     assert any(line.startswith("[cartoon] styled") for line in lines)     # per-style progress lines
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fstrain import layout
 from fstrain.data import storage
 from fstrain.evaluate import evaluate_style, find_styles, markdown, write_report
 from fstrain.evaluate.__main__ import main
@@ -18,7 +19,6 @@ from fstrain.metrics import FeatureStatistics, frechet_distance_between, load_in
 from fstrain.metrics.distances import fixed_latents, render_fixed
 from fstrain.metrics.features import extract_features
 from fstrain.models.checkpoints import load_generator
-from fstrain.train.checkpointing import LATEST
 
 HEADER = "| Mode | FID | Perceptual distance | Semantic distance | Steps |"
 LABELS = ["baseline", "+SC", "+PC", "+SC&PC"]
@@ -98,7 +98,7 @@ def test_cli_prints_the_table_and_writes_json_and_markdown_to_the_style_folder(e
 
 def test_unfinished_and_missing_modes_are_rows_not_errors(evaluation_run, tmp_path):
     root = str(tmp_path)
-    storage.write_json(storage.join(root, "runs", "partial", "anime", "sc", LATEST),
+    storage.write_json(layout.latest(layout.mode_run(root, "partial", "anime", "sc")),
                        {"step": 2, "checkpoint": "checkpoints/step-000002.pt"})
     record = evaluate_style(evaluation_run.config, root=root, run_id="partial", style="anime")
     assert [row["status"] for row in record["rows"]] == ["not trained", "not finished", "not trained", "not trained"]

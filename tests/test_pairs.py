@@ -1,5 +1,6 @@
 """Pseudo-pairs on tiny random models (CPU): level 2 lowers L_sem, shards round-trip and re-render P exactly,
-reruns resume per shard, and missing inputs give clear errors."""
+reruns resume per shard, stale shards (another G*, dataset or setting) are rebuilt and say why, and missing inputs
+give clear errors."""
 from __future__ import annotations
 
 import io
@@ -10,15 +11,18 @@ import torch
 from PIL import Image
 from support.portraits import style_images
 
+from fstrain import layout, provenance
 from fstrain.data import shards, storage
 from fstrain.models.checkpoints import load_generator, save_generator
-from fstrain.pairs import PairsError, load_pair_models, make_pairs, pairs_for_batch, read_pairs
+from fstrain.pairs import (PairsError, load_pair_models, make_pairs, pairs_for_batch, read_pairs,
+                           run_baseline_generator)
 from fstrain.pairs.levels import embed_level1, optimise_level2
 from fstrain.settings import PairsConfig, PipelineConfig
 from fstrain.stylize.images import LABEL_STRIP, decode_png, from_uint8, to_uint8
 
 SIZE = 32
 STYLE = "cartoon"
+RUN = "r1"
 
 
 
@@ -49,8 +53,8 @@ def cartoon_pictures(n: int, seed: int) -> list[np.ndarray]:
 def write_dataset(root: str, counts: list[int]) -> list[str]:
     """A style dataset of len(counts) shards in the ingest layout (png + json per sample); returns the keys."""
     keys = []
-    prefix = storage.join(root, "datasets", STYLE)
-    with shards.ShardWriter(prefix, max_samples=counts[0]) as writer:
+    prefix = layout.dataset(root, STYLE)
+    with shards.ShardWriter(prefix, max_samples=counts[0], replace_existing=True) as writer:
         index = 0
         for shard_count in counts:
             for picture in cartoon_pictures(shard_count, seed=len(keys)):
@@ -125,7 +129,7 @@ def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, t
     keys = write_dataset(root, [3, 2])
     config = pipeline_config(tiny_models)
     progress = []
-    summary = make_pairs(config, style=STYLE, root=root, baseline_generator_uri=baseline_uri,
+    summary = make_pairs(config, style=STYLE, root=root, run_id=RUN, baseline_generator_uri=baseline_uri,
                          progress=lambda done, total, info: progress.append((done, total)))
     assert progress == [(1, 2), (2, 2)]
     assert summary["shards_written"] == 2 and summary["shards_skipped"] == 0
@@ -134,7 +138,8 @@ def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, t
 
     base = pair_models.base_generator
     for level in (1, 2, 3):
-        prefix = storage.join(root, "pairs", STYLE, f"level{level}")
+        prefix = layout.pairs(root, RUN, STYLE, level)
+        assert prefix == storage.join(root, "runs", RUN, STYLE, "pairs", f"level{level}")   # scoped to the run
         assert [storage.basename(u) for u in shards.list_shards(prefix)] == ["shard-000000.tar", "shard-000001.tar"]
         samples = list(read_pairs(prefix))
         assert [s.key for s in samples] == keys
@@ -159,36 +164,36 @@ def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, t
     sheet = decode_png(storage.read_bytes(summary["contact_sheet"]))
     # rows S | P1 | P2 | P3 under a header strip that names the columns
     assert sheet.shape == (LABEL_STRIP + 5 * (SIZE + 2) + 2, 4 * (SIZE + 2) + 2, 3)
-    assert storage.read_json(storage.join(root, "pairs", STYLE, "summary.json"))["samples"] == summary["samples"]
+    assert storage.read_json(layout.pairs_summary(root, RUN, STYLE))["samples"] == summary["samples"]
 
 
 def test_make_pairs_resumes_per_shard(local_root, tiny_models, pair_models):
     write_dataset(local_root, [2, 2])
     config = pipeline_config(tiny_models, levels=[1, 3])
-    first = make_pairs(config, style=STYLE, root=local_root, models=pair_models)
+    first = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, models=pair_models)
     assert first["shards_written"] == 2
-    level1 = storage.join(local_root, "pairs", STYLE, "level1")
+    level1 = layout.pairs(local_root, RUN, STYLE, 1)
     kept = storage.read_bytes(storage.join(level1, "shard-000000.tar"))
     storage.delete(storage.join(level1, "shard-000001.tar"))      # as if the job died before this shard
 
-    second = make_pairs(config, style=STYLE, root=local_root, models=pair_models)
+    second = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, models=pair_models)
     assert (second["shards_written"], second["shards_skipped"]) == (1, 1)
     assert second["samples"] == {"1": 2, "3": 0}                   # only the missing level of the missing shard
     assert storage.read_bytes(storage.join(level1, "shard-000000.tar")) == kept
     assert len(list(read_pairs(level1))) == 4
 
-    third = make_pairs(config, style=STYLE, root=local_root, models=pair_models)
+    third = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, models=pair_models)
     assert (third["shards_written"], third["shards_skipped"]) == (0, 2)
 
 
 def test_missing_inputs_are_clear_errors(local_root, tiny_models, baseline_uri):
     config = pipeline_config(tiny_models)
     with pytest.raises(PairsError, match=r"datasets/cartoon: no dataset shards .* fstrain.ingest"):
-        make_pairs(config, style=STYLE, root=local_root, baseline_generator_uri=baseline_uri)
+        make_pairs(config, style=STYLE, root=local_root, run_id=RUN, baseline_generator_uri=baseline_uri)
     with pytest.raises(PairsError, match="level 2 optimises against the baseline fine-tune G"):
         load_pair_models(config, root=local_root, levels=[2], baseline_generator_uri=None)
     with pytest.raises(PairsError, match="subset of 1,2,3"):
-        make_pairs(config, style=STYLE, root=local_root, levels="1,4")
+        make_pairs(config, style=STYLE, root=local_root, run_id=RUN, levels="1,4")
 
 
 def test_cli_writes_levels_1_and_3(local_root, tiny_models, tmp_path, capsys):
@@ -205,17 +210,20 @@ def test_cli_writes_levels_1_and_3(local_root, tiny_models, tmp_path, capsys):
         f"  encoder_zplus: {t.encoder_zplus}\n  identity: {t.identity}\n"
         f"  lpips_backbone: {t.lpips_backbone}\n  lpips_net: {t.lpips_net}\n"
         "pairs:\n  batch_size: 2\n")
-    assert main([str(config_path), "--style", STYLE, "--root", local_root, "--levels", "1,3"]) == 0
+    run = ["--style", STYLE, "--root", local_root, "--run-id", RUN]
+    assert main([str(config_path), *run, "--levels", "1,3"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == {"1": 2, "3": 2}
-    assert storage.exists(storage.join(local_root, "pairs", STYLE, "contact_sheet.png"))
-    # Level 2 without a baseline: a clear message and a non-zero exit, nothing written.
-    assert main([str(config_path), "--style", STYLE, "--root", local_root, "--levels", "2"]) == 2
-    assert "baseline fine-tune" in capsys.readouterr().err
+    assert storage.exists(layout.pairs_contact_sheet(local_root, RUN, STYLE))
+    # Level 2 when the run has no baseline G*: a clear message and a non-zero exit, nothing written.
+    assert main([str(config_path), *run, "--levels", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"run {RUN!r} has no baseline G*" in err and "train the baseline first" in err
+    assert not storage.exists(layout.pairs(local_root, RUN, STYLE, 2))
 
 
 def test_corrupt_style_image_is_reported_by_name_and_the_rest_paired(local_root, tiny_models, pair_models):
-    prefix = storage.join(local_root, "datasets", STYLE)
+    prefix = layout.dataset(local_root, STYLE)
     good = cartoon_pictures(2, seed=3)
     with shards.ShardWriter(prefix, max_samples=10) as writer:
         for i, picture in enumerate(good):
@@ -223,9 +231,85 @@ def test_corrupt_style_image_is_reported_by_name_and_the_rest_paired(local_root,
             Image.fromarray(picture).save(buffer, format="PNG")
             writer.write({"__key__": f"good{i}", "png": buffer.getvalue(), "json": {}})
         writer.write({"__key__": "broken", "png": b"\x89PNG truncated", "json": {}})
-    summary = make_pairs(pipeline_config(tiny_models, levels=[1, 3]), style=STYLE, root=local_root,
+    summary = make_pairs(pipeline_config(tiny_models, levels=[1, 3]), style=STYLE, root=local_root, run_id=RUN,
                          models=pair_models)
     assert summary["samples"] == {"1": 2, "3": 2}
     assert [(s["key"], s["shard"].endswith("shard-000000.tar")) for s in summary["skipped_samples"]] == \
         [("broken", True)]
-    assert [s.key for s in read_pairs(storage.join(local_root, "pairs", STYLE, "level3"))] == ["good0", "good1"]
+    assert [s.key for s in read_pairs(layout.pairs(local_root, RUN, STYLE, 3))] == ["good0", "good1"]
+
+
+def _retrain(star_uri: str, seed: int) -> str:
+    """Overwrite G* with a differently nudged copy (as retraining the baseline would); returns its sha256."""
+    loaded = load_generator(star_uri, load_discriminator=False)
+    with torch.no_grad():
+        rng = torch.Generator().manual_seed(seed)
+        for name, param in loaded.generator.named_parameters():
+            if "conv.weight" in name:
+                param.add_(0.1 * param.std() * torch.randn(param.shape, generator=rng))
+    save_generator(star_uri, loaded.generator, loaded.latent_avg, {"note": f"retrained G*, seed {seed}"})
+    return provenance.sha256_uri(star_uri)
+
+
+def test_retrained_baseline_rebuilds_its_pairs_and_says_why(local_root, tiny_models, baseline_uri):
+    write_dataset(local_root, [2])
+    config = pipeline_config(tiny_models, levels=[1, 2])
+    star = run_baseline_generator(local_root, RUN, STYLE)           # the run's own G*, found without --baseline
+    storage.write_bytes(star, storage.read_bytes(baseline_uri))
+    old_sha = provenance.sha256_uri(star)
+    lines: list[str] = []
+    first = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, log=lines.append)
+    assert first["samples"] == {"1": 2, "2": 2} and lines == [] and first["rebuilt"] == []
+    level2 = storage.join(layout.pairs(local_root, RUN, STYLE, 2), "shard-000000.tar")
+    record = storage.read_json(layout.shard_provenance(level2))["inputs"]
+    assert record["baseline_generator"] == old_sha and record["settings"]["optimise_steps"] == 3
+    assert record["dataset_shard"] == provenance.sha256_uri(
+        storage.join(layout.dataset(local_root, STYLE), "shard-000000.tar"))
+
+    # Unchanged inputs: everything reused, nothing decoded, nothing logged.
+    kept = storage.read_bytes(level2)
+    again = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, log=lines.append)
+    assert (again["shards_written"], again["shards_skipped"], lines) == (0, 1, [])
+    assert again["sha256"] == first["sha256"]
+
+    # Retrain the baseline: level 2 (made from G*) is rebuilt and the log says why; level 1 (not from G*) is kept.
+    new_sha = _retrain(star, seed=5)
+    level1 = storage.join(layout.pairs(local_root, RUN, STYLE, 1), "shard-000000.tar")
+    level1_bytes = storage.read_bytes(level1)
+    rebuilt = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, log=lines.append)
+    assert lines == [f"pairs for {STYLE} rebuilt: baseline generator changed ({old_sha[:8]}… → {new_sha[:8]}…) "
+                     f"[level2/shard-000000.tar]"]
+    assert rebuilt["samples"] == {"1": 0, "2": 2} and rebuilt["rebuilt"] == [lines[0][len("pairs for cartoon rebuilt: "):]]
+    assert storage.read_bytes(level2) != kept and storage.read_bytes(level1) == level1_bytes
+    assert storage.read_json(layout.shard_provenance(level2))["inputs"]["baseline_generator"] == new_sha
+    assert rebuilt["sha256"]["level2"] != first["sha256"]["level2"]
+    assert rebuilt["sha256"]["level1"] == first["sha256"]["level1"]
+
+    # A changed setting of level 2 and a changed dataset are named too; a vanished dataset shard's pairs go.
+    lines.clear()
+    make_pairs(pipeline_config(tiny_models, levels=[1, 2], optimise_steps=4), style=STYLE, root=local_root,
+               run_id=RUN, log=lines.append)
+    assert lines == [f"pairs for {STYLE} rebuilt: settings.optimise_steps changed (3 → 4) [level2/shard-000000.tar]"]
+    write_dataset(local_root, [1, 1])
+    lines.clear()
+    make_pairs(config, style=STYLE, root=local_root, run_id=RUN, log=lines.append)
+    assert len(lines) == 2 and all(line.startswith(f"pairs for {STYLE} rebuilt: dataset shard changed (")
+                                   for line in lines)
+    assert lines[0].endswith(") [level1/shard-000000.tar]")
+    assert lines[1].endswith("; settings.optimise_steps changed (4 → 3) [level2/shard-000000.tar]")
+    write_dataset(local_root, [2])
+    lines.clear()
+    shrunk = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, log=lines.append)
+    assert [storage.basename(u) for u in shrunk["removed"]] == ["shard-000001.tar", "shard-000001.tar"]
+    assert [storage.basename(u) for u in shards.list_shards(layout.pairs(local_root, RUN, STYLE, 1))] == \
+        ["shard-000000.tar"]
+
+
+def test_pairs_of_another_run_are_never_reused(local_root, tiny_models, pair_models):
+    """Pairs belong to the run whose G* made them: a second run builds its own instead of finding the first's."""
+    write_dataset(local_root, [2])
+    config = pipeline_config(tiny_models, levels=[1])
+    make_pairs(config, style=STYLE, root=local_root, run_id="first", models=pair_models)
+    second = make_pairs(config, style=STYLE, root=local_root, run_id="second", models=pair_models)
+    assert second["shards_written"] == 1
+    assert second["outputs"]["1"] == layout.pairs(local_root, "second", STYLE, 1)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from fstrain import layout
 from fstrain.config import load_config
 from fstrain.data import storage
 from fstrain.data.shards import ShardWriter, read_samples
@@ -67,12 +68,15 @@ def write_style_dataset(root: Path, style: str, count: int, corrupt_keys: tuple[
             writer.write({"__key__": f"{style}-{i:04d}", "png": png, "json": {"source": f"img{i}.png"}})
 
 
-def write_pairs(root: Path, style: str, g: Generator, count: int = 8) -> None:
-    """Level-3 style pairs: S = a style image, w+ = a random code of the base G (broadcast over layers)."""
+PAIRED_RUNS = ("behaviour", "split", "whole", "publish", "repaired")     # runs that train pc / sc+pc here
+
+
+def write_pairs(root: Path, style: str, g: Generator, run_id: str, count: int = 8, seed: int = 123) -> None:
+    """The run's level-3 pairs: S = a style image, w+ = a random code of the base G (broadcast over layers)."""
     with torch.no_grad():
-        w = g.get_latent(torch.randn(count, g.style_dim, generator=torch.Generator().manual_seed(123)))
+        w = g.get_latent(torch.randn(count, g.style_dim, generator=torch.Generator().manual_seed(seed)))
     w_plus = w.unsqueeze(1).repeat(1, g.n_latent, 1).numpy().astype(np.float32)
-    with ShardWriter(storage.join(str(root), "pairs", style, "level3"), max_samples=8) as writer:
+    with ShardWriter(layout.pairs(str(root), run_id, style, 3), max_samples=8, replace_existing=True) as writer:
         for i in range(count):
             writer.write({"__key__": f"{style}-{i:04d}", "s.png": cartoon_image(1000 + i),
                           "p.png": cartoon_image(2000 + i), "w_plus.npy": w_plus[i], "json": {"level": 3}})
@@ -83,7 +87,8 @@ def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train-world")
     models = write_models(root)
     write_style_dataset(root, STYLE, 24)
-    write_pairs(root, STYLE, load_generator(models.generator).generator)
+    for run_id in PAIRED_RUNS:
+        write_pairs(root, STYLE, load_generator(models.generator).generator, run_id)
     return root
 
 
@@ -143,7 +148,7 @@ def test_pair_supervision_pulls_renders_towards_style_images(world, baseline_run
     paired = run_finetune(tiny_config(lr=BEHAVIOUR_LR, lambda_pair=10.0), style=STYLE, mode="pc",
                           root=str(world), run_id="behaviour", steps=BEHAVIOUR_STEPS)
     decode = pair_decoder(SIZE, 8, 512)
-    pairs = [decode(s) for s in read_samples(storage.join(str(world), "pairs", STYLE, "level3"))]
+    pairs = [decode(s) for s in read_samples(layout.pairs(str(world), "behaviour", STYLE, 3))]
     style_images = torch.stack([s for s, _ in pairs])
     w_plus = torch.stack([w for _, w in pairs])
 
@@ -215,6 +220,37 @@ def test_published_generator_is_rosinality_layout_with_metadata(world, tmp_path)
     # The sample grid shows G(z) over G'(z): 2 rows of sample_grid_size tiles.
     grid = Image.open(Path(result["run_dir"]) / "samples" / "step-000002.png")
     assert grid.size == (4 * (SIZE + 2) + 2, 2 * (SIZE + 2) + 2)
+    # Provenance: the published style names what it was made from; republishing the same weights copies nothing.
+    inputs = meta["inputs"]
+    assert {"base_generator", "dataset", "pairs", "lpips_backbone", "identity", "styled_generator", "settings"} \
+        <= set(inputs) and inputs["base_generator"] == meta["base_generator_sha256"]
+    assert inputs["settings"]["steps"] == 2 and inputs["settings"]["lambda_pair"] == 1.0
+    said: list[str] = []
+    publish_generator(result["run_dir"], dest, log=said.append)
+    assert said == [f"{dest}: already published from the same inputs; kept"]
+
+
+def test_changed_pairs_restart_a_finished_run_and_republish_says_why(world, tmp_path, capsys):
+    """A constrained run whose pairs were rebuilt (say from a retrained baseline) does not reuse its checkpoints."""
+    config = tiny_config()
+    first = run_finetune(config, style=STYLE, mode="pc", root=str(world), run_id="repaired", steps=2)
+    dest = str(tmp_path / "generator.pt")
+    publish_generator(first["run_dir"], dest, log=lambda line: None)
+    capsys.readouterr()
+    again = run_finetune(config, style=STYLE, mode="pc", root=str(world), run_id="repaired", steps=2)
+    assert again["resumed_from"] == 2 and "restarted" not in capsys.readouterr().out
+
+    g = load_generator(str(world / "models" / "generator.pt")).generator
+    write_pairs(world, STYLE, g, "repaired", seed=321)     # other pairs, same names: only their content changed
+    for uri in storage.list_uris(layout.pairs(str(world), "repaired", STYLE, 3), suffixes=".tar"):
+        storage.write_json(layout.shard_provenance(uri), {"inputs": {"baseline_generator": "f" * 64}})
+    rerun = run_finetune(config, style=STYLE, mode="pc", root=str(world), run_id="repaired", steps=2)
+    assert rerun["resumed_from"] is None and rerun["final_step"] == 2
+    assert f"{first['run_dir']} restarted from step 0: pairs changed (" in capsys.readouterr().out
+    said: list[str] = []
+    publish_generator(rerun["run_dir"], dest, log=said.append)
+    assert len(said) == 1 and said[0].startswith(f"{dest} republished: pairs changed (")
+    assert "fine-tuned generator changed (" in said[0]
 
 
 # ---------------------------------------------------------------- data edge cases and clear failures
@@ -252,7 +288,7 @@ def test_missing_and_empty_datasets_name_the_prefix(world):
     (world / "datasets" / "emptystyle").mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"datasets/emptystyle"):
         run_finetune(tiny_config(), style="emptystyle", mode="baseline", root=str(world), run_id="x", steps=1)
-    with pytest.raises(DatasetError, match=r"pairs/cartoon/level1.*fstrain.pairs"):
+    with pytest.raises(DatasetError, match=r"runs/x/cartoon/pairs/level1.*fstrain.pairs .*--run-id x"):
         run_finetune(tiny_config(pair_level=1), style=STYLE, mode="pc", root=str(world), run_id="x", steps=1)
 
 

@@ -15,6 +15,7 @@ import sys
 import torch
 
 from fstrain.config import ConfigError, load_config
+from fstrain import layout
 from fstrain.data import storage
 from fstrain.evaluate import EvaluationError, config_from_run, evaluate_style, find_styles, mode_runs, markdown, \
     write_report
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         styles = args.style or find_styles(args.root, args.run_id)
         if not styles:
-            raise EvaluationError(f"{storage.join(args.root, 'runs', args.run_id)}: no trained modes found; check "
+            raise EvaluationError(f"{layout.run(args.root, args.run_id)}: no trained modes found; check "
                                   f"--root and --run-id (or name a --style)")
         if args.config:
             config = load_config(args.config, PipelineConfig)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fstrain import layout
 from fstrain.data import storage
 from fstrain.data.shards import list_shards, read_samples
 from fstrain.stylize.images import from_uint8
@@ -83,7 +84,7 @@ def _file_images(uris: list[str], size: int, limit: int, info: ImageSet) -> Iter
 def style_images(root: str, style: str, size: int, batch_size: int, limit: int = 0) -> tuple[Iterator[torch.Tensor],
                                                                                            ImageSet]:
     """Batches of the style dataset's images (all of them, or the first `limit`), resized to `size`."""
-    prefix = storage.join(root, "datasets", style)
+    prefix = layout.dataset(root, style)
     if not list_shards(prefix):
         raise FileNotFoundError(f"{prefix}: no style dataset shards (shard-*.tar); ingest the '{style}' images "
                                 f"with fstrain.ingest first")

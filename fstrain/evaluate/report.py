@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any
 
+from fstrain import layout
 from fstrain.data import storage
 from fstrain.evaluate.runs import TRAINED
 
@@ -62,8 +63,8 @@ def _json_safe(value: Any) -> Any:
 
 def write_report(record: dict[str, Any]) -> tuple[str, str]:
     """Write evaluation.json and evaluation.md into the style's run folder; returns their URIs."""
-    json_uri = storage.join(record["style_dir"], "evaluation.json")
-    md_uri = storage.join(record["style_dir"], "evaluation.md")
+    json_uri = layout.evaluation(record["root"], record["run_id"], record["style"], "json")
+    md_uri = layout.evaluation(record["root"], record["run_id"], record["style"], "md")
     storage.write_text(json_uri, json.dumps(_json_safe(record), indent=2, sort_keys=True) + "\n")
     storage.write_text(md_uri, markdown(record))
     return json_uri, md_uri

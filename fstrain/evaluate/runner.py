@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fstrain import layout
 from fstrain.data import storage
 from fstrain.metrics import (FeatureExtractor, FeatureStatistics, extract_features, frechet_distance_between,
                              load_inception, semantic_distance, stylization_distance)
@@ -127,7 +128,7 @@ def style_statistics(root: str, style: str, size: int, extractor: FeatureExtract
     for batch in batches:
         stats.update(extract_features(extractor, batch.to(device)))
     if stats.count < 2:
-        raise ValueError(f"{storage.join(root, 'datasets', style)}: {stats.count} decodable style image(s); FID "
+        raise ValueError(f"{layout.dataset(root, style)}: {stats.count} decodable style image(s); FID "
                          f"needs at least 2")
     return stats, info
 

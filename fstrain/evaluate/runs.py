@@ -1,6 +1,6 @@
 """What a training run holds: its styles, and per style the state of each mode (trained / not finished / absent).
 
-Run layout (fstrain.train): `<root>/runs/<run>/<style>/<mode>/` with `latest.json`, `checkpoints/step-*.pt` and,
+Run layout (fstrain.layout): `<root>/runs/<run>/<style>/<mode>/` with `latest.json`, `checkpoints/step-*.pt` and,
 once finished, `final/generator.pt` (+ `.json` metadata with "steps").
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fstrain import layout
 from fstrain.config import config_from_dict
 from fstrain.data import storage
 from fstrain.models.checkpoints import metadata_uri
@@ -37,12 +38,12 @@ class ModeRun:
 
 
 def style_dir(root: str, run_id: str, style: str) -> str:
-    return storage.join(root, "runs", run_id, style)
+    return layout.style_run(root, run_id, style)
 
 
 def find_styles(root: str, run_id: str) -> list[str]:
     """Styles with at least one mode directory holding a latest.json or a final generator."""
-    prefix = storage.join(root, "runs", run_id)
+    prefix = layout.run(root, run_id)
     styles = set()
     for uri in storage.list_uris(prefix, suffixes=("latest.json", "generator.pt")):
         parts = uri[len(prefix):].strip("/").split("/")
@@ -52,8 +53,8 @@ def find_styles(root: str, run_id: str) -> list[str]:
 
 
 def mode_run(root: str, run_id: str, style: str, mode: str) -> ModeRun:
-    run_dir = resources.run_dir(root, run_id, style, mode)
-    final = checkpointing.final_generator_uri(run_dir)
+    run_dir = layout.mode_run(root, run_id, style, mode)
+    final = layout.final_generator(run_dir)
     if storage.exists(final):
         steps = None
         if storage.exists(metadata_uri(final)):

@@ -1,10 +1,13 @@
 """Build pseudo-pair shards for one style.
 
-    python -m fstrain.pairs CONFIG --style NAME --root URI [--levels 1,2,3] [--baseline URI] [--device cuda]
+    python -m fstrain.pairs CONFIG --style NAME --root URI --run-id ID [--levels 1,2,3] [--baseline URI]
+                                   [--device cuda]
 
-Reads `<root>/datasets/<style>/`, writes `<root>/pairs/<style>/level{1,2,3}/shard-*.tar`, a contact sheet and a
-summary. Level 2 needs the baseline fine-tune G*: `--baseline URI` (a rosinality generator .pt) or `--run-id ID`
-(the baseline run's final g_ema under `<root>/runs/<ID>/<style>/baseline/`). Rerunning skips finished shards.
+Reads `<root>/datasets/<style>/`, writes the run's pairs `<root>/runs/<ID>/<style>/pairs/level{1,2,3}/shard-*.tar`,
+a contact sheet and a summary (fstrain.layout). Level 2 needs the baseline fine-tune G*: by default the run's own
+(`<root>/runs/<ID>/<style>/baseline/final/generator.pt`), or `--baseline URI` (a rosinality generator .pt).
+Rerunning reuses shards whose recorded inputs (sha256 of dataset shard, G, G*, encoders, nets; settings) are
+unchanged, and rebuilds the others, saying why.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from fstrain.pairs.build import PairsError, baseline_generator_uri, make_pairs
+from fstrain.pairs.build import PairsError, make_pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,16 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style", required=True)
     parser.add_argument("--root", required=True, help="pipeline root (local dir or s3://bucket/prefix)")
     parser.add_argument("--levels", default=None, help="comma-separated subset of 1,2,3 (default: config pairs.levels)")
-    parser.add_argument("--baseline", default=None, help="URI of the baseline fine-tune G* (needed for level 2)")
-    parser.add_argument("--run-id", default=None,
-                        help="take G* from the run's baseline: <root>/runs/<run>/<style>/baseline/final/generator.pt")
+    parser.add_argument("--run-id", required=True,
+                        help="the run the pairs belong to (its baseline G* feeds level 2, its constrained modes read "
+                             "them)")
+    parser.add_argument("--baseline", default=None,
+                        help="URI of the baseline fine-tune G* for level 2 (default: the run's baseline)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
     config = load_config(args.config, PipelineConfig)
-    baseline = args.baseline
-    if baseline is None and args.run_id:
-        baseline = baseline_generator_uri(args.root, args.run_id, args.style)
     bar = tqdm(desc=f"pairs {args.style}", unit="shard")
 
     def progress(done: int, total: int, info: dict) -> None:
@@ -46,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         bar.refresh()
 
     try:
-        summary = make_pairs(config, style=args.style, root=args.root, levels=args.levels,
-                             baseline_generator_uri=baseline, progress=progress, device=args.device)
+        summary = make_pairs(config, style=args.style, root=args.root, run_id=args.run_id, levels=args.levels,
+                             baseline_generator_uri=args.baseline, progress=progress, device=args.device,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
     except PairsError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)

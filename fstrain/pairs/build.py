@@ -1,9 +1,13 @@
-"""Build the pseudo-pair shards of one style: `make_pairs(config, style=..., root=..., ...)`.
+"""Build the pseudo-pair shards of one style in one run: `make_pairs(config, style=..., root=..., run_id=...)`.
 
-Input:  the style dataset `<root>/datasets/<style>/shard-*.tar` (keys `png`/`jpg`, `json`).
-Output: `<root>/pairs/<style>/level{1,2,3}/shard-*.tar`, one output shard per input shard with the same name,
-        each written in one atomic write, so an existing output shard is a finished one and a rerun skips it;
-        `<root>/pairs/<style>/contact_sheet.png` (rows S | P1 | P2 | P3) and `summary.json`.
+Input:  the style dataset `<root>/datasets/<style>/shard-*.tar` (keys `png`/`jpg`, `json`), and for level 2 the
+        run's baseline fine-tune G* (`<root>/runs/<run>/<style>/baseline/final/generator.pt` unless given).
+Output: `<root>/runs/<run>/<style>/pairs/level{1,2,3}/shard-*.tar`, one output shard per input shard with the same
+        name, each written in one atomic write, with `shard-*.provenance.json` beside it: the sha256 of the dataset
+        shard and of every network that made it, and the settings that shaped it. A rerun reuses a shard only when
+        that record equals what the inputs give now; otherwise it rebuilds the shard and logs why
+        (`pairs for cartoon rebuilt: baseline generator changed (3fa2… → 91bc…)`).
+        Also `pairs/contact_sheet.png` (rows S | P1 | P2 | P3) and `pairs/summary.json` (fstrain.layout).
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fstrain import layout, provenance
 from fstrain.data import shards, storage
 from fstrain.pairs import levels as lv
-from fstrain.pairs.records import NOISE_SOURCE, PairSample, decode_pair, encode_pair
+from fstrain.pairs.records import FORMAT_VERSION, NOISE_SOURCE, PairSample, decode_pair, encode_pair
 from fstrain.settings import resolve_model_uri
 from fstrain.stylize.images import from_uint8, image_grid, png_bytes, to_uint8
 
@@ -32,22 +37,59 @@ class PairsError(RuntimeError):
     """Pseudo-pairs cannot be built (missing dataset, missing model, bad arguments); the message says what to do."""
 
 
-# ---------------------------------------------------------------- layout
+# ---------------------------------------------------------------- what each level is made from
+
+# The networks each level's samples depend on (the identity net only when lambda_id != 0).
+LEVEL_NETWORKS = {1: ("base_generator", "encoder_zplus"),
+                  2: ("base_generator", "encoder_zplus", "baseline_generator", "lpips_backbone", "identity"),
+                  3: ("base_generator", "encoder_wplus")}
 
 
-def pairs_prefix(root: str, style: str, level: int | None = None) -> str:
-    prefix = storage.join(root, "pairs", style)
-    return prefix if level is None else storage.join(prefix, f"level{level}")
+def run_baseline_generator(root: str, run_id: str, style: str) -> str:
+    """The run's baseline G*: its final g_ema (fstrain.train writes it)."""
+    return layout.final_generator(layout.mode_run(root, run_id, style, "baseline"))
 
 
-def dataset_prefix(root: str, style: str) -> str:
-    return storage.join(root, "datasets", style)
+def level_settings(config, level: int) -> dict:
+    """The settings that shape one level's samples (part of its provenance)."""
+    settings = {"format_version": FORMAT_VERSION, "noise": NOISE_SOURCE}
+    if level == 2:
+        settings.update(optimise_steps=config.pairs.optimise_steps, lr=config.pairs.lr,
+                        lambda_id=config.train.lambda_id, lpips_net=config.models.lpips_net)
+    return settings
 
 
-def baseline_generator_uri(root: str, run_id: str, style: str) -> str:
-    """The baseline run's final g_ema: `<root>/runs/<run>/<style>/baseline/final/generator.pt` (fstrain.train)."""
-    from fstrain.train.checkpointing import final_generator_uri
-    return final_generator_uri(storage.join(root, "runs", run_id, style, "baseline"))
+def level_provenance(config, level: int, hashes: dict[str, str], dataset_shard_sha256: str) -> dict:
+    """The provenance record of one output shard: dataset shard, networks and settings, by name."""
+    names = [n for n in LEVEL_NETWORKS[level] if n != "identity" or config.train.lambda_id]
+    return {"dataset_shard": dataset_shard_sha256, **{n: hashes[n] for n in names},
+            "settings": level_settings(config, level)}
+
+
+def network_hashes(config, *, root: str, levels: Sequence[int], baseline_generator_uri: str | None) -> dict[str, str]:
+    """sha256 of every network file the chosen levels need (fetched once per machine, pins verified)."""
+    from fstrain.models.registry import ChecksumError, MissingWeightsError, fetch, sha256_file
+
+    needed = {n for lvl in levels for n in LEVEL_NETWORKS[lvl] if n != "identity" or config.train.lambda_id}
+    hashes = {}
+    for name in sorted(needed):
+        if name == "baseline_generator":
+            uri = _require_baseline(baseline_generator_uri)
+        else:
+            uri = resolve_model_uri(getattr(config.models, name), root)
+        try:
+            hashes[name] = sha256_file(fetch(uri, config.models.sha256.get(name)))
+        except (MissingWeightsError, ChecksumError) as exc:
+            where = "the baseline G*" if name == "baseline_generator" else f"models.{name}"
+            raise PairsError(f"{where}: {exc}") from exc
+    return hashes
+
+
+def _require_baseline(uri: str | None) -> str:
+    if not uri:
+        raise PairsError("level 2 optimises against the baseline fine-tune G*: pass baseline_generator_uri "
+                         "(CLI: --baseline URI, or --run-id to use the run's baseline), or drop level 2")
+    return uri
 
 
 def parse_levels(levels: Iterable[int] | str | None) -> list[int]:
@@ -87,7 +129,7 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
     """Load only the networks the chosen levels need, verifying sha256 pins from `config.models.sha256`."""
     from fstrain.losses import SemanticLoss
     from fstrain.models.checkpoints import load_generator
-    from fstrain.models.registry import fetch, sha256_file
+    from fstrain.models.registry import ChecksumError, MissingWeightsError, fetch, sha256_file
 
     models_cfg = config.models
     hashes: dict[str, str] = {}
@@ -107,9 +149,7 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
         from fstrain.models.psp import load_encoder
         models.encoder_wplus = load_encoder(local("encoder_wplus", models_cfg.encoder_wplus)).to(device).eval()
     if 2 in levels:
-        if not baseline_generator_uri:
-            raise PairsError("level 2 optimises against the baseline fine-tune G*: pass baseline_generator_uri "
-                             "(CLI: --baseline URI, or --run-id to use the run's baseline), or drop level 2")
+        _require_baseline(baseline_generator_uri)
         from fstrain.models.identity import load_identity
         from fstrain.models.perceptual import load_lpips
         star = load_generator(local("baseline_generator", baseline_generator_uri, relative_to_root=False),
@@ -214,40 +254,73 @@ def _batches(items: list, size: int) -> Iterable[list]:
 # ---------------------------------------------------------------- the whole style
 
 
-def make_pairs(config, *, style: str, root: str, levels: Iterable[int] | str | None = None,
+def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[int] | str | None = None,
                baseline_generator_uri: str | None = None, progress: Progress | None = None,
-               device: str | torch.device | None = None, models: PairModels | None = None) -> dict:
-    """Build (or finish) the pair shards of `style` for `levels`; returns a summary dict (also saved as JSON).
+               device: str | torch.device | None = None, models: PairModels | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """Build (or finish, or rebuild) the pair shards of `style` in run `run_id` for `levels`; returns a summary
+    dict (also saved as JSON).
 
-    Resumable per shard: output shards that exist are skipped; a shard whose levels all exist is not even read.
-    `models` may be passed pre-loaded (tests, or a caller that builds pairs for several datasets).
-    Summary counts (`samples`, `l_sem_initial_mean`/`l_sem_final_mean`) cover the shards written by this call;
-    style images that do not decode are listed in `skipped_samples` with shard, key and reason.
+    Level 2 uses `baseline_generator_uri`, by default the run's own baseline G*. Per shard and level: an output
+    whose provenance record matches the current inputs is reused; a missing one is built; a stale one is rebuilt
+    and `log` says why; an output whose dataset shard is gone is deleted. A shard whose levels are all reusable is
+    not even decoded. `models` may be passed pre-loaded (tests, or a caller that builds pairs for several runs);
+    their recorded hashes then stand for the files. Summary counts (`samples`, `l_sem_initial_mean`/
+    `l_sem_final_mean`) cover the shards written by this call; style images that do not decode are listed in
+    `skipped_samples` with shard, key and reason; `rebuilt` holds the logged reasons.
     """
     chosen = parse_levels(levels if levels is not None else config.pairs.levels)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    inputs = shards.list_shards(dataset_prefix(root, style))
+    dataset = layout.dataset(root, style)
+    inputs = shards.list_shards(dataset)
     if not inputs:
-        raise PairsError(f"{dataset_prefix(root, style)}: no dataset shards for style {style!r}; ingest the style "
+        raise PairsError(f"{dataset}: no dataset shards for style {style!r}; ingest the style "
                          f"images first (python -m fstrain.ingest SRC {root} --style {style} --size N)")
+    if baseline_generator_uri is None and 2 in chosen:
+        baseline_generator_uri = run_baseline_generator(root, run_id, style)
+        if models is None and not storage.exists(baseline_generator_uri):
+            raise PairsError(f"{baseline_generator_uri}: run {run_id!r} has no baseline G* for {style!r}; level 2 "
+                             f"needs it: train the baseline first (mode baseline, same run id), pass --baseline "
+                             f"URI, or drop level 2")
+    hashes = dict(models.hashes) if models is not None else \
+        network_hashes(config, root=root, levels=chosen, baseline_generator_uri=baseline_generator_uri)
 
-    todo = []
+    todo, stale = [], {}
     for shard_uri in inputs:
-        name = shard_uri.rstrip("/").rsplit("/", 1)[-1]
-        missing = [lvl for lvl in chosen if not storage.exists(storage.join(pairs_prefix(root, style, lvl), name))]
-        todo.append((shard_uri, name, missing))
+        name = storage.basename(shard_uri)
+        dataset_sha = provenance.sha256_uri(shard_uri)
+        missing, records = [], {}
+        for lvl in chosen:
+            records[lvl] = level_provenance(config, lvl, hashes, dataset_sha)
+            output = storage.join(layout.pairs(root, run_id, style, lvl), name)
+            if not storage.exists(output):
+                missing.append(lvl)
+                continue
+            reasons = provenance.changes(provenance.read_record(layout.shard_provenance(output)), records[lvl])
+            if reasons:
+                missing.append(lvl)
+                stale.setdefault("; ".join(reasons), []).append(f"level{lvl}/{name}")
+        todo.append((shard_uri, name, missing, records))
+    for reason, where in stale.items():
+        log(f"pairs for {style} rebuilt: {reason} [{', '.join(where)}]")
+    removed = _remove_orphans(root, run_id, style, chosen, {name for _, name, _, _ in todo})
+    for uri in removed:
+        log(f"pairs for {style}: removed {uri} (its dataset shard is gone)")
 
-    summary = {"style": style, "levels": chosen, "shards": len(inputs), "shards_written": 0, "shards_skipped": 0,
-               "samples": {str(lvl): 0 for lvl in chosen}, "skipped_samples": [], "l_sem_initial_mean": None,
-               "l_sem_final_mean": None, "outputs": {str(lvl): pairs_prefix(root, style, lvl) for lvl in chosen}}
-    if any(missing for _, _, missing in todo) and models is None:
+    summary = {"style": style, "run_id": run_id, "levels": chosen, "shards": len(inputs), "shards_written": 0,
+               "shards_skipped": 0, "samples": {str(lvl): 0 for lvl in chosen}, "skipped_samples": [],
+               "l_sem_initial_mean": None, "l_sem_final_mean": None,
+               "rebuilt": [f"{reason} [{', '.join(where)}]" for reason, where in stale.items()], "removed": removed,
+               "inputs": dict(hashes),
+               "outputs": {str(lvl): layout.pairs(root, run_id, style, lvl) for lvl in chosen}}
+    if any(missing for _, _, missing, _ in todo) and models is None:
         models = load_pair_models(config, root=root, levels=chosen, baseline_generator_uri=baseline_generator_uri,
                                   device=device)
 
     l_sem_initial: list[float] = []
     l_sem_final: list[float] = []
     started = time.time()
-    for index, (shard_uri, name, missing) in enumerate(todo):
+    for index, (shard_uri, name, missing, records) in enumerate(todo):
         if not missing:
             summary["shards_skipped"] += 1
         else:
@@ -268,7 +341,10 @@ def make_pairs(config, *, style: str, root: str, levels: Iterable[int] | str | N
                 for lvl, samples in made.items():
                     per_level[lvl].extend(samples)
             for lvl, samples in per_level.items():
-                write_pair_shard(pairs_prefix(root, style, lvl), name, samples)
+                # The shard first, then its record: a crash in between leaves a shard without (or with an older)
+                # record, which the next run rebuilds.
+                written = write_pair_shard(layout.pairs(root, run_id, style, lvl), name, samples)
+                provenance.write_record(layout.shard_provenance(written), records[lvl], level=lvl, samples=len(samples))
                 summary["samples"][str(lvl)] += len(samples)
                 if lvl == 2:
                     l_sem_initial += [s.meta["l_sem_initial"] for s in samples]
@@ -282,18 +358,34 @@ def make_pairs(config, *, style: str, root: str, levels: Iterable[int] | str | N
     if l_sem_initial:
         summary["l_sem_initial_mean"] = float(np.mean(l_sem_initial))
         summary["l_sem_final_mean"] = float(np.mean(l_sem_final))
-    summary["contact_sheet"] = write_contact_sheet(root, style, chosen)
-    storage.write_json(storage.join(pairs_prefix(root, style), "summary.json"), summary)
+    # The pairs' identity for the stages that consume them: what every output shard was made from.
+    summary["sha256"] = {f"level{lvl}": provenance.sha256_json({name: records[lvl] for _, name, _, records in todo})
+                         for lvl in chosen}
+    summary["contact_sheet"] = write_contact_sheet(root, run_id, style, chosen)
+    storage.write_json(layout.pairs_summary(root, run_id, style), summary)
     return summary
 
 
-def write_contact_sheet(root: str, style: str, levels: Sequence[int], rows: int = CONTACT_SHEET_ROWS) -> str:
+def _remove_orphans(root: str, run_id: str, style: str, levels: Sequence[int], names: set[str]) -> list[str]:
+    """Delete output shards (and records) whose dataset shard no longer exists; returns the deleted shard URIs."""
+    removed = []
+    for lvl in levels:
+        for uri in shards.list_shards(layout.pairs(root, run_id, style, lvl)):
+            if storage.basename(uri) not in names:
+                storage.delete(layout.shard_provenance(uri))
+                storage.delete(uri)
+                removed.append(uri)
+    return removed
+
+
+def write_contact_sheet(root: str, run_id: str, style: str, levels: Sequence[int],
+                        rows: int = CONTACT_SHEET_ROWS) -> str:
     """Contact sheet of the first `rows` pairs of each level: one row per style image, columns S | P1 | P2 | P3."""
     by_level: dict[int, dict[str, PairSample]] = {}
     order: list[str] = []
     style_images: dict[str, np.ndarray] = {}
     for lvl in levels:
-        level_shards = shards.list_shards(pairs_prefix(root, style, lvl))
+        level_shards = shards.list_shards(layout.pairs(root, run_id, style, lvl))
         if not level_shards:
             continue
         by_level[lvl] = {}
@@ -306,11 +398,12 @@ def write_contact_sheet(root: str, style: str, levels: Sequence[int], rows: int 
                 order.append(sample.key)
     order = order[:rows]
     if not order:
-        raise PairsError(f"{pairs_prefix(root, style)}: no pair samples to show; the dataset shards were empty")
+        raise PairsError(f"{layout.pairs(root, run_id, style)}: no pair samples to show; the dataset shards were "
+                         f"empty")
     grid = [[style_images[key]] + [by_level.get(lvl, {}).get(key).pseudo_photo
                                    if key in by_level.get(lvl, {}) else None for lvl in ALL_LEVELS]
             for key in order]
-    uri = storage.join(pairs_prefix(root, style), "contact_sheet.png")
+    uri = layout.pairs_contact_sheet(root, run_id, style)
     labels = ["S"] + [f"P{lvl}" for lvl in ALL_LEVELS]
     storage.write_bytes(uri, png_bytes(image_grid(grid, column_labels=labels)))
     return uri

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from fstrain import layout
 from fstrain.data import storage
 from fstrain.settings import resolve_model_uri
 from fstrain.stylize.images import image_grid, pil_to_tensor, png_bytes, to_uint8
@@ -27,10 +28,6 @@ from fstrain.stylize.reference import (ReferenceStore, generator_fingerprint, in
                                        reference_id)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def style_generator_uri(root: str, style: str) -> str:
-    return storage.join(root, "styles", style, "generator.pt")
 
 
 def load_stylizer(config, *, root: str, styles: list[str], generator_uris: dict[str, str] | None = None,
@@ -44,7 +41,7 @@ def load_stylizer(config, *, root: str, styles: list[str], generator_uris: dict[
     encoder = load_encoder(str(fetch(resolve_model_uri(config.models.encoder_wplus, root), sha.get("encoder_wplus"))))
     generators, latent_avgs = {}, {}
     for style in styles:
-        uri = (generator_uris or {}).get(style) or style_generator_uri(root, style)
+        uri = (generator_uris or {}).get(style) or layout.published_generator(root, style)
         loaded = load_generator(str(fetch(uri)), load_discriminator=False)
         generators[style] = loaded.generator.to(device)
         latent_avgs[style] = loaded.latent_avg.to(device)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fstrain import layout
 from fstrain.data import storage
 from fstrain.losses import perceptual_distance
 from fstrain.models.latents import broadcast_w, modulation_basis, modulation_weight_matrix, v_to_w, w_to_v
@@ -164,7 +165,7 @@ class ReferenceStore:
     def uri(self, style: str, ref_id: str) -> str:
         if not ref_id or "/" in ref_id or ref_id.startswith("."):
             raise ValueError(f"reference id {ref_id!r} must be a non-empty name without '/' or a leading '.'")
-        return storage.join(self.root, "references", style, f"{ref_id}.npz")
+        return layout.reference(self.root, style, ref_id)
 
     def exists(self, style: str, ref_id: str) -> bool:
         return storage.exists(self.uri(style, ref_id))

@@ -11,26 +11,21 @@ RNG states are stored as tensors and plain Python values for that reason.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import random
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from fstrain import layout, provenance
 from fstrain.data import storage
 from fstrain.models.checkpoints import metadata_uri
-
-LATEST = "latest.json"
-FINAL_GENERATOR = "final/generator.pt"
 
 
 class ResumeError(RuntimeError):
     """A run directory's checkpoint cannot be resumed; the message names the file and the way out."""
-
-
-def checkpoint_name(step: int) -> str:
-    return f"checkpoints/step-{step:06d}.pt"
 
 
 # ---------------------------------------------------------------- RNG state (weights_only friendly)
@@ -66,18 +61,17 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir_uri: str, step: int, payload: dict[str, Any]) -> str:
     """Write `checkpoints/step-N.pt`, then point `latest.json` at it. Returns the checkpoint URI."""
-    name = checkpoint_name(step)
-    uri = storage.join(run_dir_uri, name)
+    uri = layout.checkpoint(run_dir_uri, step)
     buffer = io.BytesIO()
     torch.save({**payload, "step": step}, buffer)
     storage.write_bytes(uri, buffer.getvalue())
-    storage.write_json(storage.join(run_dir_uri, LATEST), {"step": step, "checkpoint": name})
+    storage.write_json(layout.latest(run_dir_uri), {"step": step, "checkpoint": layout.checkpoint_name(step)})
     return uri
 
 
 def latest_checkpoint(run_dir_uri: str) -> tuple[int, str] | None:
     """(step, checkpoint URI) named by latest.json, or None for a fresh run directory."""
-    latest_uri = storage.join(run_dir_uri, LATEST)
+    latest_uri = layout.latest(run_dir_uri)
     if not storage.exists(latest_uri):
         return None
     try:
@@ -114,18 +108,27 @@ def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
 # ---------------------------------------------------------------- publishing
 
 
-def final_generator_uri(run_dir_uri: str) -> str:
-    return storage.join(run_dir_uri, FINAL_GENERATOR)
-
-
-def publish_generator(run_dir_uri: str, dest_uri: str) -> str:
+def publish_generator(run_dir_uri: str, dest_uri: str, log: Callable[[str], None] = print) -> str:
     """Copy a finished run's final generator (rosinality layout) and its metadata sidecar to `dest_uri`.
 
-    The sidecar goes first and the weights last, so a reader that finds `dest_uri` also finds its metadata.
+    The published sidecar records the run's inputs (see FineTuneRun) plus the sha256 of the copied weights
+    (`styled_generator`). When `dest_uri` already holds exactly those weights with that record, nothing is copied;
+    otherwise it is replaced and `log` says what changed. The sidecar goes first and the weights last, so a reader
+    that finds `dest_uri` also finds its metadata (and a crash in between is caught by the weights' hash).
     """
-    source = final_generator_uri(run_dir_uri)
+    source = layout.final_generator(run_dir_uri)
     if not storage.exists(source):
         raise ResumeError(f"{source}: the run has no final generator yet; finish the run (same run id) first")
-    storage.write_bytes(metadata_uri(dest_uri), storage.read_bytes(metadata_uri(source)))
-    storage.write_bytes(dest_uri, storage.read_bytes(source))
+    weights = storage.read_bytes(source)
+    metadata = storage.read_json(metadata_uri(source))
+    inputs = {**(metadata.get("inputs") or {}), "styled_generator": hashlib.sha256(weights).hexdigest()}
+    if storage.exists(dest_uri):
+        recorded = provenance.read_record(metadata_uri(dest_uri))
+        reasons = provenance.changes(recorded, inputs)
+        if not reasons and provenance.sha256_uri(dest_uri) == inputs["styled_generator"]:
+            log(f"{dest_uri}: already published from the same inputs; kept")
+            return dest_uri
+        log(f"{dest_uri} republished: {'; '.join(reasons) or 'its weights differ from its record'}")
+    storage.write_json(metadata_uri(dest_uri), {**metadata, "inputs": inputs, "published_from": source})
+    storage.write_bytes(dest_uri, weights)
     return dest_uri

@@ -30,11 +30,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fstrain import layout, provenance
 from fstrain.config import config_to_dict
 from fstrain.data import storage
+from fstrain.data.shards import list_shards
 from fstrain.losses import (PairLoss, SemanticLoss, discriminator_adversarial_loss, generator_adversarial_loss,
                             lazy_regularization_ratio, r1_penalty)
-from fstrain.models.checkpoints import save_generator
+from fstrain.models.checkpoints import metadata_uri, save_generator
 from fstrain.models.stylegan2 import Discriminator, Generator
 from fstrain.settings import PipelineConfig
 from fstrain.train import checkpointing, resources, visibility
@@ -120,7 +122,7 @@ class FineTuneRun:
         self.tcfg = config.train
         self.style, self.mode, self.root, self.run_id = style, mode, root, run_id
         self.use_sem, self.use_pair = resources.mode_terms(mode)
-        self.run_dir = resources.run_dir(root, run_id, style, mode)
+        self.run_dir = layout.mode_run(root, run_id, style, mode)
         self.accelerator = make_accelerator(self.tcfg.mixed_precision, self.tcfg.gradient_accumulation_steps)
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
@@ -131,17 +133,18 @@ class FineTuneRun:
         self.nets = self._build_networks()
         size, n_latent, style_dim = self.nets.g.size, self.nets.g.n_latent, self.nets.g.style_dim
         self.style_stream = ShardStream(
-            resources.dataset_prefix(root, style), style_image_decoder(size), seed=self.tcfg.seed, rank=self.rank,
+            layout.dataset(root, style), style_image_decoder(size), seed=self.tcfg.seed, rank=self.rank,
             world_size=self.world_size, shuffle_buffer=config.data.shuffle_buffer, what=f"style dataset '{style}'",
             how_to_fix=f"Ingest the '{style}' style images first (fstrain.ingest writes <root>/datasets/{style}/).")
         self.pair_stream = None
         if self.use_pair:
             level = self.tcfg.pair_level
             self.pair_stream = ShardStream(
-                resources.pairs_prefix(root, style, level), pair_decoder(size, n_latent, style_dim),
+                layout.pairs(root, run_id, style, level), pair_decoder(size, n_latent, style_dim),
                 seed=self.tcfg.seed + 1, rank=self.rank, world_size=self.world_size,
                 shuffle_buffer=config.data.shuffle_buffer, what=f"level-{level} pseudo-pairs of '{style}'",
-                how_to_fix="Build the pseudo-pairs first (fstrain.pairs, from the baseline run's G*).")
+                how_to_fix=f"Build this run's pseudo-pairs first (python -m fstrain.pairs CONFIG --style {style} "
+                           f"--root ROOT --run-id {run_id}, from the run's baseline G*).")
 
         lpips = resources.load_lpips_metric(config.models, root).to(self.device) \
             if (self.use_sem or self.use_pair) else None
@@ -156,11 +159,29 @@ class FineTuneRun:
         d_optim = torch.optim.Adam(self.nets.d.parameters(), lr=self.tcfg.lr * ratio,
                                    betas=(0.0 ** ratio, 0.99 ** ratio))
         self.step = 0
+        self.inputs = self._input_provenance(lpips_used=lpips is not None, identity_used=identity is not None)
         self.resumed_from = self._resume(g_optim, d_optim)
         self.g_optim, self.d_optim = self.accelerator.prepare(g_optim, d_optim)
         self.ema_decay = 0.5 ** (1.0 / self.tcfg.ema_half_life_steps) if self.tcfg.ema_half_life_steps > 0 else 0.0
         self.fixed_z = torch.randn(self.tcfg.sample_grid_size, style_dim,
                                    generator=torch.Generator().manual_seed(self.tcfg.seed + 7919)).to(self.device)
+
+    def _input_provenance(self, *, lpips_used: bool, identity_used: bool) -> dict[str, Any]:
+        """sha256 of what G' is made from (base G, dataset shards, the pairs' own records, the loss nets); the
+        published style carries it, so a republish happens only when one of them changed."""
+        models = self.config.models
+        dataset = {storage.basename(u): provenance.sha256_uri(u) for u in list_shards(layout.dataset(self.root, self.style))}
+        inputs: dict[str, Any] = {"base_generator": self.base.sha256, "dataset": provenance.sha256_json(dataset)}
+        if self.use_pair:
+            prefix = layout.pairs(self.root, self.run_id, self.style, self.tcfg.pair_level)
+            records = {storage.basename(u): provenance.read_record(layout.shard_provenance(u))
+                       for u in list_shards(prefix)}
+            inputs["pairs"] = provenance.sha256_json(records)
+        if lpips_used:
+            inputs["lpips_backbone"] = resources.model_sha256(models, "lpips_backbone", self.root)
+        if identity_used:
+            inputs["identity"] = resources.model_sha256(models, "identity", self.root)
+        return inputs
 
     def _build_networks(self) -> Networks:
         loaded = self.base.loaded
@@ -186,6 +207,16 @@ class FineTuneRun:
             return None
         step, uri = latest
         ckpt = checkpointing.load_checkpoint(uri)
+        changed = provenance.changes(ckpt["inputs"], self.inputs) if "inputs" in ckpt else []
+        if changed:
+            # Its checkpoints were trained on other inputs (say the pairs of a retrained baseline): start again.
+            print(f"{self.run_dir} restarted from step 0: {'; '.join(changed)}", flush=True)
+            if self.is_main:
+                final = layout.final_generator(self.run_dir)
+                for stale in (layout.latest(self.run_dir), final, metadata_uri(final)):
+                    storage.delete(stale)
+            self.accelerator.wait_for_everyone()
+            return None
         diffs = checkpointing.config_differences(ckpt["config"], comparable_config(self.config))
         if diffs:
             raise checkpointing.ResumeError(
@@ -222,7 +253,7 @@ class FineTuneRun:
                 "data": {"style": style_positions, "pairs": pair_positions},
                 "config": comparable_config(self.config), "style": self.style, "mode": self.mode,
                 "run_id": self.run_id, "latent_avg": self.nets.latent_avg,
-                "base_generator_sha256": self.base.sha256,
+                "base_generator_sha256": self.base.sha256, "inputs": self.inputs,
             }
             uri = checkpointing.save_checkpoint(self.run_dir, self.step, payload)
         self.accelerator.wait_for_everyone()
@@ -337,8 +368,9 @@ class FineTuneRun:
             "pair_level": self.tcfg.pair_level if self.use_pair else None,
             "base_generator": self.base.uri, "base_generator_sha256": self.base.sha256,
             "seed": self.tcfg.seed, "latent_avg_source": f"mean_latent({MEAN_LATENT_SAMPLES}, seed=0) of g_ema",
+            "inputs": {**self.inputs, "settings": {**config_to_dict(self.tcfg), "steps": self.step}},
         }
-        return save_generator(checkpointing.final_generator_uri(self.run_dir), self.nets.g_ema, latent_avg,
+        return save_generator(layout.final_generator(self.run_dir), self.nets.g_ema, latent_avg,
                               metadata)
 
 
@@ -355,12 +387,12 @@ def run_finetune(config: PipelineConfig, *, style: str, mode: str, root: str, ru
         raise checkpointing.ResumeError(f"{run.run_dir}: the checkpoint is at step {run.step}, past the requested "
                                         f"{total} steps; ask for at least {run.step} steps or use a new run id")
     tcfg = config.train
-    final_uri = checkpointing.final_generator_uri(run.run_dir)
-    metrics = visibility.MetricsLog(storage.join(run.run_dir, "metrics.jsonl"))
+    final_uri = layout.final_generator(run.run_dir)
+    metrics = visibility.MetricsLog(layout.metrics_log(run.run_dir))
     tensorboard = None
     if run.is_main:
         metrics.resume(run.step)
-        tensorboard = visibility.TensorBoardLog(storage.join(run.run_dir, "tensorboard"), purge_step=run.step + 1)
+        tensorboard = visibility.TensorBoardLog(layout.tensorboard(run.run_dir), purge_step=run.step + 1)
     bar = visibility.ProgressBar(total, run.step, run.is_main, f"{style}/{mode}", progress)
     checkpoint_uri = checkpointing.latest_checkpoint(run.run_dir)
     checkpoint_uri = checkpoint_uri[1] if checkpoint_uri else None
@@ -376,11 +408,11 @@ def run_finetune(config: PipelineConfig, *, style: str, mode: str, root: str, ru
                 tensorboard.scalars(run.step, {f"loss/{k}": v for k, v in losses.items()})
                 if run.step % tcfg.sample_every == 0 or last:
                     grid = run.sample_grid()
-                    visibility.write_png(storage.join(run.run_dir, "samples", f"step-{run.step:06d}.png"), grid)
+                    visibility.write_png(layout.sample_grid(run.run_dir, run.step), grid)
                     tensorboard.image(run.step, "samples/G_top_Gprime_bottom", grid)
             if run.step % tcfg.checkpoint_every == 0 or last:
                 run.save_checkpoint()
-                checkpoint_uri = storage.join(run.run_dir, checkpointing.checkpoint_name(run.step))
+                checkpoint_uri = layout.checkpoint(run.run_dir, run.step)
                 if run.is_main:
                     metrics.flush()
                     tensorboard.flush()

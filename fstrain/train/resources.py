@@ -1,4 +1,4 @@
-"""Where a run's inputs live and how they are loaded: model URIs, run directories, dataset prefixes.
+"""How a run's networks are found and loaded: model URIs from the config, fetched and hashed.
 
 URI convention (shared with the pipeline configs): a model URI that is neither absolute (`/...`) nor carries a
 scheme (`s3://...`, `file://...`) is relative to the pipeline root, so `models/generator.pt` in a config means
@@ -6,14 +6,11 @@ scheme (`s3://...`, `file://...`) is relative to the pipeline root, so `models/g
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from fstrain.data import storage
 from fstrain.models import registry
 from fstrain.models.checkpoints import CheckpointError, LoadedGenerator, load_generator
 from fstrain.settings import ModelsConfig, resolve_model_uri
@@ -23,18 +20,6 @@ MODES = ("baseline", "sc", "pc", "sc+pc")
 
 class ModelMissingError(FileNotFoundError):
     """A model the run needs is missing or unreadable; the message names the config key, URI and the fix."""
-
-
-def run_dir(root: str, run_id: str, style: str, mode: str) -> str:
-    return storage.join(root, "runs", run_id, style, mode)
-
-
-def dataset_prefix(root: str, style: str) -> str:
-    return storage.join(root, "datasets", style)
-
-
-def pairs_prefix(root: str, style: str, level: int) -> str:
-    return storage.join(root, "pairs", style, f"level{level}")
 
 
 def mode_terms(mode: str) -> tuple[bool, bool]:
@@ -53,6 +38,11 @@ def _fetch(models: ModelsConfig, field_name: str, root: str) -> tuple[str, str]:
         return uri, str(registry.fetch(uri, models.sha256.get(field_name)))
     except registry.MissingWeightsError as exc:
         raise ModelMissingError(f"models.{field_name}: {exc}") from exc
+
+
+def model_sha256(models: ModelsConfig, field_name: str, root: str) -> str:
+    """sha256 of a configured model's file (fetched once per machine)."""
+    return registry.sha256_file(_fetch(models, field_name, root)[1])
 
 
 @dataclass
@@ -81,16 +71,6 @@ def load_identity_net(models: ModelsConfig, root: str) -> nn.Module:
     from fstrain.models.identity import load_identity
     uri, path = _fetch(models, "identity", root)
     return load_identity(path, models.identity_kind).eval().requires_grad_(False)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def describe_models(base: BaseModel) -> dict[str, Any]:
-    g = base.loaded.generator
-    return {"base_generator": base.uri, "base_generator_sha256": base.sha256, "size": g.size,
-            "n_latent": g.n_latent, "has_discriminator": base.loaded.discriminator is not None}
 
 
 def frozen(module: nn.Module) -> nn.Module:

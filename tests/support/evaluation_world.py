@@ -53,6 +53,7 @@ def evaluation_config(steps: int = EVAL_STEPS):
 
 
 def make_evaluation_run(root: Path) -> EvaluationRun:
+    from fstrain import layout
     from fstrain.data import storage
     from fstrain.data.shards import ShardWriter
     from fstrain.data.synthetic import generate
@@ -75,7 +76,7 @@ def make_evaluation_run(root: Path) -> EvaluationRun:
         photos = g.synthesis(w_plus)
     pixels = ((photos.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     from PIL import Image
-    with ShardWriter(storage.join(str(root), "pairs", EVAL_STYLE, "level3"), max_samples=8) as writer:
+    with ShardWriter(layout.pairs(str(root), EVAL_RUN_ID, EVAL_STYLE, 3), max_samples=8) as writer:
         for i in range(8):
             buffer = io.BytesIO()
             np.save(buffer, w_plus[i].numpy().astype(np.float32), allow_pickle=False)
