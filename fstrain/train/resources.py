@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from fstrain.models import registry
-from fstrain.models.checkpoints import CheckpointError, LoadedGenerator, load_generator
-from fstrain.settings import ModelsConfig, resolve_model_uri
+from fstrain.models.checkpoints import LoadedGenerator
+from fstrain.models.hub import ModelHub
+from fstrain.settings import ModelsConfig
 
 MODES = ("baseline", "sc", "pc", "sc+pc")
 
@@ -31,13 +32,11 @@ def mode_terms(mode: str) -> tuple[bool, bool]:
 
 def _fetch(models: ModelsConfig, field_name: str, root: str) -> tuple[str, str]:
     """(resolved URI, local path) of a configured model, with a message that says what to do when absent."""
-    uri = resolve_model_uri(getattr(models, field_name), root)
-    if not uri:
-        raise ModelMissingError(f"models.{field_name} is empty in the config; set it to the model's path or URI")
+    hub = ModelHub(models, root)
     try:
-        return uri, str(registry.fetch(uri, models.sha256.get(field_name)))
+        return hub.uri(field_name), str(hub.path(field_name))
     except registry.MissingWeightsError as exc:
-        raise ModelMissingError(f"models.{field_name}: {exc}") from exc
+        raise ModelMissingError(str(exc)) from exc
 
 
 def model_sha256(models: ModelsConfig, field_name: str, root: str) -> str:
@@ -53,24 +52,23 @@ class BaseModel:
 
 
 def load_base_generator(models: ModelsConfig, root: str) -> BaseModel:
+    """models.base_generator through the model hub (any supported format; `base_generator_which` picks g_ema/g)."""
     uri, path = _fetch(models, "base_generator", root)
     try:
-        loaded = load_generator(path)
-    except CheckpointError as exc:
-        raise ModelMissingError(f"models.base_generator ({uri}): {exc}") from exc
+        loaded = ModelHub(models, root).generator()
+    except registry.WeightsMismatchError as exc:
+        raise ModelMissingError(str(exc)) from exc
     return BaseModel(loaded=loaded, uri=uri, sha256=registry.sha256_file(path))
 
 
 def load_lpips_metric(models: ModelsConfig, root: str) -> nn.Module:
-    from fstrain.models.perceptual import load_lpips
-    uri, path = _fetch(models, "lpips_backbone", root)
-    return load_lpips(path, net=models.lpips_net).eval().requires_grad_(False)
+    _fetch(models, "lpips_backbone", root)  # a missing file is a ModelMissingError naming the key
+    return ModelHub(models, root).lpips().eval().requires_grad_(False)
 
 
 def load_identity_net(models: ModelsConfig, root: str) -> nn.Module:
-    from fstrain.models.identity import load_identity
-    uri, path = _fetch(models, "identity", root)
-    return load_identity(path, models.identity_kind).eval().requires_grad_(False)
+    _fetch(models, "identity", root)
+    return ModelHub(models, root).identity().eval().requires_grad_(False)
 
 
 def frozen(module: nn.Module) -> nn.Module:
