@@ -20,13 +20,14 @@ def resolve_model_uri(uri: str, root: str) -> str:
 @dataclass
 class ModelsConfig:
     """Where every pretrained network comes from: local paths or s3:// URIs, each optionally pinned by sha256."""
-    base_generator: str            # rosinality StyleGAN2 .pt: {"g_ema", "latent_avg"} or a training ckpt with "d"
-    encoder_wplus: str             # pSp W+ encoder .pt
+    base_generator: str            # rosinality .pt ({"g_ema","latent_avg"}, training ckpt, {"g"}) or NVIDIA ada .pkl
+    encoder_wplus: str             # pSp or e4e (Encoder4Editing) W+ encoder .pt
     encoder_zplus: str             # Z+ encoder .pt (pSp layout, codes without latent_avg)
     identity: str                  # arcface_torch backbone.pth or pSp model_ir_se50.pth
     lpips_backbone: str            # torchvision-format VGG16 (or AlexNet) state dict for LPIPS
     identity_kind: str = "auto"    # arcface_r50 | arcface_r100 | irse50 | auto
     lpips_net: str = "vgg"         # vgg | alex
+    base_generator_which: str = "g_ema"   # g_ema | g: which generator of the file (g_ema falls back to a lone g)
     sha256: dict[str, str] = field(default_factory=dict)   # field name -> expected sha256
 
 
