@@ -128,37 +128,30 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
                      device: str | torch.device = "cpu") -> PairModels:
     """Load only the networks the chosen levels need, verifying sha256 pins from `config.models.sha256`."""
     from fstrain.losses import SemanticLoss
-    from fstrain.models.checkpoints import load_generator
-    from fstrain.models.registry import ChecksumError, MissingWeightsError, fetch, sha256_file
+    from fstrain.models.hub import ModelHub, generator_at
+    from fstrain.models.registry import fetch, sha256_file
 
-    models_cfg = config.models
+    hub = ModelHub(config.models, root)
     hashes: dict[str, str] = {}
 
-    def local(name: str, uri: str, relative_to_root: bool = True) -> str:
-        path = fetch(resolve_model_uri(uri, root) if relative_to_root else uri, models_cfg.sha256.get(name))
-        hashes[name] = sha256_file(path)
-        return str(path)
+    def hashed(name: str, module: torch.nn.Module) -> torch.nn.Module:
+        hashes[name] = hub.sha256(name)  # the hub fetched and verified the file already; this reads the cache
+        return module.to(device).eval()
 
-    base = load_generator(local("base_generator", models_cfg.base_generator), load_discriminator=False)
-    models = PairModels(base_generator=base.generator.to(device).eval(), encoder_zplus=None, encoder_wplus=None,
-                        hashes=hashes)
+    base = hub.generator(load_discriminator=False)
+    models = PairModels(base_generator=hashed("base_generator", base.generator), encoder_zplus=None,
+                        encoder_wplus=None, hashes=hashes)
     if 1 in levels or 2 in levels:
-        from fstrain.models.psp import load_encoder
-        models.encoder_zplus = load_encoder(local("encoder_zplus", models_cfg.encoder_zplus)).to(device).eval()
+        models.encoder_zplus = hashed("encoder_zplus", hub.encoder("encoder_zplus"))
     if 3 in levels:
-        from fstrain.models.psp import load_encoder
-        models.encoder_wplus = load_encoder(local("encoder_wplus", models_cfg.encoder_wplus)).to(device).eval()
+        models.encoder_wplus = hashed("encoder_wplus", hub.encoder("encoder_wplus"))
     if 2 in levels:
         _require_baseline(baseline_generator_uri)
-        from fstrain.models.identity import load_identity
-        from fstrain.models.perceptual import load_lpips
-        star = load_generator(local("baseline_generator", baseline_generator_uri, relative_to_root=False),
-                              load_discriminator=False)
+        star = generator_at(baseline_generator_uri, load_discriminator=False)  # a run output: not under models.*
+        hashes["baseline_generator"] = sha256_file(fetch(baseline_generator_uri))
         models.generator_star = star.generator.to(device).eval()
-        lpips = load_lpips(local("lpips_backbone", models_cfg.lpips_backbone), net=models_cfg.lpips_net).to(device)
-        identity = None
-        if config.train.lambda_id:
-            identity = load_identity(local("identity", models_cfg.identity), kind=models_cfg.identity_kind).to(device)
+        lpips = hashed("lpips_backbone", hub.lpips())
+        identity = hashed("identity", hub.identity()) if config.train.lambda_id else None
         models.semantic_loss = SemanticLoss(lpips, identity, lambda_id=config.train.lambda_id, reduction="none")
     return models
 
