@@ -189,15 +189,15 @@ def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ stage 2: GPU stylize
 def load_models(spec: JobSpec, device: str):
     """The W+ encoder and every style's G' as a `fstrain.stylize.Stylizer` on `device`."""
-    from fstrain.models.checkpoints import load_generator
+    from fstrain.models.hub import generator_at
     from fstrain.models.psp import load_encoder
-    from fstrain.models.registry import fetch
     from fstrain.stylize import Stylizer
 
-    encoder = load_encoder(str(fetch(spec.encoder_uri, spec.encoder_sha256)), device=device)
+    # The hub's loaders: fetched once per machine (locked, pinned), format detected, loaded strictly.
+    encoder = load_encoder(spec.encoder_uri, space="w+", sha256=spec.encoder_sha256, device=device)
     generators, latent_avgs = {}, {}
     for style in spec.styles:
-        loaded = load_generator(str(fetch(spec.generator_uris[style])), load_discriminator=False)
+        loaded = generator_at(spec.generator_uris[style], load_discriminator=False)
         generators[style] = loaded.generator.to(device).eval().requires_grad_(False)
         latent_avgs[style] = loaded.latent_avg.to(device)
     return Stylizer(encoder, generators, latent_avgs)

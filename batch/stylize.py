@@ -154,10 +154,9 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
 
 
 def _generator_size(uri: str) -> int:
-    from fstrain.models.checkpoints import load_generator
-    from fstrain.models.registry import fetch
+    from fstrain.models.hub import generator_at
 
-    return int(load_generator(str(fetch(uri)), load_discriminator=False).generator.size)
+    return int(generator_at(uri, load_discriminator=False).generator.size)
 
 
 def default_job_id(args: argparse.Namespace) -> str:

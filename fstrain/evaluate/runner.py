@@ -23,8 +23,7 @@ from fstrain.metrics import (FeatureExtractor, FeatureStatistics, extract_featur
                              load_inception, semantic_distance, stylization_distance)
 from fstrain.metrics.distances import fixed_latents, render_fixed
 from fstrain.metrics.features import CONFIG_KEY, INCEPTION_SIZE
-from fstrain.models.checkpoints import load_generator
-from fstrain.models.registry import fetch
+from fstrain.models.hub import ModelHub, generator_at
 from fstrain.settings import PipelineConfig, resolve_model_uri
 from fstrain.train import resources
 from fstrain.evaluate import inputs
@@ -68,7 +67,6 @@ def build_extractor(config: PipelineConfig, root: str, device: torch.device) -> 
 
 def load_models(config: PipelineConfig, root: str, device: torch.device,
                 extractor: FeatureExtractor | None = None) -> Models:
-    from fstrain.models.psp import load_encoder
     cfg = config.evaluate
     base = resources.load_base_generator(config.models, root)
     lpips_uri = resolve_model_uri(config.models.lpips_backbone, root)
@@ -76,8 +74,7 @@ def load_models(config: PipelineConfig, root: str, device: torch.device,
     identity = resources.load_identity_net(config.models, root).to(device) if cfg.semantic_lambda_id > 0 else None
     encoder = None
     if cfg.photos:
-        uri = resolve_model_uri(config.models.encoder_wplus, root)
-        encoder = load_encoder(str(fetch(uri, config.models.sha256.get("encoder_wplus"))), space="w+").to(device)
+        encoder = ModelHub(config.models, root).encoder("encoder_wplus", device)
     notes = []
     if extractor is None:
         extractor, note = build_extractor(config, root, device)
@@ -212,7 +209,7 @@ def evaluate_style(config: PipelineConfig, *, root: str, run_id: str, style: str
         metrics = None
         if run.status == TRAINED:
             progress(f"[{style}] {run.label}: {run.generator}")
-            g = load_generator(str(fetch(run.generator)), load_discriminator=False).generator.to(device).eval()
+            g = generator_at(run.generator, load_discriminator=False).generator.to(device).eval()
             metrics = measure(g, models, config, real, device)
         record["rows"].append(_row(run, metrics))
     progress(f"[{style}] base G (reference)")

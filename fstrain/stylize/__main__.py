@@ -21,7 +21,6 @@ from PIL import Image
 
 from fstrain import layout
 from fstrain.data import storage
-from fstrain.settings import resolve_model_uri
 from fstrain.stylize.images import image_grid, pil_to_tensor, png_bytes, to_uint8
 from fstrain.stylize.modes import Stylizer
 from fstrain.stylize.reference import (ReferenceStore, generator_fingerprint, invert_reference,
@@ -33,16 +32,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def load_stylizer(config, *, root: str, styles: list[str], generator_uris: dict[str, str] | None = None,
                   device: str | torch.device = "cpu") -> Stylizer:
     """The W+ encoder from the config and each style's G' (published location unless overridden)."""
-    from fstrain.models.checkpoints import load_generator
-    from fstrain.models.psp import load_encoder
-    from fstrain.models.registry import fetch
+    from fstrain.models.hub import ModelHub, generator_at
 
-    sha = config.models.sha256
-    encoder = load_encoder(str(fetch(resolve_model_uri(config.models.encoder_wplus, root), sha.get("encoder_wplus"))))
+    encoder = ModelHub(config.models, root).encoder("encoder_wplus")
     generators, latent_avgs = {}, {}
     for style in styles:
         uri = (generator_uris or {}).get(style) or layout.published_generator(root, style)
-        loaded = load_generator(str(fetch(uri)), load_discriminator=False)
+        loaded = generator_at(uri, load_discriminator=False)
         generators[style] = loaded.generator.to(device)
         latent_avgs[style] = loaded.latent_avg.to(device)
     return Stylizer(encoder.to(device), generators, latent_avgs)
@@ -125,10 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{store.uri(style, ref_id)}: no stored code for this G'; pass --reference "
                                      f"IMAGE to invert it")
                 if lpips is None:
-                    from fstrain.models.perceptual import load_lpips
-                    from fstrain.models.registry import fetch
-                    lpips = load_lpips(str(fetch(resolve_model_uri(config.models.lpips_backbone, args.root))),
-                                       net=config.models.lpips_net).to(args.device)
+                    from fstrain.models.hub import ModelHub
+                    lpips = ModelHub(config.models, args.root).lpips(args.device)
                 print(f"[{style}] inverting reference {ref_id} ({cfg.reference_steps} steps)", file=sys.stderr)
                 return invert_reference(generator, reference_tensor, lpips, cfg.reference_steps, cfg.reference_lr,
                                         cfg.reference_noise_reg, w_init=stylizer.latent_avg(style), seed=seed)
