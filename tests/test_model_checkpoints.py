@@ -231,6 +231,14 @@ def test_bad_files_get_one_line_each(tmp_path):
         with pytest.raises(CheckpointError, match=pattern) as info:
             load_generator(str(tmp_path / name))
         assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+    # torch's pre-1.6 (non-zip) format reads too; cut short it says so.
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"g_ema": tiny_generator().state_dict(), "latent_avg": torch.zeros(STYLE_DIM)}, legacy,
+               _use_new_zipfile_serialization=False)
+    assert torch.equal(render(load_generator(str(legacy)).generator), render(tiny_generator()))
+    (tmp_path / "legacy_cut.pt").write_bytes(legacy.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"legacy_cut\.pt: the file is truncated"):
+        load_generator(str(tmp_path / "legacy_cut.pt"))
     # A generator of the wrong resolution for the configuration, in one line.
     with pytest.raises(CheckpointError, match=r"good\.pt: a 32 px generator, but data\.image_size is 1024; point "
                                               r"the config at a 1024 px generator or set data\.image_size: 32"):

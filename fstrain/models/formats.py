@@ -70,7 +70,7 @@ def refused_message(uri: str, what: str) -> str:
             f"nothing from it was executed. Expected {EXPECTED} holding only tensors, numbers and dicts.")
 
 
-def _read_torch(source: Source, uri: str, safe_globals: Iterable[Any]) -> Any:
+def _read_torch(source: Source, uri: str, safe_globals: Iterable[Any], kind: str) -> Any:
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
@@ -80,10 +80,11 @@ def _read_torch(source: Source, uri: str, safe_globals: Iterable[Any]) -> Any:
         blocked = _blocked_global(message)
         if blocked:
             raise CheckpointError(refused_message(uri, blocked)) from None
-        if isinstance(exc, EOFError) or "EOF" in message or "truncated" in message:
-            raise CheckpointError(f"{uri}: the file is truncated ({_head_and_size(source)[1]} bytes); copy or "
-                                  f"download it again.") from None
         first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+        # The legacy stream has no index: a short read anywhere in it means the file was cut or damaged.
+        if kind == TORCH_LEGACY or isinstance(exc, EOFError) or "EOF" in message or "truncated" in message:
+            raise CheckpointError(f"{uri}: the file is truncated or damaged ({_head_and_size(source)[1]} bytes; "
+                                  f"{first_line[:120]}); copy or download it again.") from None
         raise CheckpointError(f"{uri}: not a readable PyTorch checkpoint ({first_line[:200]}); expected "
                               f"{EXPECTED}.") from None
 
@@ -95,4 +96,4 @@ def read_weights(source: Source, uri: str, safe_globals: Iterable[Any] = ()) -> 
     if kind == PICKLE:
         from fstrain.models.nvidia_pkl import read_network_pickle
         return kind, read_network_pickle(source if isinstance(source, bytes) else Path(source).read_bytes(), uri)
-    return kind, _read_torch(source, uri, safe_globals)
+    return kind, _read_torch(source, uri, safe_globals, kind)
