@@ -105,14 +105,23 @@ def _make_readable(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def _machine_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path`: released by the kernel if the holder dies, so it never goes stale."""
+    """An exclusive flock on `path` (released by the kernel if the holder dies, so it never goes stale). The holder
+    removes the file when done; a waiter that got the lock of a removed file takes the lock again."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    while True:
+        handle = open(path, "a+")
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()  # closing drops the flock
 
 
 def fetch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
