@@ -91,6 +91,15 @@ def test_convert_cli_writes_a_plain_rosinality_file(snapshot, pkl, tmp_path, cap
     assert sorted(torch.load(tmp_path / "b.pt", weights_only=True)) == ["g_ema", "latent_avg"]
 
 
+def test_convert_cli_reports_a_bad_file_in_one_line(pkl, tmp_path, capsys):
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(pkl.read_bytes()[:1000])
+    assert convert_main([str(cut), str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {cut}: the pickle is truncated") and "\n" not in err
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_module_source_in_the_pickle_is_never_executed(snapshot, tmp_path):
     marker = tmp_path / "networks-source-ran"
     source = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
