@@ -86,7 +86,7 @@ def test_quick_readme_commands_run_as_written(tmp_path):
     # What the commands promise to leave behind.
     assert (tmp_path / "try" / "styles").exists() is False      # publishing is the cluster job's work, not these
     assert (tmp_path / "try" / "runs" / "hand" / "cartoon" / "sc+pc" / "final" / "generator.pt").exists()
-    assert (tmp_path / "try" / "pairs" / "cartoon" / "contact_sheet.png").exists()
+    assert (tmp_path / "try" / "runs" / "hand" / "cartoon" / "pairs" / "contact_sheet.png").exists()
     assert (tmp_path / "try" / "grids" / "cartoon_grid.png").exists()
     assert (tmp_path / "try" / "runs" / "hand" / "cartoon" / "evaluation.md").exists()
     assert (tmp_path / "try" / "sheet.png").exists()
