@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fstrain.metrics import (FeatureExtractor, FeatureStatistics, extract_features, frechet_distance,
@@ -259,9 +260,22 @@ def test_semantic_distance_is_zero_for_the_same_generator_and_grows_with_change(
 
 def test_stylization_distance_is_lpips_between_input_and_output(nets):
     _, lpips, _ = nets
-    photos = [torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1]
+    rng = torch.Generator().manual_seed(0)
+    photos = [torch.rand(3, 3, 32, 32, generator=rng) * 2 - 1, torch.rand(2, 3, 32, 32, generator=rng) * 2 - 1]
     unchanged, count = stylization_distance(photos, lambda x: x.clone(), lpips)
     assert unchanged == 0.0 and count == 5
     flipped, _ = stylization_distance(photos, lambda x: x.flip(-1), lpips)
     inverted, _ = stylization_distance(photos, lambda x: -x, lpips)
+
+    def by_hand(stylize) -> float:
+        """LPIPS photo by photo, each upsampled to 64 px as the metric's documented resize does, then averaged."""
+        values = []
+        for photo in torch.cat(photos).split(1):
+            up = lambda t: F.interpolate(t, size=(64, 64), mode="bilinear", align_corners=False)  # noqa: E731
+            with torch.no_grad():
+                values.append(float(lpips(up(photo), up(stylize(photo)))))
+        return sum(values) / len(values)
+
+    assert flipped == pytest.approx(by_hand(lambda x: x.flip(-1)), rel=1e-5)
+    assert inverted == pytest.approx(by_hand(lambda x: -x), rel=1e-5)
     assert 0 < flipped and 0 < inverted
