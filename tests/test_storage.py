@@ -247,3 +247,108 @@ def test_pyarrow_filesystem(storage_root):
     with fs.open_output_stream(path + "/two.bin") as out:
         out.write(b"from-pyarrow")
     assert storage.read_bytes(storage.join(storage_root, "pa", "two.bin")) == b"from-pyarrow"
+
+
+# ------------------------------------------------------------------------------------------ keys are data
+# Legal S3 keys that a URL parser would mangle: fragment and query marks, escapes, '+', spaces, quotes, non-ASCII.
+ODD_NAMES = ["album/IMG #3.jpg", "q?x=1&y=2.jpg", "100%25 pure %.jpg", "a+b = c.jpg", "two  spaces .jpg",
+             "it's \"quoted\".jpg", "ünïcødé/名前 φωτο.jpg", "semi;colon,comma:@$!.jpg"]
+
+
+def test_parse_s3_takes_the_key_as_data():
+    for name in ODD_NAMES + ["a//b", "/lead", "dot/../x"]:
+        assert storage.parse_s3(f"s3://bkt/{name}") == ("bkt", name)
+        assert storage.parse_s3(storage.join("s3://bkt/root", name)) == ("bkt", "root/" + name.lstrip("/"))
+    assert storage.dirname("s3://bkt/album/IMG #3.jpg") == "s3://bkt/album"
+
+
+@pytest.mark.parametrize("long_name", [False, True])
+def test_odd_keys_write_list_read_delete(storage_root, long_name):
+    names = list(ODD_NAMES)
+    if long_name:  # S3 allows 1024 bytes of key; a local file name 255 bytes
+        names = ["d/" + "ł" * 490 + ".jpg"] if storage.is_s3(storage_root) else ["d/" + "x" * 250 + ".jpg"]
+    folder = storage.join(storage_root, "odd")
+    for name in names:
+        storage.write_bytes(storage.join(folder, name), name.encode())
+    listed = storage.list_uris(folder, suffixes=".jpg")
+    assert listed == sorted(storage.join(folder, name) for name in names)
+    for uri in listed:
+        name = uri[len(folder) + 1:]
+        assert storage.read_bytes(uri) == name.encode()
+        assert storage.exists(uri) and storage.size(uri) == len(name.encode())
+        with storage.open_read(uri) as stream:
+            assert stream.read() == name.encode()
+    if storage.is_s3(storage_root):  # the objects carry exactly these keys (no URL-decoding on the way)
+        bucket, prefix = storage.parse_s3(folder)
+        client = storage.s3_client()
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]]
+        assert sorted(keys) == sorted(f"{prefix}/{name}" for name in names)
+    for uri in listed[: len(listed) // 2]:
+        storage.delete(uri)
+        assert not storage.exists(uri)
+    assert storage.delete_prefix(folder) == len(listed) - len(listed) // 2
+    assert storage.list_uris(folder) == []
+
+
+# ------------------------------------------------------------------- faults between the client and S3
+from support.fault_proxy import FaultProxy, fault_proxy  # noqa: E402,F401 - the fixture, for this module
+
+
+@pytest.fixture
+def via_proxy(s3_root, fault_proxy):
+    """Storage calls of this process go through the fault proxy (3 attempts each), for one test."""
+    storage.configure_s3(endpoint_url=fault_proxy.url, max_attempts=3)
+    try:
+        yield fault_proxy
+    finally:
+        storage.configure_s3(reset=True)
+
+
+@pytest.mark.parametrize("kind", ["reset-before", "reset-during", "reset-after", "truncate", "slowdown"])
+def test_read_survives_a_fault_within_the_retry_policy(s3_root, via_proxy, kind, tmp_path):
+    uri = storage.join(s3_root, "album", "IMG #3.jpg")
+    payload = os.urandom(200_000)
+    storage.write_bytes(uri, payload)
+    via_proxy.add(kind, method="GET", path_contains="IMG #3.jpg", times=2)   # two failures, third try succeeds
+    assert storage.read_bytes(uri) == payload
+    assert via_proxy.kinds_injected() == [kind, kind]
+    via_proxy.add(kind, method="GET", path_contains="IMG #3.jpg", times=1)
+    target = storage.download_file(uri, tmp_path / "copy.jpg")
+    with open(target, "rb") as f:
+        assert f.read() == payload
+
+
+@pytest.mark.parametrize("kind", ["reset-before", "reset-during", "truncate", "slowdown"])
+def test_read_failing_past_the_retries_is_transient_and_names_the_key(s3_root, via_proxy, kind):
+    uri = storage.join(s3_root, "album", "IMG #3.jpg")
+    storage.write_bytes(uri, os.urandom(50_000))
+    via_proxy.add(kind, method="GET", path_contains="IMG #3.jpg", times=50)
+    with pytest.raises(StorageError) as info:
+        storage.read_bytes(uri)
+    assert info.value.transient and isinstance(info.value, storage.TransientStorageError), info.value
+    assert str(info.value).startswith(f"{uri}: ")
+    assert "testing" not in str(info.value)
+    assert 3 <= len(via_proxy.injected) <= 6   # the policy's 3 attempts (a resumed read may need its first GET)
+
+
+@pytest.mark.parametrize("kind", ["reset-before", "reset-during", "slowdown"])   # reset-after: see the read test
+def test_write_and_list_survive_faults_and_fail_transient_past_the_retries(s3_root, via_proxy, kind):
+    uri = storage.join(s3_root, "out", "a+b = c.jpg.png")
+    via_proxy.add(kind, method="PUT", times=2)
+    storage.write_bytes(uri, b"picture")
+    via_proxy.add(kind, method="GET", query_contains="list-type", times=2)
+    assert storage.list_uris(storage.join(s3_root, "out")) == [uri]
+    assert via_proxy.kinds_injected() == [kind] * 4
+    via_proxy.add(kind, method="PUT", times=50)
+    with pytest.raises(StorageError) as info:
+        storage.write_bytes(uri, b"again")
+    assert info.value.transient, info.value
+    # Never a partial object: the old one, or the new one when only the answer was lost.
+    assert storage.read_bytes(uri) in ((b"picture",) if kind in ("reset-before", "slowdown") else (b"picture", b"again"))
+
+
+def test_errors_of_the_request_are_not_transient(s3_root, via_proxy):
+    with pytest.raises(NotFoundError) as info:
+        storage.read_bytes(storage.join(s3_root, "no such #key"))
+    assert not info.value.transient
+    assert via_proxy.injected == []

@@ -9,6 +9,15 @@ environment behave the same). One boto3 client is cached per (settings, process)
 
 Writes are atomic: local files are written to a temp file in the same directory and renamed over the target;
 S3 objects appear only when a PUT or a multipart upload completes.
+
+Keys are data: `s3://BUCKET/KEY` is split at the first '/' after the bucket and the rest is the key, byte for byte
+(`#`, `?`, `%`, `+`, spaces, quotes, non-ASCII are all legal S3 key characters); nothing parses a key as a URL.
+
+Failures of the connection or the service (reset, truncated body, timeout, 5xx, throttling such as `503 SlowDown`)
+are retried under one policy: botocore's standard mode for each request, and the same attempts and backoff for
+a body cut mid-stream (the read resumes with a ranged GET of the same object). When the attempts run out the
+error is a `TransientStorageError` (`.transient` is True): running again may succeed. Every other error (missing
+object, access denied, bad URI) is not transient.
 """
 from __future__ import annotations
 
@@ -17,9 +26,12 @@ import functools
 import io
 import json
 import os
+import random
+import re
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any, Iterable
 from urllib.parse import urlparse
@@ -33,9 +45,17 @@ TEMP_PREFIX = ".fstrain-tmp-"
 class StorageError(RuntimeError):
     """Base class: every storage failure names the URI it concerns."""
 
+    transient = False  # True: the connection or the service failed, not the request; running again may succeed
+
     def __init__(self, uri: str, message: str):
         super().__init__(f"{uri}: {message}")
         self.uri = uri
+
+
+class TransientStorageError(StorageError):
+    """Retries ran out on a connection or service failure (reset, truncated body, timeout, 5xx, throttling)."""
+
+    transient = True
 
 
 class NotFoundError(StorageError, FileNotFoundError):
@@ -184,6 +204,7 @@ def _transfer_config(settings: S3Settings):
         multipart_chunksize=settings.multipart_chunksize,
         max_concurrency=settings.max_concurrency,
         use_threads=settings.max_concurrency > 1,
+        num_download_attempts=settings.max_attempts,  # body failures of a download: the same number of tries
     )
 
 
@@ -193,17 +214,21 @@ def is_s3(uri: str) -> bool:
 
 
 def parse_s3(uri: str) -> tuple[str, str]:
-    """`s3://bucket/some/key` -> ("bucket", "some/key"); the key may be empty (bucket root)."""
+    """`s3://bucket/some/key` -> ("bucket", "some/key"); the key may be empty (bucket root).
+
+    The key is everything after the first '/' following the bucket, taken as it is: it is never URL-decoded and
+    may hold any character S3 allows (`#`, `?`, `%`, `+`, spaces, non-ASCII, repeated '/').
+    """
     uri = str(uri)
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3":
+    if not uri.startswith("s3://"):
         raise BadURIError(uri, "not an s3:// URI")
-    bucket = parsed.netloc
+    bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
         raise BadURIError(uri, "no bucket name: write s3://BUCKET/key")
-    if parsed.query or parsed.fragment or "?" in uri or "#" in uri:
-        raise BadURIError(uri, "'?' and '#' are not supported in s3:// URIs")
-    return bucket, uri[len("s3://") + len(bucket):].lstrip("/")
+    return bucket, key
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
 
 def _local_path(uri: str) -> str:
@@ -212,10 +237,10 @@ def _local_path(uri: str) -> str:
         raise BadURIError(str(uri), "empty path: give a local path or s3://bucket/key")
     if uri.startswith("file://"):
         return uri[len("file://"):]
-    scheme = urlparse(uri).scheme
-    # A one-letter scheme is a Windows drive (C:\...), anything longer is a URI we do not speak.
-    if "://" in uri or (scheme and len(scheme) > 1 and uri.startswith(scheme + ":")):
-        raise BadURIError(uri, f"unsupported scheme '{scheme}': use a local path or s3://bucket/key")
+    scheme = _SCHEME.match(uri)
+    # Only a leading `name://` is a scheme: '#', '?', '%' or ':' later in a path are ordinary file-name characters.
+    if scheme:
+        raise BadURIError(uri, f"unsupported scheme '{scheme.group(1)}': use a local path or s3://bucket/key")
     return uri
 
 
@@ -243,11 +268,55 @@ def dirname(uri: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- error translation
+# S3 error codes that mean "the service is busy or failed", whatever the HTTP status says.
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+    "ProvisionedThroughputExceededException", "RequestTimeout", "RequestTimeoutException", "InternalError",
+    "ServiceUnavailable", "PriorRequestNotComplete"})
+
+
+def is_transient_failure(exc: BaseException) -> bool:
+    """Whether an exception from boto3/botocore/urllib3/sockets is a connection or service failure (retryable).
+
+    Connection resets, truncated bodies, timeouts, 5xx answers and throttling are; a missing object, a denied
+    request or a malformed call are not. Wrapped causes (boto3's S3UploadFailedError) are looked through.
+    """
+    import http.client
+
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+    from urllib3.exceptions import HTTPError as URLLib3Error
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, StorageError):
+            return exc.transient
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = _status(exc) or 0
+            return code in TRANSIENT_CODES or status >= 500 or status == 429
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError,
+                            URLLib3Error, http.client.HTTPException, ConnectionError, TimeoutError)):
+            return True
+        if type(exc).__name__ == "RetriesExceededError":  # s3transfer: a download's own retries ran out
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before retry `attempt` (1, 2, ...): botocore's standard-mode backoff, full jitter, cap 20 s."""
+    return random.random() * min(2.0 ** (attempt - 1), 20.0)
+
+
 def _translate(exc: Exception, uri: str, settings: S3Settings | None = None) -> StorageError:
     """Map a botocore exception to our error types with a message that says what to do."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ParamValidationError
 
     endpoint = (settings.endpoint_url if settings else None) or "the default AWS endpoint"
+    attempts = (settings or s3_settings()).max_attempts
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -261,14 +330,22 @@ def _translate(exc: Exception, uri: str, settings: S3Settings | None = None) -> 
                     "InvalidToken", "ExpiredToken") or status == 403:
             return AccessDeniedError(
                 uri, f"access denied ({code or status}) at {endpoint}; check the credentials and bucket policy")
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return TransientStorageError(uri, "the object changed while it was being read; read it again")
+        if is_transient_failure(exc):
+            return TransientStorageError(uri, f"S3 error {code or status} ({err.get('Message', '')}) after "
+                                              f"{attempts} attempts; the service is busy or failing, try again")
         return StorageError(uri, f"S3 error {code or status}: {err.get('Message', exc)}")
     if isinstance(exc, NoCredentialsError):
         return AccessDeniedError(uri, "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                                       "a profile, or call configure_s3(...)")
     if isinstance(exc, EndpointConnectionError):
-        return StorageError(uri, f"cannot connect to S3 endpoint {endpoint}; check AWS_ENDPOINT_URL")
+        return TransientStorageError(uri, f"cannot connect to S3 endpoint {endpoint}; check AWS_ENDPOINT_URL")
     if isinstance(exc, ParamValidationError):
         return BadURIError(uri, f"invalid S3 request: {exc}")
+    if is_transient_failure(exc):
+        return TransientStorageError(uri, f"connection failed after {attempts} attempts "
+                                          f"({type(exc).__name__}: {exc}); try again")
     return StorageError(uri, f"{type(exc).__name__}: {exc}")
 
 
@@ -287,10 +364,14 @@ class _TranslateErrors:
     def __exit__(self, etype, exc, tb):
         if exc is None or isinstance(exc, StorageError):
             return False
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if isinstance(exc, (ClientError, BotoCoreError)):
-            raise _translate(exc, self.uri, s3_settings()) from exc
+        if isinstance(exc, (ClientError, BotoCoreError, Boto3Error)) or is_transient_failure(exc):
+            cause = exc
+            if isinstance(exc, Boto3Error) and isinstance(exc.__cause__ or exc.__context__, ClientError):
+                cause = exc.__cause__ or exc.__context__  # S3UploadFailedError wraps the answer that says why
+            raise _translate(cause, self.uri, s3_settings()) from exc
         return False
 
 
@@ -329,14 +410,14 @@ def read_json(uri: str) -> Any:
 
 
 def open_read(uri: str) -> IO[bytes]:
-    """A binary stream (context manager) over the object: S3 bodies are streamed, not buffered."""
+    """A binary stream (context manager) over the object: S3 bodies are streamed, not buffered, and a body cut
+    mid-stream resumes where it stopped (see `_S3ObjectReader`)."""
     uri = str(uri)
     if is_s3(uri):
         bucket, key = parse_s3(uri)
         if not key or key.endswith("/"):
             raise BadURIError(uri, "names a bucket or prefix, not an object")
-        with _s3_errors(uri):
-            return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        return io.BufferedReader(_S3ObjectReader(uri, bucket, key, s3_settings()), buffer_size=READ_CHUNK)
     path = _local_path(uri)
     try:
         return open(path, "rb")
@@ -346,6 +427,85 @@ def open_read(uri: str) -> IO[bytes]:
         raise BadURIError(uri, "is a directory, not a file") from exc
     except PermissionError as exc:
         raise AccessDeniedError(uri, "permission denied") from exc
+
+
+READ_CHUNK = 1 << 20
+
+
+class _S3ObjectReader(io.RawIOBase):
+    """One object's body as a raw stream that survives a cut connection.
+
+    botocore retries each request, but a body that breaks after the answer began (reset, truncated body, read
+    timeout) is the caller's to retry: the reader then waits as botocore would and asks for the rest with a ranged
+    GET pinned to the same version (If-Match its ETag), up to `max_attempts` tries in all. When they run out it
+    raises TransientStorageError.
+    """
+
+    def __init__(self, uri: str, bucket: str, key: str, settings: S3Settings):
+        super().__init__()
+        self.uri, self.bucket, self.key, self.settings = uri, bucket, key, settings
+        self.position = 0
+        self.failures = 0
+        self.etag: str | None = None
+        self.length: int | None = None
+        self._body = self._open()
+
+    def _open(self):
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
+        if self.position:
+            kwargs.update(Range=f"bytes={self.position}-", IfMatch=self.etag)
+        with _s3_errors(self.uri):  # a failed request was retried by botocore already
+            response = s3_client(self.settings).get_object(**kwargs)
+        if self.etag is None:
+            self.etag, self.length = response.get("ETag"), int(response["ContentLength"])
+        return response["Body"]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        while True:
+            try:
+                chunk = self._body.read(len(view)) if len(view) else b""
+                if not chunk and len(view) and self.length is not None and self.position < self.length:
+                    raise TransientStorageError(self.uri, f"body ended at byte {self.position} of {self.length}")
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not is_transient_failure(exc):
+                    with _s3_errors(self.uri):
+                        raise
+                self._resume_after(exc)
+                continue
+            view[:len(chunk)] = chunk
+            self.position += len(chunk)
+            return len(chunk)
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(READ_CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _resume_after(self, exc: Exception) -> None:
+        self.failures += 1
+        self._close_body()
+        if self.failures >= self.settings.max_attempts:
+            raise TransientStorageError(
+                self.uri, f"read failed {self.failures} times, last at byte {self.position} of {self.length} "
+                          f"({type(exc).__name__}: {exc}); the connection or the service failed, try again") from exc
+        time.sleep(retry_delay(self.failures))
+        self._body = self._open()
+
+    def _close_body(self) -> None:
+        try:
+            self._body.close()
+        except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is discarded either way
+            pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close_body()
+        super().close()
 
 
 def download_file(uri: str, local_path: str | os.PathLike) -> str:
@@ -362,7 +522,7 @@ def download_file(uri: str, local_path: str | os.PathLike) -> str:
 
                 if isinstance(exc, ClientError) and _status(exc) == 404:
                     _raise_missing_bucket_or_key(uri, exc)
-                if isinstance(exc, (ClientError, BotoCoreError)):
+                if isinstance(exc, (ClientError, BotoCoreError)) or is_transient_failure(exc):
                     raise _translate(exc, uri, settings) from exc
                 raise
         return local_path
