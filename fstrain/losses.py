@@ -4,7 +4,9 @@
 - `r1_penalty`: R1 gradient penalty on real images (applied lazily, every `d_reg_every` steps).
 - `SemanticLoss` (Eq. 1): L_sem(G(z), G'(z)) = LPIPS + lambda_id * (1 - cos(ID(G(z)), ID(G'(z)))).
 - `PairLoss` (Eq. 2): L_pair = LPIPS(G'(w+), S) on pseudo-pairs.
-Eq. 3 (the total) is assembled in `fstrain.train.loop`, where the mode decides which terms take part.
+- `StylizationLoss` (Eq. 3): L = L_adv + lambda_sem * L_sem + lambda_pair * L_pair, by phase as NVlabs'
+  StyleGAN2Loss does it (G main, D main, D reg), each phase returning its named terms; the mode decides which
+  terms take part (no semantic / pair loss object = that term is off).
 
 Images are NCHW in [-1, 1]. Perceptual nets are passed in as callables so this module does not care how they
 were loaded (`fstrain.models.perceptual.load_lpips`, `fstrain.models.identity.load_identity`).
@@ -134,3 +136,49 @@ class PairLoss(nn.Module):
 
     def forward(self, rendered: torch.Tensor, style_images: torch.Tensor) -> torch.Tensor:
         return _reduce(perceptual_distance(self.lpips, rendered, style_images), self.reduction)
+
+
+class StylizationLoss:
+    """Eq. 3 of one fine-tune, phase by phase; every phase returns its named terms (floats for logs come from
+    the caller). `semantic`/`pair` are None when the mode leaves that term out (baseline: both None)."""
+
+    def __init__(self, semantic: SemanticLoss | None = None, pair: PairLoss | None = None, *,
+                 lambda_sem: float = 1.0, lambda_pair: float = 1.0, r1_gamma: float = 10.0, r1_every: int = 16):
+        self.semantic = semantic
+        self.pair = pair
+        self.lambda_sem = float(lambda_sem)
+        self.lambda_pair = float(lambda_pair)
+        self.r1_gamma = float(r1_gamma)
+        self.r1_every = int(r1_every)
+
+    def d_main(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D's logistic loss; `d_adv` is also the term to back-propagate."""
+        return {"d_adv": discriminator_adversarial_loss(real_logits, fake_logits)}
+
+    def d_reg(self, real_logits: torch.Tensor, real_images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Lazy R1: `r1` (the penalty, for logs) and `d_reg` = r1_gamma / 2 * r1 * r1_every (to back-propagate)."""
+        r1 = r1_penalty(real_logits, real_images)
+        return {"r1": r1, "d_reg": self.r1_gamma / 2 * r1 * self.r1_every}
+
+    def g_main(self, fake_logits: torch.Tensor, *, reference: torch.Tensor | None = None,
+               fake: torch.Tensor | None = None, rendered: torch.Tensor | None = None,
+               style_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 3 for G': `g_adv`, with L_sem `sem` (`sem_lpips`, `sem_id`) of (G(z) `reference`, G'(z) `fake`) and
+        L_pair `pair` of (G'(w+) `rendered`, S `style_images`) when on, and their weighted sum `g_total`."""
+        g_adv = generator_adversarial_loss(fake_logits)
+        terms = {"g_adv": g_adv}
+        total = g_adv
+        if self.semantic is not None:
+            if reference is None or fake is None:
+                raise ValueError("the semantic term needs the base render `reference` and the styled render `fake`")
+            sem = self.semantic.terms(reference, fake)
+            total = total + self.lambda_sem * sem.total
+            terms.update(sem=sem.total, sem_lpips=sem.perceptual, sem_id=sem.identity)
+        if self.pair is not None:
+            if rendered is None or style_images is None:
+                raise ValueError("the pair term needs the pseudo-pair render `rendered` and its `style_images`")
+            pair = self.pair(rendered, style_images)
+            total = total + self.lambda_pair * pair
+            terms["pair"] = pair
+        terms["g_total"] = total
+        return terms

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fstrain.losses import (PairLoss, SemanticLoss, discriminator_adversarial_loss, generator_adversarial_loss,
-                            identity_distance, lazy_regularization_ratio, perceptual_distance, r1_penalty,
-                            resize_for_metric)
+from fstrain.losses import (PairLoss, SemanticLoss, StylizationLoss, discriminator_adversarial_loss,
+                            generator_adversarial_loss, identity_distance, lazy_regularization_ratio,
+                            perceptual_distance, r1_penalty, resize_for_metric)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,39 @@ def test_pair_loss_resizes_style_images_to_render_size(alex_lpips):
     render = torch.rand(1, 3, 32, 32) * 2 - 1
     assert perceptual_distance(alex_lpips, render, style_big).item() == pytest.approx(
         perceptual_distance(alex_lpips, render, style_small).item(), abs=1e-6)
+
+
+def test_stylization_loss_names_the_terms_of_eq3_with_the_inline_numbers(alex_lpips):
+    """Eq. 3 as the training loop assembled it inline before the loss object, bit for bit, in every mode."""
+    torch.manual_seed(4)
+    embed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 16))
+    logits = torch.randn(2, 1)
+    reference, fake, rendered, style = (torch.rand(2, 3, 32, 32) * 2 - 1 for _ in range(4))
+    semantic, pair = SemanticLoss(alex_lpips, embed, lambda_id=0.1), PairLoss(alex_lpips)
+    lambda_sem, lambda_pair = 2.5, 0.75
+    for use_sem, use_pair in [(False, False), (True, False), (False, True), (True, True)]:
+        loss = StylizationLoss(semantic if use_sem else None, pair if use_pair else None, lambda_sem=lambda_sem,
+                               lambda_pair=lambda_pair)
+        terms = loss.g_main(logits, reference=reference, fake=fake, rendered=rendered, style_images=style)
+        expected = {"g_adv": generator_adversarial_loss(logits)}
+        total = expected["g_adv"]
+        if use_sem:
+            sem = semantic.terms(reference, fake)
+            total = total + lambda_sem * sem.total
+            expected.update(sem=sem.total, sem_lpips=sem.perceptual, sem_id=sem.identity)
+        if use_pair:
+            expected["pair"] = pair(rendered, style)
+            total = total + lambda_pair * expected["pair"]
+        expected["g_total"] = total
+        assert list(terms) == list(expected)
+        for name, value in expected.items():
+            assert torch.equal(terms[name], value), (use_sem, use_pair, name)
+    d_real, d_fake = torch.randn(3, 1), torch.randn(3, 1)
+    assert torch.equal(loss.d_main(d_real, d_fake)["d_adv"], discriminator_adversarial_loss(d_real, d_fake))
+    images = torch.rand(2, 3, 8, 8, requires_grad=True)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 1))
+    reg = StylizationLoss(r1_gamma=10.0, r1_every=16).d_reg(net(images), images)
+    assert torch.equal(reg["r1"], r1_penalty(net(images), images))
+    assert torch.equal(reg["d_reg"], 10.0 / 2 * reg["r1"] * 16)
+    with pytest.raises(ValueError, match="semantic term needs"):
+        StylizationLoss(semantic).g_main(logits, fake=fake)

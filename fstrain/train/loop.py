@@ -34,8 +34,7 @@ from fstrain import layout, provenance
 from fstrain.config import config_to_dict
 from fstrain.data import storage
 from fstrain.data.shards import list_shards
-from fstrain.losses import (PairLoss, SemanticLoss, discriminator_adversarial_loss, generator_adversarial_loss,
-                            lazy_regularization_ratio, r1_penalty)
+from fstrain.losses import PairLoss, SemanticLoss, StylizationLoss, lazy_regularization_ratio
 from fstrain.models.checkpoints import metadata_uri, save_generator
 from fstrain.models.stylegan2 import Discriminator, Generator
 from fstrain.settings import PipelineConfig
@@ -151,8 +150,10 @@ class FineTuneRun:
         identity = None
         if self.use_sem and self.tcfg.lambda_id > 0:
             identity = resources.load_identity_net(config.models, root).to(self.device)
-        self.semantic_loss = SemanticLoss(lpips, identity, self.tcfg.lambda_id) if self.use_sem else None
-        self.pair_loss = PairLoss(lpips) if self.use_pair else None
+        self.loss = StylizationLoss(SemanticLoss(lpips, identity, self.tcfg.lambda_id) if self.use_sem else None,
+                                    PairLoss(lpips) if self.use_pair else None, lambda_sem=self.tcfg.lambda_sem,
+                                    lambda_pair=self.tcfg.lambda_pair, r1_gamma=self.tcfg.r1_gamma,
+                                    r1_every=self.tcfg.d_reg_every)
 
         ratio = lazy_regularization_ratio(self.tcfg.d_reg_every)
         g_optim = torch.optim.Adam(self.nets.g.parameters(), lr=self.tcfg.lr, betas=(0.0, 0.99))
@@ -293,9 +294,9 @@ class FineTuneRun:
             with torch.no_grad(), acc.autocast():
                 fake, _ = nets.g([z], noise=noise)
             with acc.autocast():
-                d_loss = discriminator_adversarial_loss(nets.d(real), nets.d(fake))
-            acc.backward(d_loss)
-            log("d_adv", d_loss)
+                d_terms = self.loss.d_main(nets.d(real), nets.d(fake))
+            acc.backward(d_terms["d_adv"])
+            log("d_adv", d_terms["d_adv"])
         average_gradients(nets.d, self.world_size)
         self.d_optim.step()
         self.d_optim.zero_grad(set_to_none=True)
@@ -304,10 +305,9 @@ class FineTuneRun:
         if tcfg.d_reg_every > 0 and self.step % tcfg.d_reg_every == 0:
             for real in reals:
                 real = real.detach().requires_grad_(True)
-                real_logits = nets.d(real)
-                r1 = r1_penalty(real_logits, real)
-                acc.backward(tcfg.r1_gamma / 2 * r1 * tcfg.d_reg_every)
-                log("r1", r1)
+                reg = self.loss.d_reg(nets.d(real), real)
+                acc.backward(reg["d_reg"])
+                log("r1", reg["r1"])
             average_gradients(nets.d, self.world_size)
             self.d_optim.step()
             self.d_optim.zero_grad(set_to_none=True)
@@ -318,27 +318,19 @@ class FineTuneRun:
         for _ in range(micro_batches):
             z = torch.randn(batch, style_dim, generator=rng).to(self.device)
             noise = random_noise(nets.g, batch, rng, self.device)
+            inputs: dict[str, torch.Tensor] = {}
             with acc.autocast():
                 fake, _ = nets.g([z], noise=noise)
-                g_adv = generator_adversarial_loss(nets.d(fake))
-                total = g_adv
-                log("g_adv", g_adv)
-                if self.semantic_loss is not None:
+                if self.use_sem:
                     with torch.no_grad():
-                        reference, _ = nets.g_base([z], noise=noise)
-                    sem = self.semantic_loss.terms(reference, fake)
-                    total = total + tcfg.lambda_sem * sem.total
-                    log("sem", sem.total)
-                    log("sem_lpips", sem.perceptual)
-                    log("sem_id", sem.identity)
-                if self.pair_loss is not None:
-                    style_images, w_plus = self._pair_batch()
-                    rendered, _ = nets.g([w_plus], input_is_latent=True, randomize_noise=False)
-                    pair = self.pair_loss(rendered, style_images)
-                    total = total + tcfg.lambda_pair * pair
-                    log("pair", pair)
-            acc.backward(total)
-            log("g_total", total)
+                        inputs["reference"], _ = nets.g_base([z], noise=noise)
+                if self.use_pair:
+                    inputs["style_images"], w_plus = self._pair_batch()
+                    inputs["rendered"], _ = nets.g([w_plus], input_is_latent=True, randomize_noise=False)
+                g_terms = self.loss.g_main(nets.d(fake), fake=fake, **inputs)
+            acc.backward(g_terms["g_total"])
+            for name, value in g_terms.items():
+                log(name, value)
         average_gradients(nets.g, self.world_size)
         self.g_optim.step()
         self.g_optim.zero_grad(set_to_none=True)
