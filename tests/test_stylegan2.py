@@ -377,3 +377,53 @@ def test_discriminator_minibatch_stddev_feature_depends_on_the_group():
         in_group = d(x)[0]
     # Same first image, different group statistics -> different score (the stddev channel is wired in).
     assert not torch.allclose(alone, in_group)
+
+
+def naive_discriminator(d: Discriminator, x: torch.Tensor) -> torch.Tensor:
+    """rosinality's residual D written out from its equations, one layer at a time, no shared modules."""
+    sd = d.state_dict()
+    blur = BLUR4.to(x) / 4                                  # [1, 3, 3, 1] outer product, normalised to sum 1
+
+    def conv(prefix, y, stride=1, padding=0):
+        weight = sd[f"{prefix}.weight"]
+        return F.conv2d(y, weight / math.sqrt(weight[0].numel()), stride=stride, padding=padding)
+
+    def act(y, bias):
+        shape = (1, -1) + (1,) * (y.ndim - 2)
+        return F.leaky_relu(y + bias.reshape(shape), 0.2) * math.sqrt(2)
+
+    out = act(conv("convs.0.0", x), sd["convs.0.1.bias"])
+    for j in range(1, len(d.convs)):
+        p = f"convs.{j}"
+        main = act(conv(f"{p}.conv1.0", out, padding=1), sd[f"{p}.conv1.1.bias"])
+        main = act(conv(f"{p}.conv2.1", naive_fir(main, blur, 2, 2), stride=2), sd[f"{p}.conv2.2.bias"])
+        skip = conv(f"{p}.skip.1", naive_fir(out, blur, 1, 1), stride=2)
+        out = (main + skip) / math.sqrt(2)
+    # Minibatch stddev: groups of the largest divisor of the batch <= 4; sample n is grouped with every sample
+    # whose index is n modulo (batch / group). One scalar per sample: mean over (C, H, W) of the group's std.
+    batch = out.shape[0]
+    group = max(g for g in range(1, min(batch, 4) + 1) if batch % g == 0)
+    columns = batch // group
+    feature = torch.empty(batch, 1, *out.shape[2:], dtype=out.dtype)
+    for n in range(batch):
+        members = out[n % columns::columns]
+        std = torch.sqrt(((members - members.mean(0)) ** 2).mean(0) + 1e-8)
+        feature[n] = std.mean()
+    out = act(conv("final_conv.0", torch.cat([out, feature], 1), padding=1), sd["final_conv.1.bias"])
+    flat = out.reshape(batch, -1)
+    w0, w1 = sd["final_linear.0.weight"], sd["final_linear.1.weight"]
+    hidden = act(flat @ (w0 / math.sqrt(w0.shape[1])).T, sd["final_linear.0.bias"])
+    return hidden @ (w1 / math.sqrt(w1.shape[1])).T + sd["final_linear.1.bias"]
+
+
+@pytest.mark.parametrize("batch", [1, 4, 6])
+def test_discriminator_matches_naive_equations(batch):
+    torch.manual_seed(2)
+    d = Discriminator(32, channel_multiplier=1, channel_max=16).double().eval()
+    with torch.no_grad():
+        for name, param in d.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.3)
+    x = torch.randn(batch, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        torch.testing.assert_close(d(x), naive_discriminator(d, x), rtol=1e-10, atol=1e-10)
