@@ -3,7 +3,9 @@
 Odd inputs are converted and the conversion is recorded (EXIF rotation, grayscale, palette, alpha composited on
 white, CMYK, 16-bit/32-bit/float, ICC profile to sRGB, first frame of an animation). Inputs that cannot be used
 (zero bytes, truncated, not an image, decompression bombs) raise `ImageDecodeError` naming the file and the reason.
-Shared by ingest and batch stylization.
+The one decoder of user-supplied images: ingest, `fstrain.stylize`, batch stylization, evaluation and pretraining
+photos all come through `decode_image` / `decode_image_info`, so EXIF
+orientation and every odd mode are handled the same way everywhere.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 # Far above any portrait we train on (8192 x 8192), far below what exhausts memory on a worker.
 DEFAULT_MAX_PIXELS = 8192 * 8192
+# File suffixes listed as images in a folder or prefix of user photos (every entry point lists with this).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 class ImageDecodeError(ValueError):
