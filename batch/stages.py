@@ -1,6 +1,7 @@
 """The three per-batch stages of batch stylization, as Ray Data `map_batches` callables over numpy batches.
 
-    PrepareFaces (CPU):    read bytes -> decode -> detect + align (or --aligned: centre crop) -> resize for E_w+
+    PrepareFaces (CPU):    read bytes -> decode -> detect (SCRFD or dlib, batch/faces.py) + FFHQ-align (or
+                           --aligned: centre crop); one row per face with --faces all (key `<key>__face<i>`)
     StylizeActor (GPU):    encode once with E_w+ -> render every requested style with its G' (all loaded once)
     EncodeUpload (CPU):    encode images -> upload outputs and latents -> write this block's partial manifest
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +23,10 @@ import numpy as np
 
 from batch import manifest
 from fstrain.data import storage
+from fstrain.data.images import IMAGE_SUFFIXES
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES     # the one list of image suffixes (fstrain.data.images)
+FACE_CHOICES = ("largest", "all")
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 MODES = ("general", "multimodal", "reference")
 # Env hook for the retry test: if this storage URI exists when an actor starts a batch, the actor deletes it and
@@ -48,9 +52,13 @@ class JobSpec:
     reference_id: str | None = None
     root: str = ""
     aligned: bool = False
+    detector: str = "dlib"              # "scrfd" or "dlib", resolved from --detector on the driver
     detector_root: str = ""
     det_size: int = 640
     det_thresh: float = 0.5
+    det_max_side: int = 1280            # photos are downscaled to this long side for detection (crop: full size)
+    faces: str = "largest"              # "largest": one output per photo; "all": <key>__face<i> per face
+    paste_back: bool = False
     min_input_side: int = 64
     min_face_side: int = 24
     max_pixels: int = 8192 * 8192
@@ -81,41 +89,76 @@ def _set_error(batch: dict[str, np.ndarray], i: int, stage: str, message: str, a
 
 
 # ------------------------------------------------------------------------------------------ stage 1: CPU prepare
+def face_key(key: str, index: int) -> str:
+    """Output key of face `index` of photo `key` under --faces all."""
+    return f"{key}__face{index}"
+
+
+def photo_key(record_key: str) -> str:
+    """The input's key of a record key (`<key>__face<i>` -> `<key>`; other keys are their own)."""
+    match = re.fullmatch(r"(.+)__face\d+", record_key)
+    return match.group(1) if match else record_key
+
+
+def make_finder(spec: JobSpec):
+    """The face finder of this job (spec.detector already resolved to 'scrfd' or 'dlib' on the driver)."""
+    from batch.faces import FaceFinder, make_detector
+
+    detector = make_detector(spec.detector, spec.detector_root, det_size=spec.det_size, det_thresh=spec.det_thresh)
+    return FaceFinder.for_detector(detector, max_side=spec.det_max_side)
+
+
 class PrepareFaces:
-    """read -> decode -> detect + align -> (N, size, size, 3) uint8 faces. One detector per actor."""
+    """read -> decode -> detect + align -> (N, size, size, 3) uint8 faces. One detector per actor.
+
+    Rows out: one per photo, or with --faces all one per face found (key `<key>__face<i>`, largest first); a
+    photo that fails keeps its own key and becomes one error row."""
 
     def __init__(self, spec: JobSpec):
         self.spec = spec
         self.thumbnail_keys = set(spec.thumbnail_keys)
-        self.detector = None
-        if not spec.aligned:
-            from batch.faces import InsightFaceDetector
-
-            self.detector = InsightFaceDetector(spec.detector_root, det_size=spec.det_size,
-                                                det_thresh=spec.det_thresh)
+        self.finder = None if spec.aligned else make_finder(spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["key"])
-        size = self.spec.size
-        out = {"key": batch["key"], "uri": batch["uri"], **_error_columns(n),
-               "image": np.zeros((n, size, size, 3), dtype=np.uint8), "info": np.array([""] * n, dtype=object)}
-        for i in range(n):
+        rows: list[dict[str, Any]] = []
+        for i in range(len(batch["key"])):
+            key, uri = str(batch["key"][i]), str(batch["uri"][i])
             info: dict[str, Any] = {"timings": {}}
             try:
-                out["image"][i] = self._prepare_one(str(batch["uri"][i]), info)
-                key = str(batch["key"][i])
-                if key in self.thumbnail_keys:  # the aligned face, for the gallery's input column
-                    storage.write_bytes(thumbnail_uri(self.spec, key, "input"),
-                                        thumbnail(out["image"][i], self.spec.thumbnail_size))
+                faces = self._prepare_one(uri, info)
             except StageError as exc:
-                _set_error(out, i, exc.stage, f"{batch['uri'][i]}: {exc.message}", exc.action)
+                rows.append(dict(key=key, uri=uri, error=(exc.stage, f"{uri}: {exc.message}", exc.action),
+                                 info=info))
+                continue
             except Exception as exc:  # noqa: BLE001 - an unexpected per-image failure must not sink the batch
-                _set_error(out, i, "prepare", f"{batch['uri'][i]}: unexpected {type(exc).__name__}: {exc}",
-                           "report this input; the rest of the job is unaffected")
-            out["info"][i] = json.dumps(info)
+                rows.append(dict(key=key, uri=uri, info=info, error=(
+                    "prepare", f"{uri}: unexpected {type(exc).__name__}: {exc}",
+                    "report this input; the rest of the job is unaffected")))
+                continue
+            for index, (pixels, face_info) in enumerate(faces):
+                row_key = face_key(key, index) if self.spec.faces == "all" else key
+                rows.append(dict(key=row_key, uri=uri, image=pixels, info={**info, **face_info}))
+        return self._columns(rows)
+
+    def _columns(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        n, size = len(rows), self.spec.size
+        out = {"key": np.array([r["key"] for r in rows], dtype=object),
+               "uri": np.array([r["uri"] for r in rows], dtype=object), **_error_columns(n),
+               "image": np.zeros((n, size, size, 3), dtype=np.uint8), "info": np.array([""] * n, dtype=object)}
+        for i, row in enumerate(rows):
+            if "error" in row:
+                _set_error(out, i, *row["error"])
+            else:
+                out["image"][i] = row["image"]
+                if row["key"] in self.thumbnail_keys or row["key"].split("__face")[0] in self.thumbnail_keys:
+                    # the aligned face, for the gallery's input column
+                    storage.write_bytes(thumbnail_uri(self.spec, row["key"], "input"),
+                                        thumbnail(row["image"], self.spec.thumbnail_size))
+            out["info"][i] = json.dumps(row["info"])
         return out
 
-    def _prepare_one(self, uri: str, info: dict[str, Any]) -> np.ndarray:
+    def _prepare_one(self, uri: str, info: dict[str, Any]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        """[(aligned face, per-face info)], one per face (one for --faces largest or --aligned)."""
         from fstrain.data.images import ImageDecodeError, decode_image_info
 
         timings = info["timings"]
@@ -141,30 +184,45 @@ class PrepareFaces:
                              "use a larger photo of the face")
         timings["decode"] = time.perf_counter() - start
 
-        start = time.perf_counter()
         rgb = np.asarray(image)
         if self.spec.aligned:
+            start = time.perf_counter()
             face = centre_square(rgb, self.spec.size)
-        else:
-            face = self._detect_and_align(rgb, info)
-        timings["align"] = time.perf_counter() - start
-        return face
+            timings["align"] = time.perf_counter() - start
+            return [(face, {})]
+        return self._detect_and_align(rgb, info)
 
-    def _detect_and_align(self, rgb: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-        from batch.faces import align_face
+    def _detect_and_align(self, rgb: np.ndarray, info: dict[str, Any]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        from batch.faces import align_face_with_transform
 
-        faces = self.detector.detect(rgb)
+        timings = info["timings"]
+        start = time.perf_counter()
+        faces = self.finder.find(rgb)
+        timings["detect"] = time.perf_counter() - start
         info["faces_found"] = len(faces)
         if not faces:
-            raise StageError("detect", "no face found", "use a photo with a clearly visible face, or pass --aligned "
-                                                        "if the inputs are already aligned crops")
-        face = faces[0]  # largest first
-        info["face"] = face.to_json()
-        side = min(face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1])
-        if side < self.spec.min_face_side:
+            raise StageError("detect", f"no face found by {self.finder.name} (thresholds "
+                                       f"{json.dumps(self.finder.thresholds)})",
+                             "use a photo with a clearly visible face, or pass --aligned if the inputs are "
+                             "already aligned crops")
+        info["face"] = {**faces[0].to_json(), "detector": self.finder.name}
+        large = [face for face in faces
+                 if min(face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1]) >= self.spec.min_face_side]
+        if not large:
+            side = min(faces[0].bbox[2] - faces[0].bbox[0], faces[0].bbox[3] - faces[0].bbox[1])
             raise StageError("detect", f"face too small ({side:.0f} px; need {self.spec.min_face_side})",
                              "use a photo where the face is larger")
-        return align_face(rgb, face.kps, self.spec.size)
+        chosen = large if self.spec.faces == "all" else large[:1]   # largest first
+        start = time.perf_counter()
+        results = []
+        for index, face in enumerate(chosen):
+            pixels, transform = align_face_with_transform(rgb, face, self.spec.size)
+            face_info = {"face": {**face.to_json(), "detector": self.finder.name, "index": index},
+                         # photo -> crop map (crop side = spec.size): paste-back warps the outputs through it
+                         "transform": np.asarray(transform).round(8).tolist()}
+            results.append((pixels, face_info))
+        timings["align"] = (time.perf_counter() - start) / len(chosen)
+        return results
 
 
 class StageError(Exception):

@@ -22,7 +22,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from batch import manifest
-from batch.stages import IMAGE_EXTENSIONS, MODES, OUTPUT_FORMATS, EncodeUpload, JobSpec, PrepareFaces, StylizeActor
+from batch.faces import DETECTOR_CHOICES
+from batch.stages import (FACE_CHOICES, IMAGE_EXTENSIONS, MODES, OUTPUT_FORMATS, EncodeUpload, JobSpec, PrepareFaces,
+                          StylizeActor, photo_key)
 from fstrain import layout
 from fstrain.data import storage
 
@@ -69,8 +71,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--aligned", action="store_true", help="inputs are already aligned face crops")
     parser.add_argument("--format", dest="image_format", choices=sorted(OUTPUT_FORMATS), default="png")
     parser.add_argument("--job-id", default=None, help="names <out>/_jobs/<id>/; reuse it to resume")
+    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="auto",
+                        help="face detector: scrfd (insightface det_10g.onnx under --detector-root), dlib (HOG + "
+                             "68 landmarks, installed with the package), auto: scrfd when its file is there, else dlib")
     parser.add_argument("--detector-root", default=None, help="folder/prefix with insightface det_10g.onnx")
     parser.add_argument("--det-size", type=int, default=640)
+    parser.add_argument("--det-max-side", type=int, default=1280,
+                        help="photos are downscaled to this long side for detection (the crop uses full resolution)")
+    parser.add_argument("--faces", choices=FACE_CHOICES, default="largest",
+                        help="largest: one output per photo; all: every face, keys <key>__face<i>")
+    parser.add_argument("--paste-back", action="store_true",
+                        help="also write each stylized face warped back into the full photo (<out>/<style>/pasted/)")
     parser.add_argument("--min-input-side", type=int, default=64)
     parser.add_argument("--min-face-side", type=int, default=24)
     parser.add_argument("--max-pixels", type=int, default=8192 * 8192)
@@ -131,13 +142,15 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
                 raise SystemExit(f"{store.uri(style, args.reference)}: no stored reference code; invert it first "
                                  f"with `python -m fstrain.stylize ... --reference IMAGE --reference-id "
                                  f"{args.reference}`")
-    detector_root = ""
+    detector_root, detector = "", "dlib"
     if not args.aligned:
-        from batch.faces import DetectorMissingError, check_detector, default_model_root
+        from batch.faces import DetectorMissingError, default_model_root, resolve_detector_kind
 
         detector_root = args.detector_root or default_model_root()
+        # an explicit --detector-root means SCRFD was asked for: its absence is an error, not a fallback
+        kind = "scrfd" if args.detector == "auto" and args.detector_root else args.detector
         try:
-            check_detector(detector_root)
+            detector = resolve_detector_kind(kind, detector_root)
         except DetectorMissingError as exc:
             raise SystemExit(str(exc)) from None
     size = _generator_size(generators[styles[0]])
@@ -148,7 +161,9 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
                    samples=defaults.samples if args.samples is None else args.samples,
                    psi=defaults.truncation if args.psi is None else args.psi,
                    seed=defaults.seed if args.seed is None else args.seed, reference_id=args.reference,
-                   root=root, aligned=args.aligned, detector_root=detector_root, det_size=args.det_size,
+                   root=root, aligned=args.aligned, detector=detector, detector_root=detector_root,
+                   det_size=args.det_size, det_max_side=args.det_max_side, faces=args.faces,
+                   paste_back=args.paste_back,
                    min_input_side=args.min_input_side, min_face_side=args.min_face_side,
                    max_pixels=args.max_pixels, image_format=args.image_format, size=size)
 
@@ -243,11 +258,20 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{spec.input}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under this prefix")
     previous = manifest.read_job_records(spec.output, spec.job_id)
     listed = {item["key"] for item in items}
-    carried = {k: r for k, r in previous.items() if k in listed and keep_previous(r, args.retry_errors)}
+    # records per input (one, or one per face with --faces all); an input is carried when all of them are
+    by_input: dict[str, list[manifest.Record]] = {}
+    for record_key, record in previous.items():
+        if photo_key(record_key) in listed or record_key in listed:
+            by_input.setdefault(record_key if record_key in listed else photo_key(record_key), []).append(record)
+    carried = {k: rs for k, rs in by_input.items() if all(keep_previous(r, args.retry_errors) for r in rs)}
     todo = [item for item in items if item["key"] not in carried]
     spec.thumbnail_keys = [item["key"] for item in items[:args.gallery_rows] if item["key"] not in carried]
     print(f"[batch] job {spec.job_id}: {len(items)} inputs, {len(carried)} already done (skipped), "
           f"{len(todo)} to process; styles {spec.styles}, mode {spec.mode}", file=sys.stderr)
+    if not spec.aligned:
+        from batch.faces import describe_detector
+
+        print(f"[batch] face detector: {describe_detector(spec)}", file=sys.stderr)
 
     new_records: dict[str, manifest.Record] = {}
     if todo:
@@ -263,14 +287,19 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
             if started_here:
                 ray.shutdown()
     # Nothing lost: an item the pipeline did not return (it should not happen) still gets a line.
+    returned = {photo_key(key) for key in new_records} | set(new_records)
     for item in todo:
-        if item["key"] not in new_records:
+        if item["key"] not in returned:
             new_records[item["key"]] = manifest.error_record(
                 item["key"], item["uri"], "pipeline", "no result came back from the pipeline",
                 "rerun with the same --job-id", spec.job_id)
-    records = [carried.get(item["key"]) or new_records[item["key"]] for item in items]
+    new_by_input: dict[str, list[manifest.Record]] = {}
+    for key, record in new_records.items():
+        new_by_input.setdefault(key if key in listed else photo_key(key), []).append(record)
+    records = [r for item in items for r in (carried.get(item["key"]) or new_by_input[item["key"]])]
     elapsed = time.perf_counter() - start
-    summary = manifest.summarize(records, skipped=len(carried), elapsed_s=elapsed, job_id=spec.job_id,
+    summary = manifest.summarize(records, skipped=sum(len(rs) for rs in carried.values()), elapsed_s=elapsed,
+                                 job_id=spec.job_id,
                                  stage_seconds=stage_totals(list(new_records.values())))
     manifest.write_manifest(spec.output, spec.job_id, records, summary)
     from batch.gallery import write_gallery

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -16,10 +15,10 @@ from PIL import Image
 
 from fstrain import layout
 from fstrain.data import storage
+from fstrain.data.images import IMAGE_SUFFIXES, decode_image
 from fstrain.data.shards import list_shards, read_samples
 from fstrain.stylize.images import from_uint8
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SAMPLE_IMAGE_KEYS = ("png", "jpg", "jpeg")
 SYNTHETIC = "synthetic"
 
@@ -32,12 +31,11 @@ class ImageSet:
     skipped: list[str] = field(default_factory=list)
 
 
-def _decode(data: bytes, size: int) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.LANCZOS)
-        return np.asarray(image, dtype=np.uint8).copy()
+def _decode(data: bytes, size: int, name: str) -> np.ndarray:
+    image = decode_image(data, name)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.uint8).copy()
 
 
 def _batched(arrays: Iterator[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
@@ -60,7 +58,7 @@ def _shard_images(prefix: str, size: int, limit: int, info: ImageSet) -> Iterato
         try:
             if data is None:
                 raise ValueError(f"no image entry ({', '.join(SAMPLE_IMAGE_KEYS)})")
-            pixels = _decode(data, size)
+            pixels = _decode(data, size, name)
         except Exception as exc:   # PIL raises many types for bad bytes
             info.skipped.append(f"{name}: {exc}")
             continue
@@ -73,7 +71,7 @@ def _file_images(uris: list[str], size: int, limit: int, info: ImageSet) -> Iter
         if limit and info.used >= limit:
             return
         try:
-            pixels = _decode(storage.read_bytes(uri), size)
+            pixels = _decode(storage.read_bytes(uri), size, uri)
         except Exception as exc:
             info.skipped.append(f"{uri}: {exc}")
             continue

@@ -26,7 +26,7 @@ from fstrain.stylize.modes import Stylizer
 from fstrain.stylize.reference import (ReferenceStore, generator_fingerprint, invert_reference,
                                        reference_id)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from fstrain.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 
 
 def load_stylizer(config, *, root: str, styles: list[str], generator_uris: dict[str, str] | None = None,
@@ -56,12 +56,12 @@ def list_inputs(path: str) -> list[str]:
 
 
 def read_image(uri: str) -> tuple[Image.Image, bytes]:
-    import io
+    """Upright RGB image (EXIF orientation, alpha, 16-bit, CMYK... as everywhere) and the file's bytes."""
     data = storage.read_bytes(uri)
     try:
-        return Image.open(io.BytesIO(data)).convert("RGB"), data
-    except Exception as exc:
-        raise SystemExit(f"{uri}: not a readable image ({exc})") from exc
+        return decode_image(data, uri), data
+    except ImageDecodeError as exc:
+        raise SystemExit(f"{exc}; use a JPEG/PNG/WebP image") from None
 
 
 def main(argv: list[str] | None = None) -> int:
