@@ -14,6 +14,10 @@ layouts load strictly (`torch.load(weights_only=True)`), detected from the keys 
   no `AuxLogits`). That graph pools differently: the average pools of the A, C and first E blocks exclude the
   zero padding from the average, and the last E block max-pools its pool branch. Input is [-1, 1] too.
 
+A third layout loads through the same config key: an image-reader state dict (`fstrain.models.reader`, keys
+`trunk.N.*`, e.g. the synthetic world's evaluation feature net `eval_features.pth`); its pooled trunk features
+replace pool3 and its own input size replaces 299.
+
 Weights never come from a download and never default to random: a missing file raises `MissingWeightsError`
 naming the config key. `save_random_inception_weights` writes an explicitly RANDOM file (with a `.json`
 sidecar saying so) for tests and demos; the loader reports `random_init=True` for it and the evaluation says
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fstrain.models.reader import READER_KEY, ReaderFeatures, build_reader
 from fstrain.models.registry import MissingWeightsError, WeightsMismatchError, check_state_dict, load_torch, \
     save_json, save_torch
 
@@ -190,8 +195,9 @@ def _read_sidecar(uri: str) -> dict:
 
 def load_inception(uri: str | None, *, layout: str = "auto", input_size: int = INCEPTION_SIZE,
                    sha256: str | None = None, config_key: str = CONFIG_KEY,
-                   device: str | torch.device = "cpu") -> InceptionFeatures:
-    """`InceptionFeatures` from a weights file (local path or s3:// URI); strict keys, weights_only load."""
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """`InceptionFeatures` from a weights file (local path or s3:// URI); strict keys, weights_only load.
+    An image-reader file gives `ReaderFeatures` instead (layout / input_size do not apply to it)."""
     if not uri:
         raise MissingWeightsError(f"{config_key} is empty: FID needs Inception-v3 weights. " + HOW_TO_GET_INCEPTION)
     try:
@@ -201,6 +207,8 @@ def load_inception(uri: str | None, *, layout: str = "auto", input_size: int = I
                                   + HOW_TO_GET_INCEPTION) from exc
     if not isinstance(state, Mapping):
         raise WeightsMismatchError(f"{uri}: expected an Inception-v3 state dict, got {type(state).__name__}")
+    if READER_KEY in state:
+        return _reader_features(state, uri, device)
     detected = detect_layout(state, uri)
     if layout not in ("auto", detected):
         raise WeightsMismatchError(f"{uri}: {config_key.rsplit('.', 1)[0]}.inception_layout is '{layout}' but the "
@@ -212,6 +220,15 @@ def load_inception(uri: str | None, *, layout: str = "auto", input_size: int = I
     check_state_dict(net, dict(state), uri, f"Inception-v3 ({detected} layout)")
     random_init = bool(_read_sidecar(uri).get("random_init", False))
     return InceptionFeatures(net, detected, input_size, random_init=random_init, source=uri).to(device)
+
+
+def _reader_features(state: Mapping[str, torch.Tensor], uri: str, device: str | torch.device) -> nn.Module:
+    """An image reader's pooled features (`fstrain.models.reader`), loaded strictly like the Inception layouts."""
+    reader = build_reader(state, uri)
+    check_state_dict(reader, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, uri,
+                     "image reader (FID features)")
+    random_init = bool(_read_sidecar(uri).get("random_init", False))
+    return ReaderFeatures(reader, random_init=random_init, source=uri).to(device)
 
 
 # ---------------------------------------------------------------- RANDOM weights for tests and demos

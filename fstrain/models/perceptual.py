@@ -4,7 +4,9 @@
 trunk from a torchvision-format state dict (`features.N.weight`, as `torch.save(torchvision.models.vgg16(
 weights="IMAGENET1K_V1").state_dict())` writes it) and the calibrated linear layers (shipped inside the `lpips`
 package, or a file you name), both with weights_only=True and strict key checks. A missing backbone file is an
-error, never a download or a random trunk.
+error, never a download or a random trunk. A trunk file may carry its own calibrated heads under
+`lpips_lin.lin<i>.model.1.weight` keys (the synthetic world's perceptual net does); they are used unless
+`lpips_linear_weights` names another file.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from fstrain.models.registry import (MissingWeightsError, WeightsMismatchError, 
                                      save_json, save_torch)
 
 NETS = ("vgg", "alex")
+EMBEDDED_HEADS_PREFIX = "lpips_lin."   # calibrated linear heads stored inside a trunk file
 TORCHVISION_BUILDERS = {"vgg": "vgg16", "alex": "alexnet"}
 HOW_TO_GET_BACKBONE = ("Create it once on a machine with internet access: python -c \"import torch, torchvision; "
                        "torch.save(torchvision.models.{builder}(weights='IMAGENET1K_V1').state_dict(), "
@@ -79,7 +82,8 @@ def load_lpips(backbone_weights_uri: str | None, net: str = "vgg", lpips_linear_
 
     # Trunk: every features.* key of the torchvision file must exist; classifier.* (unused by LPIPS) may.
     mapping = trunk_key_map(model)
-    features = {k: v for k, v in backbone.items() if not k.startswith("classifier.")}
+    features = {k: v for k, v in backbone.items() if not k.startswith(("classifier.", EMBEDDED_HEADS_PREFIX))}
+    embedded = {k[len(EMBEDDED_HEADS_PREFIX):]: v for k, v in backbone.items() if k.startswith(EMBEDDED_HEADS_PREFIX)}
     reverse = {tv: lp for lp, tv in mapping.items()}
     unknown = [k for k in features if k not in reverse]
     if unknown:
@@ -89,8 +93,11 @@ def load_lpips(backbone_weights_uri: str | None, net: str = "vgg", lpips_linear_
                      f"LPIPS {net} trunk (torchvision 'features.N.*' keys)")
 
     # Linear calibration layers (lin0..lin4.model.1.weight).
-    lin_uri = lpips_linear_weights or str(_packaged_linear_weights(net))
-    linear = load_torch(lin_uri)
+    if embedded and not lpips_linear_weights:
+        lin_uri, linear = f"{backbone_weights_uri} ({EMBEDDED_HEADS_PREFIX}* keys)", embedded
+    else:
+        lin_uri = lpips_linear_weights or str(_packaged_linear_weights(net))
+        linear = load_torch(lin_uri)
     lins = nn.ModuleDict({f"lin{i}": lin for i, lin in enumerate(model.lins)})
     check_state_dict(lins, dict(linear), lin_uri, f"LPIPS {net} linear layers")
 

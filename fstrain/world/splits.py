@@ -137,3 +137,42 @@ def render_mixed_domains(identity_set: IdentitySet, n_identities: int, views_per
     rng = np.random.default_rng([seed, 15, first_identity])
     chosen = [domains[i] for i in rng.integers(len(domains), size=len(ids))]
     return render_batch(identity_set, ids, views, chosen, size, pose)
+
+
+def _render_chunk(args: tuple) -> WorldBatch:
+    name, seed, count, ids, views, domains, size, pose = args
+    return render_batch(IdentitySet(name, seed, count), ids, views, domains, size, pose)
+
+
+def concat(batches: Sequence[WorldBatch]) -> WorldBatch:
+    """One WorldBatch from several of the same identity set."""
+    if not batches:
+        raise ValueError("concat needs at least one batch")
+    return WorldBatch(np.concatenate([b.images for b in batches]), np.concatenate([b.identity_index for b in batches]),
+                      np.concatenate([b.view_index for b in batches]), [d for b in batches for d in b.domain],
+                      [i for b in batches for i in b.identities], [v for b in batches for v in b.views],
+                      [m for b in batches for m in b.metas], batches[0].identity_set)
+
+
+def render_parallel(identity_set: IdentitySet, identity_indices: Sequence[int], view_indices: Sequence[int],
+                    domains: Sequence[str] | str, size: int, pose: str = "aligned", workers: int = 2) -> WorldBatch:
+    """`render_batch` split over `workers` processes (same result as one process, in the same order)."""
+    n = len(identity_indices)
+    domain_list = [domains] * n if isinstance(domains, str) else list(domains)
+    if workers <= 1 or n < 64:
+        return render_batch(identity_set, identity_indices, view_indices, domain_list, size, pose)
+    import multiprocessing
+    bounds = np.linspace(0, n, workers * 4 + 1).astype(int)
+    jobs = [(identity_set.name, identity_set.seed, identity_set.count, list(identity_indices[a:b]),
+             list(view_indices[a:b]), domain_list[a:b], size, pose) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return concat(pool.map(_render_chunk, jobs))
+
+
+def render_domain_per_identity(identity_set: IdentitySet, n_identities: int, views_per_identity: int, size: int,
+                               domains: Sequence[str] = DOMAINS, pose: str = "aligned",
+                               first_identity: int = 0) -> WorldBatch:
+    """Identity k in `views_per_identity` views, all in domain domains[k % len(domains)] (same-domain pairs of one
+    person in several views, for metric learning)."""
+    ids, views = grid_indices(n_identities, views_per_identity, first_identity)
+    return render_batch(identity_set, ids, views, [domains[k % len(domains)] for k in ids], size, pose)

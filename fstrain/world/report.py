@@ -1,0 +1,130 @@
+"""The instrument report: every world instrument measured on HELDOUT identities (never trained on), each next to
+a random-weights row of the same architecture, written as `instruments.json` and `instruments.md`.
+
+Every trained file is read back through the project's own loaders (load_generator, load_encoder, load_identity,
+load_lpips, load_inception), so the figures are those of the shipped (fp16 where stored so) weights.
+
+- G: in-world FID (evaluation feature net) of `fid_samples` samples G(z) (fixed z and noise, as fstrain.evaluate
+  draws them) against as many held-out photos; the same for a random G of the same architecture and, when given,
+  the 32 px autoencoder warm start (its samples upsampled by the feature net's own resize); a sample grid.
+- E_w+: LPIPS (the world perceptual net) and cosine similarity under the *evaluation* identity net between held-out
+  photos x and G(E_w+(x)); random row = an untrained encoder of the same architecture with the same G.
+- identity nets: 1:1 verification accuracy and TAR@FAR=1e-3 on held-out photo pairs (and chance: random
+  embeddings).
+- perceptual net: 2AFC agreement with the world's parameter-distance labels on held-out triplets, for random,
+  trained-with-uniform-heads and trained-with-calibrated-heads nets, and pixel L2.
+- attribute reader: per domain, accuracy of hair style / glasses / bangs / eye colour, face-shape error and
+  colour errors as fractions of the colour's range.
+- evaluation feature net: FID between two disjoint held-out photo sets (should be small) and between held-out
+  photos and each style domain (should be large), trained vs random.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fstrain.data.synthetic import DOMAINS
+from fstrain.metrics import FeatureStatistics, extract_features, frechet_distance_between
+from fstrain.metrics.distances import fixed_latents, render_fixed
+from fstrain.stylize.images import image_grid, to_uint8
+from fstrain.world.splits import WorldBatch
+
+Log = Callable[[str], None]
+
+
+def statistics(extractor: Any, images: torch.Tensor, batch_size: int = 200) -> FeatureStatistics:
+    stats = FeatureStatistics(extractor.dim)
+    for i in range(0, len(images), batch_size):
+        stats.update(extract_features(extractor, images[i:i + batch_size]))
+    return stats
+
+
+@torch.no_grad()
+def generator_samples(g: nn.Module, count: int, seed: int, batch_size: int = 100) -> torch.Tensor:
+    z = fixed_latents(count, g.style_dim, seed)
+    return torch.cat([render_fixed(g, z[i:i + batch_size], i, seed) for i in range(0, count, batch_size)]).clamp(-1, 1)
+
+
+def fid(extractor: Any, images: torch.Tensor, reference: FeatureStatistics) -> float:
+    return round(frechet_distance_between(statistics(extractor, images), reference), 3)
+
+
+def sample_grid(samples: torch.Tensor, columns: int = 8) -> Any:
+    cells = list(to_uint8(samples))
+    return image_grid([cells[i:i + columns] for i in range(0, len(cells), columns)], pad=1)
+
+
+@torch.no_grad()
+def encoder_scores(encoder: nn.Module, g: nn.Module, photos: torch.Tensor, lpips: nn.Module,
+                   identity: nn.Module, batch_size: int = 100) -> dict[str, float]:
+    """Mean LPIPS and identity cosine between photos x and G.synthesis(E_w+(x))."""
+    distances, cosines = [], []
+    for i in range(0, len(photos), batch_size):
+        x = photos[i:i + batch_size]
+        y = g.synthesis(encoder(x)).clamp(-1, 1)
+        distances.append(lpips(x, y).reshape(-1))
+        cosines.append(torch.nn.functional.cosine_similarity(identity(x), identity(y), dim=1))
+    d, c = torch.cat(distances), torch.cat(cosines)
+    return {"lpips": round(float(d.mean()), 4), "identity_cosine_mean": round(float(c.mean()), 4),
+            "identity_cosine_min": round(float(c.min()), 4), "photos": int(len(photos))}
+
+
+def domain_fids(extractor: Any, photos_a: torch.Tensor, photos_b: torch.Tensor,
+                styles: dict[str, torch.Tensor]) -> dict[str, float]:
+    reference = statistics(extractor, photos_a)
+    out = {"photo_vs_photo": fid(extractor, photos_b, reference)}
+    for domain, images in styles.items():
+        out[f"photo_vs_{domain}"] = fid(extractor, images, reference)
+    return out
+
+
+def split_domains(batch: WorldBatch) -> dict[str, torch.Tensor]:
+    images = batch.tensor()
+    domains = np.asarray(batch.domain)
+    return {d: images[torch.from_numpy(np.flatnonzero(domains == d))] for d in DOMAINS if (domains == d).any()}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# World instruments: validation on held-out identities", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
+             f"Seed: {report['seed']}, size: {report['size']} px, total time {report['total_seconds']} s "
+             f"(budget {report['budget_seconds']} s)", "", "## Time per instrument", "",
+             "| stage | seconds | note |", "|---|---|---|"]
+    for stage, info in report["stages"].items():
+        lines.append(f"| {stage} | {_fmt(info.get('seconds'))} | {info.get('note', '')} |")
+    for title, table in report["tables"].items():
+        lines += ["", f"## {title}", ""]
+        if isinstance(table, str):
+            lines.append(table)
+            continue
+        columns = list(dict.fromkeys(k for row in table.values() for k in row))
+        lines += ["| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for name, row in table.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    lines += ["", "## Done-when checks", ""]
+    for check in report["checks"]:
+        lines.append(f"- [{'x' if check['met'] else ' '}] {check['what']}: {check['measured']}")
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    (out / "instruments.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "instruments.md").write_text(markdown(report))

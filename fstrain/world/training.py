@@ -1,0 +1,63 @@
+"""Shared pieces of the world instruments' training loops: a time-budgeted step schedule and seeded batches."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterator
+
+import torch
+
+Log = Callable[[str], None]
+
+
+class BudgetSchedule:
+    """Runs until `max_steps` steps or `budget_s` seconds, whichever comes first, with a learning-rate factor that
+    decays along a half cosine of that progress, so a run cut by its budget still ends at a small learning rate.
+
+    Progress is max(step / max_steps, elapsed / budget_s): on a shared machine the step count depends on the load,
+    the time does not. `min_steps` are always run.
+    """
+
+    def __init__(self, budget_s: float, max_steps: int, min_steps: int = 1):
+        self.budget_s = max(budget_s, 1e-3)
+        self.max_steps = max_steps
+        self.min_steps = min(min_steps, max_steps)
+        self.started = time.perf_counter()
+        self.step = 0
+
+    def progress(self) -> float:
+        if self.step < self.min_steps:
+            return self.step / max(self.max_steps, 1)
+        return min(max(self.step / self.max_steps, self.elapsed() / self.budget_s), 1.0)
+
+    def factor(self) -> float:
+        return 0.5 * (1 + math.cos(math.pi * self.progress()))
+
+    def advance(self) -> bool:
+        """Count one finished step; False when training should stop."""
+        self.step += 1
+        return self.step < self.min_steps or self.progress() < 1.0
+
+    def due(self, every_s: float = 30.0) -> bool:
+        """True about every `every_s` seconds (for progress lines)."""
+        now = self.elapsed()
+        if now - getattr(self, "_last_log", 0.0) >= every_s:
+            self._last_log = now
+            return True
+        return False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless seeded mini-batches of indices into n items, reshuffled every epoch."""
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]
+
+
+def set_lr(optim: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
+    for group in optim.param_groups:
+        group["lr"] = base_lr * factor

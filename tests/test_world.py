@@ -1,0 +1,66 @@
+"""fstrain.world instruments: identity splits, the loaders' new layouts, verification maths, and the pretraining
+command end to end at a tiny budget (every instrument beats its random-weights row on held-out identities)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fstrain.models.registry import WeightsMismatchError
+from fstrain.world.splits import EVAL, HELDOUT, TRAIN, render_batch, render_identities
+
+
+def test_identity_sets_are_disjoint_people_and_batches_are_reproducible():
+    people = {s.name: [s.identity(k) for k in range(50)] for s in (TRAIN, EVAL, HELDOUT)}
+    keys = {name: {json.dumps({k: v for k, v in p.to_dict().items() if k != "identity_id"}) for p in ps}
+            for name, ps in people.items()}
+    assert not keys["train"] & keys["heldout"] and not keys["eval"] & keys["heldout"] and not keys["train"] & keys["eval"]
+    a = render_identities(HELDOUT, 3, 2, "photo", 32, pose="jitter")
+    b = render_batch(HELDOUT, [0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 0, 1], "photo", 32, pose="jitter")
+    assert np.array_equal(a.images, b.images) and a.images.dtype == np.uint8
+    assert not np.array_equal(a.images[0], a.images[1])            # two views of one person differ
+    x = a.tensor()
+    assert x.shape == (6, 3, 32, 32) and -1 <= float(x.min()) and float(x.max()) <= 1
+    with pytest.raises(ValueError, match="unknown domain"):
+        render_batch(HELDOUT, [0], [0], "oil", 32)
+
+
+def test_verification_scores_perfect_and_chance_embeddings():
+    from fstrain.world.identity import verify
+    ids = np.repeat(np.arange(60), 3)
+    perfect = torch.nn.functional.one_hot(torch.from_numpy(ids), 60).float()
+    scores = verify(perfect + 0.01 * torch.randn(len(ids), 60, generator=torch.Generator().manual_seed(0)), ids, 0)
+    assert scores["verification_accuracy"] == 1.0 and scores["tar_at_far_1e-3"] == 1.0
+    chance = verify(torch.randn(len(ids), 32, generator=torch.Generator().manual_seed(1)), ids, 0)
+    assert 0.4 < chance["verification_accuracy"] < 0.6 and chance["tar_at_far_1e-3"] < 0.05
+
+
+def test_reader_file_loads_as_fid_features_and_mismatched_keys_are_named(tmp_path):
+    from fstrain.metrics import load_inception
+    from fstrain.models.reader import ImageReader, ReaderFeatures, save_reader
+    net = ImageReader((8, 16), {"glasses": 2}, input_size=32)
+    save_reader(str(tmp_path / "reader.pth"), net, half=True)
+    features = load_inception(str(tmp_path / "reader.pth"))
+    assert isinstance(features, ReaderFeatures) and features.dim == 16 and not features.random_init
+    out = features(torch.rand(3, 3, 64, 64) * 2 - 1)
+    assert out.shape == (3, 16)
+    state = torch.load(tmp_path / "reader.pth", weights_only=True)
+    state["trunk.0.weight"] = state["trunk.0.weight"][:4]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(WeightsMismatchError, match="trunk"):
+        load_inception(str(tmp_path / "broken.pth"))
+
+
+def test_lpips_loader_uses_heads_stored_in_the_trunk_file(tmp_path):
+    from fstrain.models.perceptual import load_lpips
+    from fstrain.world.perceptual import new_lpips, save_perceptual
+    model = new_lpips(0)
+    for i, lin in enumerate(model.lins):
+        lin.model[-1].weight.data.fill_(0.5 + i)
+    save_perceptual(str(tmp_path / "alex.pth"), model, {})
+    loaded = load_lpips(str(tmp_path / "alex.pth"), net="alex")
+    assert [float(lin.model[-1].weight.mean()) for lin in loaded.lins] == [0.5, 1.5, 2.5, 3.5, 4.5]
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert torch.allclose(loaded(x, x.flip(0)), model.half().float()(x, x.flip(0)), rtol=1e-2, atol=1e-4)
