@@ -451,6 +451,8 @@ class EncodeUpload:
                 latents[f"mix_{style}"] = batch[f"mix_{index}"][i]
             if key in self.thumbnail_keys:
                 storage.write_bytes(thumbnail_uri(spec, key, style), thumbnail(images[0], spec.thumbnail_size))
+        if spec.paste_back and not spec.aligned:
+            outputs["pasted"] = self._paste_back(batch, i, key)
         buffer = io.BytesIO()
         np.savez(buffer, **latents, meta=np.array(json.dumps(
             {"key": key, "mode": spec.mode, "styles": spec.styles, "layer": spec.layer, "samples": spec.samples,
@@ -458,3 +460,25 @@ class EncodeUpload:
         outputs["latents"] = latents_uri(spec, key)
         storage.write_bytes(outputs["latents"], buffer.getvalue())
         return outputs
+
+    def _paste_back(self, batch: dict[str, np.ndarray], i: int, key: str) -> dict[str, str]:
+        """Each style's face warped back into the full-resolution photo (feathered), beside the face crop as
+        `<name>.pasted.<format>`. The photo is read again here rather than carried through the GPU stage."""
+        from PIL import Image
+
+        from fstrain.data.align import paste_back
+        from fstrain.data.images import decode_image
+
+        spec = self.spec
+        uri = str(batch["uri"][i])
+        photo = decode_image(storage.read_bytes(uri), uri, max_pixels=spec.max_pixels)
+        transform = np.asarray(_info(batch["info"][i])["transform"], dtype=np.float64)
+        written = {}
+        for index, style in enumerate(spec.styles):
+            face = Image.fromarray(batch[spec.style_column(index)][i][0])
+            pasted = paste_back(photo, face, transform, spec.size)
+            crop_uri = output_uri(spec, style, key, None)
+            target = f"{crop_uri[:-len(spec.image_format) - 1]}.pasted.{spec.image_format}"
+            storage.write_bytes(target, encode_image(np.asarray(pasted), spec.image_format, spec.jpeg_quality))
+            written[style] = target
+        return written
