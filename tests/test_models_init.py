@@ -69,8 +69,9 @@ def test_cli_writes_the_same_files_as_the_function(tmp_path):
     manifest = init_models(tmp_path / "fn", size=16, style_dim=64, n_mlp=1, channel_multiplier=1, channel_max=16,
                            encoder_depth="tiny", identity="tiny", lpips_net="alex", seed=3)
     cli_manifest = json.loads((out / "models.json").read_text())
-    for name in ("encoder_wplus", "encoder_zplus", "identity", "lpips_backbone"):
+    for name in ("base_generator", "encoder_wplus", "encoder_zplus", "identity", "lpips_backbone"):
         assert manifest["models"][name]["sha256"] == cli_manifest["models"][name]["sha256"], name
+    assert (tmp_path / "fn" / "generator.pt.json").read_text() == (out / "generator.pt.json").read_text()
     enc = load_encoder(str(out / "encoder_zplus.pt"))
     assert enc.space == "z+" and enc.encoder.style_dim == 64 and enc.n_latent == 6
 
