@@ -7,6 +7,7 @@ local folder and for an s3:// output (download or serve the prefix).
 from __future__ import annotations
 
 import html
+from urllib.parse import quote
 
 import numpy as np
 
@@ -25,7 +26,8 @@ def _at_least(pixels: np.ndarray, side: int) -> np.ndarray:
 
 
 def _relative(spec: JobSpec, uri: str) -> str:
-    return uri[len(spec.output.rstrip("/")) + 1:]
+    """A link relative to the page; names may hold '#', '?', '%' or spaces, so it is percent-encoded."""
+    return quote(uri[len(spec.output.rstrip("/")) + 1:])
 
 
 def write_gallery(spec: JobSpec, records: list[manifest.Record]) -> dict[str, str]:

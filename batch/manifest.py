@@ -5,9 +5,10 @@ Layout under the output URI:
     <out>/_jobs/<job-id>/manifest.jsonl            the merged manifest of this job (same as below)
     <out>/manifest.jsonl                           one line per input of the latest job + a final summary line
 
-A rerun with the same job id reads the merged manifest and any parts, and skips inputs whose record is "ok" (or an
-error caused by the input itself: decode/detect) before any stage runs; they are carried over and counted as
-`skipped`. Transient errors (read, stylize, upload) are retried. Records of one key written more than once
+A rerun with the same job id reads the merged manifest and any parts, and skips inputs whose record is "ok" and
+made with the same models (its `provenance`: sha256 of the encoder and of each style's generator), or an error
+caused by the input itself (decode/detect), before any stage runs; they are carried over and counted as
+`skipped`. Every other error is `transient` (read, stylize, upload: storage or worker failures) and is retried. Records of one key written more than once
 (a retried task writes its part again) collapse to one: ok beats error, later beats earlier.
 """
 from __future__ import annotations
@@ -59,16 +60,24 @@ class Record:
     face: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     worker: dict[str, Any] = field(default_factory=dict)     # where the stylize stage ran (node, GPU ids, device)
+    provenance: dict[str, Any] = field(default_factory=dict)  # ok: {"encoder": sha256, "generators": {style: sha256}}
     job_id: str = ""
     finished_at: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         data = {"key": self.key, "input": self.input, "status": self.status}
         if self.status == ERROR:
-            data.update(stage=self.stage, message=self.message, action=self.action)
+            data.update(stage=self.stage, message=self.message, action=self.action, transient=self.transient)
         data.update(outputs=self.outputs, face=self.face, timings=self.timings, worker=self.worker, job_id=self.job_id,
                     finished_at=self.finished_at)
+        if self.status == OK:
+            data["provenance"] = self.provenance
         return data
+
+    @property
+    def transient(self) -> bool:
+        """An error not caused by the input's content (storage, worker): a rerun retries it."""
+        return self.status == ERROR and self.stage not in INPUT_ERROR_STAGES
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Record":
@@ -142,8 +151,10 @@ def read_job_records(out: str, job_id: str) -> dict[str, Record]:
     return merge(records)
 
 
-def summarize(records: list[Record], skipped: int, elapsed_s: float, job_id: str,
+def summarize(records: list[Record], skipped: int, processed: int, elapsed_s: float, job_id: str,
               stage_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Counts of this run: `processed` records whose stages ran now, `skipped` ones carried over from earlier runs;
+    inputs = ok + error = processed + skipped (one record per input, or per face with --faces all)."""
     counts: dict[str, int] = {}
     for record in records:
         counts[record.status] = counts.get(record.status, 0) + 1
@@ -151,11 +162,13 @@ def summarize(records: list[Record], skipped: int, elapsed_s: float, job_id: str
     for record in records:
         if record.status == ERROR:
             errors_by_stage[record.stage] = errors_by_stage.get(record.stage, 0) + 1
-    computed = len(records) - skipped
+    if processed + skipped != len(records):
+        raise AssertionError(f"summary of job {job_id}: {processed} processed + {skipped} skipped != "
+                             f"{len(records)} records")
     return {"summary": True, "job_id": job_id, "inputs": len(records), "ok": counts.get(OK, 0),
-            "error": counts.get(ERROR, 0), "skipped": skipped, "processed": computed,
+            "error": counts.get(ERROR, 0), "skipped": skipped, "processed": processed,
             "errors_by_stage": errors_by_stage, "elapsed_s": round(elapsed_s, 3),
-            "photos_per_s": round(computed / elapsed_s, 3) if elapsed_s > 0 else None,
+            "photos_per_s": round(processed / elapsed_s, 3) if elapsed_s > 0 else None,
             "stage_seconds": {k: round(v, 3) for k, v in (stage_seconds or {}).items()}}
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from batch import manifest
+from batch.names import output_name
 from fstrain.data import storage
 from fstrain.data.images import IMAGE_SUFFIXES
 
@@ -29,9 +30,6 @@ IMAGE_EXTENSIONS = IMAGE_SUFFIXES     # the one list of image suffixes (fstrain.
 FACE_CHOICES = ("largest", "all")
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 MODES = ("general", "multimodal", "reference")
-# Env hook for the retry test: if this storage URI exists when an actor starts a batch, the actor deletes it and
-# exits the process (a worker dying mid-batch). Ray restarts the actor and retries the batch.
-CRASH_ONCE_ENV = "BATCH_STYLIZE_CRASH_ONCE_MARKER"
 
 
 @dataclass
@@ -59,6 +57,9 @@ class JobSpec:
     det_max_side: int = 1280            # photos are downscaled to this long side for detection (crop: full size)
     faces: str = "largest"              # "largest": one output per photo; "all": <key>__face<i> per face
     paste_back: bool = False
+    identity_uri: str = ""              # identity net scoring aligned input vs each style's output ("" = none)
+    identity_kind: str = "auto"
+    identity_sha256: str | None = None
     min_input_side: int = 64
     min_face_side: int = 24
     max_pixels: int = 8192 * 8192
@@ -66,6 +67,8 @@ class JobSpec:
     jpeg_quality: int = 95
     size: int = 1024                    # encoder input / generator resolution (read off G' on the driver)
     thumbnail_keys: list[str] = field(default_factory=list)
+    # sha256 of the models every ok record was made with: {"encoder": sha, "generators": {style: sha}}
+    provenance: dict[str, Any] = field(default_factory=dict)
     thumbnail_size: int = 96
 
     def style_column(self, index: int) -> str:
@@ -152,8 +155,12 @@ class PrepareFaces:
                 out["image"][i] = row["image"]
                 if row["key"] in self.thumbnail_keys or row["key"].split("__face")[0] in self.thumbnail_keys:
                     # the aligned face, for the gallery's input column
-                    storage.write_bytes(thumbnail_uri(self.spec, row["key"], "input"),
-                                        thumbnail(row["image"], self.spec.thumbnail_size))
+                    try:
+                        storage.write_bytes(thumbnail_uri(self.spec, row["key"], "input"),
+                                            thumbnail(row["image"], self.spec.thumbnail_size))
+                    except storage.StorageError as exc:
+                        _set_error(out, i, "upload", f"{row['uri']}: could not write its thumbnail: {exc}",
+                                   "rerun with the same --job-id; it is retried")
             out["info"][i] = json.dumps(row["info"])
         return out
 
@@ -166,6 +173,9 @@ class PrepareFaces:
         try:
             data = storage.read_bytes(uri)
         except storage.StorageError as exc:
+            if exc.transient:  # the connection or the service failed after every retry, not the photo
+                raise StageError("read", f"could not read: {exc}", "rerun with the same --job-id; it is retried") \
+                    from exc
             raise StageError("read", f"could not read ({exc})", "check the object exists and is readable") from exc
         timings["read"] = time.perf_counter() - start
 
@@ -279,6 +289,13 @@ class StylizeActor:
                                    gpu_ids=[str(g) for g in ray.get_gpu_ids()])
         except Exception:  # noqa: BLE001 - placement info is diagnostic only
             pass
+        self.identity = None
+        if spec.identity_uri:
+            from fstrain.models.identity import load_identity
+            from fstrain.models.registry import fetch
+
+            self.identity = load_identity(str(fetch(spec.identity_uri, spec.identity_sha256)), spec.identity_kind,
+                                          device=self.device)
         self.references = {}
         if spec.mode == "reference":
             from fstrain.stylize import ReferenceStore
@@ -287,7 +304,6 @@ class StylizeActor:
             self.references = {style: store.load(style, spec.reference_id) for style in spec.styles}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._maybe_crash()
         import torch
 
         n, size, spec = len(batch["key"]), self.spec.size, self.spec
@@ -313,8 +329,12 @@ class StylizeActor:
             faces = from_uint8(batch["image"][rows]).to(self.device)
             w_plus = self.stylizer.encode(faces)
             out["w_plus"][rows] = w_plus.float().cpu().numpy()
+            similarity = {}
+            input_embedding = self.identity(faces) if self.identity is not None else None
             for index, style in enumerate(spec.styles):
                 images, codes = self._render(w_plus, style)
+                if input_embedding is not None:   # cosine of identity embeddings: aligned input vs output
+                    similarity[style] = (input_embedding * self.identity(images[:, 0])).sum(1).float().cpu()
                 out[spec.style_column(index)][rows] = to_uint8(images.flatten(0, 1)).reshape(
                     len(rows), samples, size, size, 3)
                 if codes is not None:
@@ -327,10 +347,13 @@ class StylizeActor:
         if self.device == "cuda":
             torch.cuda.synchronize()
         per_row = (time.perf_counter() - start) / len(rows)
-        for i in rows:
+        for position, i in enumerate(rows):
             info = _info(out["info"][i])
             info["timings"]["stylize"] = per_row
             info["worker"] = self.worker
+            if similarity:
+                info["identity"] = {"net": spec.identity_uri, "kind": self.identity.kind, "similarity": {
+                    style: round(float(values[position]), 4) for style, values in similarity.items()}}
             out["info"][i] = json.dumps(info)
         return out
 
@@ -353,25 +376,20 @@ class StylizeActor:
         codes = self.stylizer.reference_codes(w_plus, self.references[style].w, spec.layer)
         return self.stylizer.render(codes, style).unsqueeze(1), codes.unsqueeze(1)
 
-    def _maybe_crash(self) -> None:
-        marker = os.environ.get(CRASH_ONCE_ENV)
-        if marker and storage.exists(marker):
-            storage.delete(marker)
-            os._exit(17)  # a worker dying mid-batch, not a Python exception: Ray must restart and retry
-
 
 # ------------------------------------------------------------------------------------ stage 3: CPU encode + upload
+# Output names come from batch/names.py: the input's relative path, escaped only where a store needs it.
 def output_uri(spec: JobSpec, style: str, key: str, sample: int | None) -> str:
-    name = key if sample is None else f"{key}_{sample}"
+    name = output_name(key) if sample is None else f"{output_name(key)}_{sample}"
     return storage.join(spec.output, style, f"{name}.{spec.image_format}")
 
 
 def latents_uri(spec: JobSpec, key: str) -> str:
-    return storage.join(spec.output, "latents", f"{key}.npz")
+    return storage.join(spec.output, "latents", f"{output_name(key)}.npz")
 
 
 def thumbnail_uri(spec: JobSpec, key: str, column: str) -> str:
-    return storage.join(spec.output, "_gallery", key, f"{column}.jpg")
+    return storage.join(spec.output, "_gallery", column, f"{output_name(key)}.jpg")
 
 
 def encode_image(pixels: np.ndarray, image_format: str, quality: int = 95) -> bytes:
@@ -417,6 +435,7 @@ class EncodeUpload:
                 else:
                     timings["upload"] = time.perf_counter() - start
                     record = manifest.Record(key=key, input=uri, status=manifest.OK, outputs=outputs,
+                                             provenance=spec.provenance,
                                              face=info.get("face", {}), timings=timings, job_id=spec.job_id,
                                              finished_at=time.time())
             else:
@@ -429,6 +448,8 @@ class EncodeUpload:
                 record.face = {**record.face, "faces_found": info["faces_found"]}
             if info.get("conversions"):
                 record.face = {**record.face, "conversions": info["conversions"]}
+            if record.status == manifest.OK and info.get("identity"):
+                record.face = {**record.face, "identity": info["identity"]}
             records.append(record)
         manifest.write_part(spec.output, spec.job_id, records)
         return {"key": batch["key"], "status": np.array([r.status for r in records], dtype=object),

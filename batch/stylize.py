@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import warnings
-from pathlib import PurePosixPath
+from dataclasses import dataclass
 from typing import Any
 
 from batch import manifest
@@ -30,25 +30,19 @@ from fstrain.data import storage
 
 EXIT_SOME_ERRORS = 3
 # Non-secret settings forwarded to workers started by a local Ray instance (credentials stay in the AWS chain).
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "BATCH_STYLIZE_CRASH_ONCE_MARKER", "CUDA_HOME",
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "CUDA_HOME",
                  "FSTRAIN_MODEL_CACHE")
 
 
 # ----------------------------------------------------------------------------------------------- input listing
 def list_inputs(input_uri: str) -> list[dict[str, str]]:
-    """Image files under the prefix as {"key", "uri"}; key = relative path without extension, made unique."""
+    """Image files under the prefix as {"key", "uri"}; key = the path relative to the prefix, extension kept.
+
+    Relative paths of one listing are distinct, so keys are too; batch/names.py turns a key into output names.
+    """
     uris = storage.list_uris(input_uri, suffixes=IMAGE_EXTENSIONS)
     base = input_uri.rstrip("/") + "/"
-    stems: dict[str, int] = {}
-    items = []
-    for uri in uris:
-        relative = uri[len(base):] if uri.startswith(base) else storage.basename(uri)
-        stem = str(PurePosixPath(relative).with_suffix(""))
-        stems[stem] = stems.get(stem, 0) + 1
-        items.append((stem, relative, uri))
-    # Two files with one stem (a.jpg and a.png) keep their extension in the key so outputs never collide.
-    return [{"key": stem if stems[stem] == 1 else relative.replace(".", "_"), "uri": uri}
-            for stem, relative, uri in items]
+    return [{"key": uri[len(base):] if uri.startswith(base) else storage.basename(uri), "uri": uri} for uri in uris]
 
 
 # ------------------------------------------------------------------------------------------------ job set-up
@@ -60,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", default=None, help="pipeline root holding styles/<style>/generator.pt and references/")
     parser.add_argument("--config", default=None, help="pipeline YAML (models.encoder_wplus, stylize defaults)")
     parser.add_argument("--encoder", default=None, help="W+ encoder URI (overrides the config)")
+    parser.add_argument("--identity", default=None,
+                        help="identity net URI scoring each output against its input (default: the config's "
+                             "models.identity; none without a config)")
     parser.add_argument("--generator", action="append", default=[], metavar="STYLE=URI",
                         help="use this G' for STYLE instead of <root>/styles/<style>/generator.pt")
     parser.add_argument("--mode", choices=MODES, default="general")
@@ -153,10 +150,11 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
             detector = resolve_detector_kind(kind, detector_root)
         except DetectorMissingError as exc:
             raise SystemExit(str(exc)) from None
-    size = _generator_size(generators[styles[0]])
+    size, provenance = _model_facts(encoder, generators)
     return JobSpec(input=args.input, output=args.output, job_id=manifest.check_job_id(args.job_id),
                    styles=styles, generator_uris=generators, encoder_uri=encoder,
                    encoder_sha256=(config.models.sha256.get("encoder_wplus") if config else None),
+                   **_identity_fields(args, config, root),
                    mode=args.mode, layer=defaults.mix_layer if args.layer is None else args.layer,
                    samples=defaults.samples if args.samples is None else args.samples,
                    psi=defaults.truncation if args.psi is None else args.psi,
@@ -165,13 +163,31 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
                    det_size=args.det_size, det_max_side=args.det_max_side, faces=args.faces,
                    paste_back=args.paste_back,
                    min_input_side=args.min_input_side, min_face_side=args.min_face_side,
-                   max_pixels=args.max_pixels, image_format=args.image_format, size=size)
+                   max_pixels=args.max_pixels, image_format=args.image_format, size=size, provenance=provenance)
 
 
-def _generator_size(uri: str) -> int:
-    from fstrain.models.hub import generator_at
+def _model_facts(encoder: str, generators: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """(output size, provenance): the sha256 of the encoder and of each style's G' (fetched once per machine, as
+    the workers do), and the size read off the first G' state dict, memory-mapped, without building a network
+    (other formats, e.g. NVIDIA pickles, are loaded through the model hub)."""
+    import torch
 
-    return int(generator_at(uri, load_discriminator=False).generator.size)
+    from fstrain.models.checkpoints import infer_generator_architecture
+    from fstrain.models.registry import fetch, sha256_file
+
+    paths = {style: fetch(uri) for style, uri in generators.items()}
+    provenance = {"encoder": sha256_file(fetch(encoder)),
+                  "generators": {style: sha256_file(path) for style, path in paths.items()}}
+    first_style = next(iter(generators))
+    try:
+        checkpoint = torch.load(str(paths[first_style]), map_location="cpu", weights_only=True, mmap=True)
+        state = checkpoint if "conv1.conv.weight" in checkpoint else checkpoint.get("g_ema") or checkpoint.get("g")
+        size = int(infer_generator_architecture(state, generators[first_style])["size"])
+    except Exception:  # noqa: BLE001 - not a plain rosinality torch file: let the hub detect and load it
+        from fstrain.models.hub import generator_at
+
+        size = int(generator_at(generators[first_style], load_discriminator=False).generator.size)
+    return size, provenance
 
 
 def default_job_id(args: argparse.Namespace) -> str:
@@ -205,7 +221,16 @@ def actor_resources(args: argparse.Namespace, ray) -> dict[str, float]:
     return {"num_gpus": gpus} if gpus > 0 else {"num_cpus": args.cpus_per_actor}
 
 
-def run_pipeline(spec: JobSpec, items: list[dict[str, str]], args: argparse.Namespace, ray) -> list[dict]:
+@dataclass(frozen=True)
+class Stages:
+    """The three stage classes a job runs (tests pass subclasses that inject faults, e.g. a crashing actor)."""
+    prepare: type = PrepareFaces
+    stylize: type = StylizeActor
+    upload: type = EncodeUpload
+
+
+def run_pipeline(spec: JobSpec, items: list[dict[str, str]], args: argparse.Namespace, ray,
+                 stages: Stages = Stages()) -> list[dict]:
     """Run the three stages over `items`; returns one record dict per item."""
     import ray.data
 
@@ -216,16 +241,16 @@ def run_pipeline(spec: JobSpec, items: list[dict[str, str]], args: argparse.Name
     cpu_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, args.cpu_actors))
     gpu_pool = ray.data.ActorPoolStrategy(min_size=max(1, args.min_actors),
                                           max_size=max(args.min_actors, args.max_actors))
-    ds = ds.map_batches(PrepareFaces, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
+    ds = ds.map_batches(stages.prepare, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
                         batch_format="numpy", compute=cpu_pool, num_cpus=1)
     with warnings.catch_warnings():
         # Ray Data deprecates ray_remote_args, but restart limits have no named parameter yet; its default is
         # unlimited restarts, which would loop forever on an actor that always crashes.
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(StylizeActor, fn_constructor_args=(spec,), batch_size=args.batch_size,
+        ds = ds.map_batches(stages.stylize, fn_constructor_args=(spec,), batch_size=args.batch_size,
                             batch_format="numpy", compute=gpu_pool, max_restarts=args.actor_retries,
                             max_task_retries=args.actor_retries, **actor_resources(args, ray))
-    ds = ds.map_batches(EncodeUpload, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
+    ds = ds.map_batches(stages.upload, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
                         batch_format="numpy", compute=cpu_pool, num_cpus=1)
     rows = []
     for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
@@ -242,14 +267,36 @@ def stage_totals(records: list[manifest.Record]) -> dict[str, float]:
     return totals
 
 
-def keep_previous(record: manifest.Record, retry_errors: bool) -> bool:
-    """Whether a rerun reuses an earlier record: ok always; errors caused by the input itself unless asked."""
+def keep_previous(record: manifest.Record, retry_errors: bool, provenance: dict[str, Any]) -> bool:
+    """Whether a rerun reuses an earlier record: ok when made with these very models; errors caused by the input
+    itself unless asked to retry them. Transient errors are always retried."""
     if record.status == manifest.OK:
-        return True
-    return not retry_errors and record.stage in manifest.INPUT_ERROR_STAGES
+        return record.provenance == provenance
+    return not retry_errors and not record.transient
 
 
-def run_job(args: argparse.Namespace) -> dict[str, Any]:
+def stale_reasons(records: list[manifest.Record], provenance: dict[str, Any]) -> list[str]:
+    """Why ok records of an earlier run are recomputed, one line per changed model (for the log)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.status != manifest.OK or record.provenance == provenance:
+            continue
+        if not record.provenance:
+            counts["no model provenance recorded (made by an earlier version)"] = \
+                counts.get("no model provenance recorded (made by an earlier version)", 0) + 1
+            continue
+        old_gens, new_gens = record.provenance.get("generators", {}), provenance.get("generators", {})
+        changed = [f"generator of {style!r} changed ({str(old_gens.get(style))[:8]}… → {str(sha)[:8]}…)"
+                   for style, sha in new_gens.items() if old_gens.get(style) != sha]
+        if record.provenance.get("encoder") != provenance.get("encoder"):
+            changed.append(f"W+ encoder changed ({str(record.provenance.get('encoder'))[:8]}… → "
+                           f"{str(provenance.get('encoder'))[:8]}…)")
+        for reason in changed:
+            counts[reason] = counts.get(reason, 0) + 1
+    return [f"{reason}: {n} ok record(s) recomputed" for reason, n in sorted(counts.items())]
+
+
+def run_job(args: argparse.Namespace, stages: Stages = Stages()) -> dict[str, Any]:
     args.job_id = args.job_id or default_job_id(args)
     spec = build_spec(args)
     start = time.perf_counter()
@@ -263,7 +310,10 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
     for record_key, record in previous.items():
         if photo_key(record_key) in listed or record_key in listed:
             by_input.setdefault(record_key if record_key in listed else photo_key(record_key), []).append(record)
-    carried = {k: rs for k, rs in by_input.items() if all(keep_previous(r, args.retry_errors) for r in rs)}
+    carried = {k: rs for k, rs in by_input.items()
+               if all(keep_previous(r, args.retry_errors, spec.provenance) for r in rs)}
+    for reason in stale_reasons([r for rs in by_input.values() for r in rs], spec.provenance):
+        print(f"[batch] {reason}", file=sys.stderr)
     todo = [item for item in items if item["key"] not in carried]
     spec.thumbnail_keys = [item["key"] for item in items[:args.gallery_rows] if item["key"] not in carried]
     print(f"[batch] job {spec.job_id}: {len(items)} inputs, {len(carried)} already done (skipped), "
@@ -280,7 +330,7 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
         started_here = not ray_module.is_initialized()
         ray = init_ray(args)
         try:
-            for row in run_pipeline(spec, todo, args, ray):
+            for row in run_pipeline(spec, todo, args, ray, stages):
                 record = manifest.Record.from_json(row)
                 new_records[record.key] = manifest.prefer(new_records.get(record.key), record)
         finally:
@@ -298,7 +348,9 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
         new_by_input.setdefault(key if key in listed else photo_key(key), []).append(record)
     records = [r for item in items for r in (carried.get(item["key"]) or new_by_input[item["key"]])]
     elapsed = time.perf_counter() - start
-    summary = manifest.summarize(records, skipped=sum(len(rs) for rs in carried.values()), elapsed_s=elapsed,
+    skipped = sum(len(carried[item["key"]]) for item in items if item["key"] in carried)
+    processed = sum(len(new_by_input[item["key"]]) for item in todo)   # records whose stages ran in this run
+    summary = manifest.summarize(records, skipped=skipped, processed=processed, elapsed_s=elapsed,
                                  job_id=spec.job_id,
                                  stage_seconds=stage_totals(list(new_records.values())))
     manifest.write_manifest(spec.output, spec.job_id, records, summary)
@@ -309,9 +361,9 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stages: Stages = Stages()) -> int:
     args = parse_args(argv)
-    summary = run_job(args)
+    summary = run_job(args, stages)
     print(json.dumps(summary))
     return 0 if summary["error"] == 0 else EXIT_SOME_ERRORS
 

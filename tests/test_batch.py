@@ -17,8 +17,10 @@ import pytest
 from PIL import Image
 
 from batch import manifest
-from batch.stylize import list_inputs, main
+from batch.stages import JobSpec, latents_uri, output_uri, thumbnail_uri
+from batch.stylize import Stages, list_inputs, main
 from fstrain.data import storage
+from support.batch_faults import CrashOnceStylizeActor, crash_marker
 from support.batch_inputs import box_iou, write_batch_inputs
 from support.tiny_detector import export_tiny_detector
 
@@ -84,12 +86,78 @@ def test_manifest_corrupt_line_names_file(local_root):
         manifest.read_job_records(local_root, "j")
 
 
-def test_list_inputs_keys_are_relative_and_unique(local_root):
-    for name in ("a.jpg", "a.png", "sub/b.webp", "notes.txt", "sub/c.JPEG"):
+def test_list_inputs_keys_are_relative_paths_and_outputs_never_collide(local_root):
+    names = ("a.jpg", "a.png", "sub/b.webp", "notes.txt", "sub/c.JPEG", "dup/a.jpg", "dup/a_jpg.png",
+             "dup/a.jpg.png/x.png")
+    for name in names:
         storage.write_bytes(storage.join(local_root, "in", name), b"x")
     items = list_inputs(storage.join(local_root, "in"))
-    assert [i["key"] for i in items] == ["a_jpg", "a_png", "sub/b", "sub/c"]
-    assert all(i["uri"].startswith(local_root) for i in items)
+    keys = [i["key"] for i in items]
+    assert keys == sorted(n for n in names if n != "notes.txt")
+    assert all(i["uri"] == storage.join(local_root, "in", i["key"]) for i in items)
+    spec = JobSpec(input="in", output=storage.join(local_root, "out"), job_id="j", styles=["cartoon"],
+                   generator_uris={}, encoder_uri="")
+    for sample in (None, 0, 1):
+        uris = [output_uri(spec, "cartoon", k, sample) for k in keys]
+        assert len(set(uris)) == len(uris)
+    # Readable: the input's path with its extension, then the output format.
+    assert output_uri(spec, "cartoon", "dup/a.jpg", None) == storage.join(spec.output, "cartoon", "dup/a.jpg.png")
+    # A folder never takes the name of a file written beside it (dup/a.jpg.png is the output of dup/a.jpg).
+    assert output_uri(spec, "cartoon", "dup/a.jpg.png/x.png", None).endswith("/dup/a.jpg%2Epng/x.png.png")
+    for key in keys:  # every output, latent and thumbnail can be written side by side on a local disk
+        for uri in (output_uri(spec, "cartoon", key, None), latents_uri(spec, key), thumbnail_uri(spec, key, "input")):
+            storage.write_bytes(uri, key.encode())
+    assert len(storage.list_uris(spec.output)) == 3 * len(keys)
+
+
+def test_output_names_are_injective_readable_and_bounded():
+    import random
+    from urllib.parse import unquote
+
+    from batch.names import HASH_MARK, MAX_NAME_BYTES, MAX_SEGMENT_BYTES, output_name
+
+    readable = ["album/IMG #3.jpg", "q?x=1&y=2.jpg", "a+b = c.jpg", "it's \"quoted\".jpg", "ünï/名前 φωτο.png"]
+    for key in readable:
+        assert output_name(key) == key                      # nothing to escape: the name is the key
+    assert output_name("100%.jpg") == "100%25.jpg" and unquote(output_name("100%.jpg")) == "100%.jpg"
+    assert output_name("a//b.jpg") == "a/%2F/b.jpg"
+    assert output_name("../up.jpg") == "%2E%2E/up.jpg" and output_name("./x/y.jpg") == "%2E/x/y.jpg"
+    assert output_name("line\nbreak.jpg") == "line%0Abreak.jpg"
+    long_keys = ["long/" + "ł" * 300 + ".jpg", "long/" + "ł" * 300 + "x.jpg", "/".join(["d" * 150] * 7) + "/a.png"]
+    for key in long_keys:
+        name = output_name(key)
+        assert HASH_MARK in name and name.endswith(key[-4:]) and name.startswith(key[:4])
+        assert len(name.encode()) <= MAX_NAME_BYTES
+        assert all(len(segment.encode()) <= MAX_SEGMENT_BYTES for segment in name.split("/"))
+    # Injective over many keys made of the characters the escapes use (and collide on under a naive scheme).
+    rng = random.Random(0)
+    alphabet = ["a", "b", ".", "/", "%", "2", "E", "F", "~", "_", "jpg", "png", " ", "\n"]
+    keys = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) + rng.choice([".jpg", ".png"])
+            for _ in range(20000)} | set(readable) | set(long_keys)
+    names = {}
+    for key in keys:
+        name = output_name(key)
+        assert names.setdefault(name, key) == key, (key, names[name], name)
+        assert not name.startswith("/") and "//" not in name and ".." not in name.split("/")
+
+
+def test_rerun_reuses_only_records_made_with_the_same_models():
+    from batch.stylize import keep_previous, stale_reasons
+
+    models = {"encoder": "e" * 64, "generators": {"cartoon": "1" * 64, "anime": "2" * 64}}
+    retrained = {"encoder": "e" * 64, "generators": {"cartoon": "3" * 64, "anime": "2" * 64}}
+    ok = manifest.Record(key="a.jpg", input="in/a.jpg", status="ok", provenance=models)
+    old_ok = manifest.Record(key="b.jpg", input="in/b.jpg", status="ok")
+    decode = manifest.Record(key="c.jpg", input="in/c.jpg", status="error", stage="decode")
+    read = manifest.Record(key="d.jpg", input="in/d.jpg", status="error", stage="read")
+    assert keep_previous(ok, False, models) and not keep_previous(ok, False, retrained)
+    assert not keep_previous(old_ok, False, models)
+    assert keep_previous(decode, False, models) and not keep_previous(decode, True, models)
+    assert not keep_previous(read, False, models) and read.transient and not decode.transient
+    assert read.to_json()["transient"] is True and ok.to_json()["provenance"] == models
+    assert stale_reasons([ok, old_ok, decode], retrained) == [
+        "generator of 'cartoon' changed (11111111… → 33333333…): 1 ok record(s) recomputed",
+        "no model provenance recorded (made by an earlier version): 1 ok record(s) recomputed"]
 
 
 def test_detector_largest_face_and_no_face_through_insightface(tmp_path):
@@ -171,12 +239,13 @@ def test_s3_job_accounts_for_every_input_survives_crash_and_resumes(s3_server, s
     publish_styles(tiny_models, root)
     detector_root = storage.join(root, "models", "buffalo_l")
     storage.upload_file(export_tiny_detector(tmp_path / "det"), storage.join(detector_root, "det_10g.onnx"))
-    marker = storage.join(s3_root, "hooks", "crash-once")
+    marker = crash_marker(out)
     storage.write_bytes(marker, b"crash the first stylize actor once")
-    monkeypatch.setenv("BATCH_STYLIZE_CRASH_ONCE_MARKER", marker)
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))      # the workers import support.batch_faults
     monkeypatch.setenv("FSTRAIN_MODEL_CACHE", str(tmp_path / "model-cache"))
 
-    rc = main(job_args(inputs, out, root, tiny_models.encoder_wplus, detector_root, "job-a"))
+    rc = main(job_args(inputs, out, root, tiny_models.encoder_wplus, detector_root, "job-a"),
+              Stages(stylize=CrashOnceStylizeActor))
     assert rc == 3  # some inputs are errors
     assert not storage.exists(marker), "the stylize actor never reached the crash hook"
     records, summary = manifest.read_manifest(out)
@@ -197,16 +266,16 @@ def test_s3_job_accounts_for_every_input_survives_crash_and_resumes(s3_server, s
             continue
         for style in STYLES:
             uri = record.outputs[style]
-            assert uri == storage.join(out, style, f"{key}.png")
+            assert uri == storage.join(out, style, f"{key}.png")   # the input's path + the output format
             assert Image.open(io.BytesIO(storage.read_bytes(uri))).size == (tiny_models.size, tiny_models.size)
         with np.load(io.BytesIO(storage.read_bytes(record.outputs["latents"]))) as latents:
             assert latents["w_plus"].shape == (tiny_models.n_latent, tiny_models.style_dim)
             assert np.isfinite(latents["w_plus"]).all() and np.abs(latents["w_plus"]).sum() > 0
         assert box_iou(record.face["bbox"], want.face_box) > 0.5, (key, record.face, want.face_box)
-    for key in ("group/two-faces", "group/two-faces-b"):            # several faces -> the largest one (checked above)
+    for key in ("group/two-faces.jpg", "group/two-faces-b.png"):            # several faces -> the largest one (checked above)
         assert by_key[key].face["faces_found"] >= 2
-    assert any("alpha" in c for c in by_key["modes/gray-alpha"].face["conversions"])
-    assert any("exif" in c for c in by_key["modes/exif-rotated"].face["conversions"])
+    assert any("alpha" in c for c in by_key["modes/gray-alpha.png"].face["conversions"])
+    assert any("exif" in c for c in by_key["modes/exif-rotated.jpg"].face["conversions"])
     # Distinct generators give distinct pictures of one photo; one photo's styles share its single w+ encoding.
     first = by_key[expected.keys_with("ok")[0]]
     pictures = {s: storage.read_bytes(first.outputs[s]) for s in STYLES}
@@ -297,7 +366,7 @@ def test_stages_in_process_reference_mode_matches_stylizer(tmp_path, tiny_models
                           generator_uris={s: storage.join(root, "styles", s, "generator.pt") for s in ("cartoon", "anime")},
                           encoder_uri=tiny_models.encoder_wplus, mode="reference", layer=3, reference_id="ref1",
                           root=root, aligned=True, min_input_side=32, image_format="png", size=tiny_models.size,
-                          thumbnail_keys=["f0"])
+                          thumbnail_keys=["f0.png"])
     batch = {"key": np.array([i["key"] for i in items], dtype=object),
              "uri": np.array([i["uri"] for i in items], dtype=object)}
     prepared = stages.PrepareFaces(spec)(batch)
@@ -314,14 +383,128 @@ def test_stages_in_process_reference_mode_matches_stylizer(tmp_path, tiny_models
     for style in ("cartoon", "anime"):
         want = stylizer.reference(w_plus, style, store.load(style, "ref1"), 3)
         for i in range(3):
-            got = decode_png(storage.read_bytes(storage.join(out, style, f"f{i}.png")))
+            got = decode_png(storage.read_bytes(storage.join(out, style, f"f{i}.png.png")))
             np.testing.assert_array_equal(got, to_uint8(want[i]))
-    with np.load(storage.join(out, "latents", "f1.npz")) as latents:
+    with np.load(storage.join(out, "latents", "f1.png.npz")) as latents:
         np.testing.assert_allclose(latents["w_plus"], w_plus[1].numpy(), rtol=1e-5, atol=1e-6)
         mix = latents["mix_anime"][0]
         np.testing.assert_allclose(mix[:3], w_plus[1, :3].numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(mix[3:], np.repeat(store.load("anime", "ref1").w.numpy(), mix.shape[0] - 3, 0))
     parts = storage.list_uris(manifest.parts_uri(out, "inproc"))
     assert len(parts) == 1 and len(manifest.read_job_records(out, "inproc")) == 4
-    assert storage.exists(storage.join(out, "_gallery", "f0", "input.jpg"))
-    assert storage.exists(storage.join(out, "_gallery", "f0", "anime.jpg"))
+    assert storage.exists(storage.join(out, "_gallery", "input", "f0.png.jpg"))
+    assert storage.exists(storage.join(out, "_gallery", "anime", "f0.png.jpg"))
+
+
+# -------------------------------------------------------------- odd keys, storage faults, reruns (issue 21)
+from support.fault_proxy import fault_proxy  # noqa: E402,F401 - the fixture, for this module
+
+ODD_INPUTS = ["dup/a.jpg", "dup/a_jpg.png", "album/IMG #3.jpg", "q?x=1&y.png", "100% + pure.png",
+              "it's \"quoted\".png", "ünï/名前 φωτο.png", "long/" + "ł" * 250 + ".png"]
+
+
+def _write_odd_inputs(inputs: str) -> dict[str, bytes]:
+    from support.portraits import portrait_photos
+
+    written = {}
+    for name, photo in zip(ODD_INPUTS, portrait_photos(len(ODD_INPUTS), 48, seed=5)):
+        image = Image.fromarray(photo.array())
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG" if name.endswith(".jpg") else "PNG")
+        written[name] = buffer.getvalue()
+        storage.write_bytes(storage.join(inputs, name), written[name])
+    storage.write_bytes(storage.join(inputs, "bad/notes.jpg"), b"holiday notes, not a photo\n" * 10)
+    return written
+
+
+def test_odd_keys_faults_and_reruns_one_line_per_input(s3_server, s3_root, fault_proxy, tiny_models, tmp_path,
+                                                       monkeypatch):
+    """Through a proxy that resets and throttles S3: odd keys are read, cut downloads are retried (and a read that
+    keeps failing is a transient `read` error a rerun recomputes), summaries count this run's work, a rerun after a
+    clean run recomputes nothing, and a new generator for a style recomputes its inputs."""
+    import ray
+
+    inputs, out, root = (storage.join(s3_root, p) for p in ("photos", "stylized", "pipeline"))
+    _write_odd_inputs(inputs)
+    styles = ("cartoon", "anime")
+    publish_styles(tiny_models, root, styles=styles)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)     # driver and Ray workers all go through the proxy
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("FSTRAIN_MODEL_CACHE", str(tmp_path / "model-cache"))
+    storage.configure_s3(reset=True)
+    fault_proxy.add("reset-during", method="GET", path_contains="album/IMG #3.jpg", times=1)
+    fault_proxy.add("truncate", method="GET", path_contains="q?x=1&y.png", times=1)
+    fault_proxy.add("slowdown", method="GET", path_contains="100% + pure.png", times=2)
+    fault_proxy.add("reset-before", method="PUT", path_contains="/cartoon/ünï/", times=1)
+    fault_proxy.add("slowdown", method="PUT", path_contains="/anime/long/", times=1)
+    fault_proxy.add("reset-during", method="GET", path_contains="photos/dup/a.jpg", times=1000)  # never readable
+    argv = ["--input", inputs, "--output", out, "--styles", ",".join(styles), "--root", root, "--encoder",
+            tiny_models.encoder_wplus, "--aligned", "--min-input-side", "32", "--job-id", "odd", "--cpu-actors", "1",
+            "--max-actors", "1", "--batch-size", "4", "--cpu-batch-size", "4"]
+    n_inputs = len(ODD_INPUTS) + 1
+
+    def run() -> tuple[int, list[manifest.Record], dict]:
+        rc = main(argv)
+        records, summary = manifest.read_manifest(out)
+        assert sorted(r.key for r in records) == sorted([*ODD_INPUTS, "bad/notes.jpg"])   # one line per input
+        assert summary["inputs"] == summary["ok"] + summary["error"] == n_inputs
+        assert summary["processed"] + summary["skipped"] == n_inputs
+        return rc, records, summary
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
+        "PYTHONPATH": str(REPO), "AWS_ENDPOINT_URL": fault_proxy.url, "AWS_MAX_ATTEMPTS": "3",
+        "FSTRAIN_MODEL_CACHE": str(tmp_path / "model-cache")}})
+    try:
+        rc, records, summary = run()
+        by_key = {r.key: r for r in records}
+        assert rc == 3 and summary["processed"] == n_inputs and summary["skipped"] == 0
+        cut = by_key["dup/a.jpg"]
+        assert cut.status == "error" and cut.stage == "read" and cut.transient, cut.to_json()
+        assert "dup/a.jpg" in cut.message and "rerun" in cut.action
+        notes = by_key["bad/notes.jpg"]
+        assert notes.status == "error" and notes.stage == "decode" and not notes.transient
+        for key in ODD_INPUTS[1:]:                                  # every other input, odd keys included, is ok
+            assert by_key[key].status == "ok", by_key[key].to_json()
+            for style in styles:
+                assert storage.exists(by_key[key].outputs[style]), by_key[key].outputs[style]
+        assert by_key["dup/a_jpg.png"].outputs["cartoon"] == storage.join(out, "cartoon", "dup/a_jpg.png.png")
+        assert by_key["album/IMG #3.jpg"].outputs["anime"] == storage.join(out, "anime", "album/IMG #3.jpg.png")
+        injected = fault_proxy.kinds_injected()
+        for kind in ("reset-during", "truncate", "slowdown", "reset-before"):
+            assert kind in injected, injected
+
+        # Rerun once the fault is gone: only the transient error is recomputed; it is now ok.
+        fault_proxy.clear()
+        rc, records, summary = run()
+        by_key = {r.key: r for r in records}
+        assert by_key["dup/a.jpg"].status == "ok"
+        assert by_key["dup/a.jpg"].outputs["cartoon"] == storage.join(out, "cartoon", "dup/a.jpg.png")
+        assert (summary["processed"], summary["skipped"]) == (1, n_inputs - 1), summary
+        assert storage.read_bytes(by_key["dup/a.jpg"].outputs["cartoon"]) != \
+            storage.read_bytes(by_key["dup/a_jpg.png"].outputs["cartoon"])        # two inputs, two pictures
+
+        # A rerun after a clean run recomputes nothing and rewrites nothing, odd keys included.
+        bucket, prefix = storage.parse_s3(out)
+        client = storage.s3_client()
+
+        def stamps() -> dict:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+            return {o["Key"]: o["LastModified"] for page in pages for o in page.get("Contents", [])
+                    if "/_jobs/" not in o["Key"] and not o["Key"].endswith(("manifest.jsonl", "gallery.html",
+                                                                          "contact_sheet.png"))}
+
+        before = stamps()
+        rc, records_again, summary = run()
+        assert (summary["processed"], summary["skipped"]) == (0, n_inputs), summary
+        assert [r.to_json() for r in records_again] == [r.to_json() for r in records]
+        assert stamps() == before
+
+        # A new generator for one style: its inputs are recomputed (the decode error is carried over).
+        publish_styles(tiny_models, root, styles=("anime", "cartoon"))             # swapped weights
+        rc, records, summary = run()
+        assert (summary["processed"], summary["skipped"]) == (n_inputs - 1, 1), summary
+        assert {r.provenance["generators"]["cartoon"] for r in records if r.status == "ok"} != \
+            {r.provenance["generators"]["cartoon"] for r in records_again if r.status == "ok"}
+    finally:
+        ray.shutdown()
+        storage.configure_s3(reset=True)

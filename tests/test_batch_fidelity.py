@@ -49,7 +49,7 @@ def test_aligned_path_feeds_the_aligned_render_and_round_trips(tmp_path, tiny_mo
     spec = stages.JobSpec(input=inputs, output=out, job_id="fidelity", styles=list(STYLES),
                           generator_uris={s: storage.join(root, "styles", s, "generator.pt") for s in STYLES},
                           encoder_uri=tiny_models.encoder_wplus, root=root, aligned=True, min_input_side=32,
-                          image_format="png", size=size, thumbnail_keys=["photo-png"], thumbnail_size=size)
+                          image_format="png", size=size, thumbnail_keys=["photo-png.png"], thumbnail_size=size)
     batch = {"key": np.array(keys, dtype=object), "uri": np.array([i["uri"] for i in items], dtype=object)}
     prepared = stages.PrepareFaces(spec)(batch)
 
@@ -67,9 +67,9 @@ def test_aligned_path_feeds_the_aligned_render_and_round_trips(tmp_path, tiny_mo
         assert error <= case.tolerance, f"{key}: mean |aligned input - aligned render| = {error:.2f}"
         if case.tolerance == 0:
             np.testing.assert_array_equal(prepared["image"][i], truth)
-    thumb = decode_png(storage.read_bytes(stages.thumbnail_uri(spec, "photo-png", "input")))
-    thumb_error = _mean_abs(thumb, _resized(cases["photo-png"].truth, size))   # a small JPEG q90 of the render
-    assert thumb_error < 6.0 and thumb_error < 0.5 * _mean_abs(thumb, _resized(cases["photo-jpg"].truth, size))
+    thumb = decode_png(storage.read_bytes(stages.thumbnail_uri(spec, "photo-png.png", "input")))
+    thumb_error = _mean_abs(thumb, _resized(cases["photo-png.png"].truth, size))   # a small JPEG q90 of the render
+    assert thumb_error < 6.0 and thumb_error < 0.5 * _mean_abs(thumb, _resized(cases["photo-jpg.jpg"].truth, size))
 
     actor = stages.StylizeActor(spec)
     result = stages.EncodeUpload(spec)(actor(prepared))

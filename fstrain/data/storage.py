@@ -5,7 +5,8 @@ or any S3-compatible endpoint (AWS, MinIO, Ceph, R2) without code changes.
 
 S3 settings come from `configure_s3(...)` when called, otherwise from the standard AWS chain plus
 `AWS_ENDPOINT_URL` / `AWS_DEFAULT_REGION` (read at call time, so subprocesses and Ray workers that inherit the
-environment behave the same). One boto3 client is cached per (settings, process).
+environment behave the same; `AWS_MAX_ATTEMPTS` sets the retry attempts). One boto3 client is cached per
+(settings, process).
 
 Writes are atomic: local files are written to a temp file in the same directory and renamed over the target;
 S3 objects appear only when a PUT or a multipart upload completes.
@@ -154,6 +155,7 @@ def s3_settings() -> S3Settings:
         endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
         region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None,
         profile=env.get("AWS_PROFILE") or None,
+        max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or S3Settings.max_attempts),  # the standard AWS variable
     )
     with _overrides_lock:
         return dataclasses.replace(base, **_overrides)

@@ -125,7 +125,7 @@ def write_batch_inputs(prefix: str, n_plain: int = 43, seed: int = 0) -> BatchIn
 
     def put(name: str, data: bytes, expectation: Expectation) -> None:
         storage.write_bytes(storage.join(prefix, name), data)
-        out.expected[name.rsplit(".", 1)[0]] = expectation
+        out.expected[name] = expectation          # keys are relative paths, extension kept
 
     def photo() -> tuple[Image.Image, tuple]:
         image, meta = synthetic_photo(next(index), seed=seed)
@@ -194,7 +194,7 @@ class EncodedCase:
 
 def synthetic_encodings(prefix: str, size: int = 64, seed: int = 7) -> dict[str, EncodedCase]:
     """Synthetic aligned photos (one identity each) written under `prefix` in every odd encoding the batch job
-    accepts, plus bad files made from them. Returns key -> EncodedCase (keys are the file stems)."""
+    accepts, plus bad files made from them. Returns key -> EncodedCase (keys are the file names)."""
     from fstrain.data.synthetic import generate
 
     photos = [image for _, image, _ in generate("photo", 8, size, seed, aligned=True)]
@@ -202,7 +202,7 @@ def synthetic_encodings(prefix: str, size: int = 64, seed: int = 7) -> dict[str,
 
     def put(name: str, data: bytes, case: EncodedCase) -> None:
         storage.write_bytes(storage.join(prefix, name), data)
-        cases[name.rsplit(".", 1)[0]] = case
+        cases[name] = case
 
     put("photo-png.png", _png(photos[0]), EncodedCase(photos[0]))
     put("photo-jpg.jpg", _jpeg(photos[1]), EncodedCase(photos[1], 3.0))
