@@ -14,7 +14,7 @@ from PIL import Image
 
 from fstrain import ingest
 from fstrain.data import shards, storage
-from fstrain.data.images import ImageDecodeError, decode_image, decode_image_info
+from fstrain.data.images import ImageDecodeError, center_crop_resize, decode_image, decode_image_info
 
 rng = np.random.default_rng(0)
 
@@ -120,6 +120,15 @@ def test_decode_errors_name_the_file(name):
     assert str(info.value).startswith(f"{name}: ") and BAD[name] in str(info.value)
 
 
+def test_center_crop_keeps_the_middle_square_pixel_for_pixel():
+    tall = np.random.default_rng(1).integers(0, 256, (37, 30, 3), dtype=np.uint8)   # 30 wide, 37 high
+    assert np.array_equal(np.asarray(center_crop_resize(Image.fromarray(tall), 30)), tall[3:33])
+    wide = np.random.default_rng(2).integers(0, 256, (20, 27, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(center_crop_resize(Image.fromarray(wide), 20)), wide[:, 3:23])
+    expected = Image.fromarray(wide[:, 3:23]).resize((8, 8), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(center_crop_resize(Image.fromarray(wide), 8)), np.asarray(expected))
+
+
 # --------------------------------------------------------------------------------------------------- ingest
 def make_source(root: str) -> None:
     for name, data in odd_files().items():
@@ -142,6 +151,10 @@ def check_dataset(dest: str, size: int) -> dict[str, dict]:
     assert by_source["with_meta.png"]["json"]["source_meta"]["domain"] == "cartoon"
     report = storage.read_json(storage.join(prefix, "ingest_report.json"))
     assert report["ok"] == len(GOOD) and {s["name"] for s in report["skipped"]} == set(BAD)
+    # The stored pixels are the centred square cut by hand (48x40: columns 4..43, every row), Lanczos-resized.
+    source = np.asarray(portrait(seed=4))
+    expected = np.asarray(Image.fromarray(source[:, 4:44]).resize((size, size), Image.Resampling.LANCZOS))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(by_source["good.png"]["png"]))), expected)
     return by_source
 
 
