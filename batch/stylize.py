@@ -190,6 +190,19 @@ def _model_facts(encoder: str, generators: dict[str, str]) -> tuple[int, dict[st
     return size, provenance
 
 
+def _identity_fields(args: argparse.Namespace, config, root: str) -> dict[str, Any]:
+    """The identity net that scores outputs (fidelity in the manifest): --identity, else the config's."""
+    from fstrain.settings import resolve_model_uri
+
+    uri = args.identity or (resolve_model_uri(config.models.identity, root) if config else "")
+    if not uri:
+        return {}
+    if not storage.exists(uri):
+        raise SystemExit(f"{uri}: identity net not found; fix models.identity / --identity")
+    return {"identity_uri": uri, "identity_kind": config.models.identity_kind if config else "auto",
+            "identity_sha256": config.models.sha256.get("identity") if config and not args.identity else None}
+
+
 def default_job_id(args: argparse.Namespace) -> str:
     import hashlib
 

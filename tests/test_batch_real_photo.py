@@ -1,7 +1,7 @@
 """A fresh install stylizes an ordinary photo: `python -m batch.stylize` on a folder holding scikit-image's
 astronaut photo (rotated 20 degrees in the picture, stored sideways with an EXIF orientation tag) and a photo with
 no face, with no detector file anywhere: the dlib fallback finds the face, every style gets a stylized face and a
-pasted-back photo, the manifest line names the detector and the box, and the faceless photo is an error naming
+pasted-back photo, the manifest line names the detector, the box and the identity similarity per style, and the faceless photo is an error naming
 the detector and its thresholds. Tiny random models; the real CLI in a subprocess (its own local Ray)."""
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_cli_stylizes_a_rotated_exif_photo_with_no_extra_files(tmp_path, tiny_mo
     proc = subprocess.run(
         [sys.executable, "-m", "batch.stylize", "--input", str(inputs), "--output", str(out),
          "--styles", ",".join(STYLES), "--root", str(root), "--encoder", tiny_models.encoder_wplus,
-         "--paste-back", "--job-id", "real-photo", "--num-cpus", "2", "--cpu-actors", "1", "--max-actors", "1"],
+         "--identity", tiny_models.identity, "--paste-back", "--job-id", "real-photo", "--num-cpus", "2", "--cpu-actors", "1", "--max-actors", "1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3, proc.stderr[-3000:]                 # the coffee photo is an error
     assert proc.stderr.count("[batch] face detector: dlib-hog") == 1, proc.stderr[-3000:]
@@ -68,6 +68,9 @@ def test_cli_stylizes_a_rotated_exif_photo_with_no_extra_files(tmp_path, tiny_mo
     centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
     true_centre = (to_rotated @ np.array([222.0, 126.0, 1.0]))[:2]
     assert np.hypot(*(centre - true_centre)) < 0.25 * (x2 - x1), (centre, true_centre)
+    identity = astronaut.face["identity"]                            # fidelity per style, net named
+    assert identity["net"] == tiny_models.identity and sorted(identity["similarity"]) == sorted(STYLES)
+    assert all(-1.0 <= v <= 1.0 for v in identity["similarity"].values())
     for style in STYLES:
         face = Image.open(astronaut.outputs[style])
         assert face.size == (tiny_models.size, tiny_models.size)
