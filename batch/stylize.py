@@ -198,7 +198,10 @@ def _identity_fields(args: argparse.Namespace, config, root: str) -> dict[str, A
     if not uri:
         return {}
     if not storage.exists(uri):
-        raise SystemExit(f"{uri}: identity net not found; fix models.identity / --identity")
+        if args.identity:
+            raise SystemExit(f"{uri}: identity net not found; fix --identity")
+        print(f"[batch] {uri} (models.identity) not found: outputs are not scored for identity", file=sys.stderr)
+        return {}
     return {"identity_uri": uri, "identity_kind": config.models.identity_kind if config else "auto",
             "identity_sha256": config.models.sha256.get("identity") if config and not args.identity else None}
 
