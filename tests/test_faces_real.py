@@ -9,6 +9,7 @@ geometry, must land where they land in the upright photo's crop (mean error <= 2
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -176,3 +177,32 @@ def test_paste_back_puts_the_face_where_it_came_from(reference, astronaut):
     eyes = face.kps[:2].mean(0).astype(int)
     assert red[eyes[1], eyes[0], 0] > 240 and red[eyes[1], eyes[0], 1] < 15
     assert np.array_equal(red[450:, :100], rgb[450:, :100])
+
+
+def test_prepare_faces_all_gives_one_row_per_face_and_a_named_no_face_error(tmp_path, astronaut):
+    """batch's CPU stage with --faces all: `<key>__face<i>` rows, largest first, each with its own box and the
+    detector's name; a photo without a face is one error row naming the detector and its thresholds."""
+    from batch.faces import describe_detector
+    from batch.stages import JobSpec, PrepareFaces, make_finder, photo_key
+
+    scene = Image.new("RGB", (900, 560), (90, 90, 100))
+    scene.paste(Image.fromarray(astronaut), (0, 24))
+    scene.paste(Image.fromarray(astronaut).resize((307, 307), Image.Resampling.LANCZOS), (560, 120))
+    scene.save(tmp_path / "two.png")
+    Image.fromarray(skimage_data.coffee()).save(tmp_path / "coffee.png")
+    spec = JobSpec(input=str(tmp_path), output=str(tmp_path / "out"), job_id="t", styles=["s"],
+                   generator_uris={}, encoder_uri="", detector="dlib", faces="all", size=64)
+    assert describe_detector(spec) == make_finder(spec).describe()
+    out = PrepareFaces(spec)({"key": np.array(["two", "coffee"], dtype=object),
+                              "uri": np.array([str(tmp_path / "two.png"), str(tmp_path / "coffee.png")],
+                                              dtype=object)})
+    assert list(out["key"]) == ["two__face0", "two__face1", "coffee"]
+    assert [photo_key(k) for k in out["key"]] == ["two", "two", "coffee"]
+    assert list(out["ok"]) == [True, True, False]
+    faces = [json.loads(text)["face"] for text in out["info"][:2]]
+    assert [f["index"] for f in faces] == [0, 1] and all(f["detector"].startswith("dlib-hog") for f in faces)
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = faces[0]["bbox"], faces[1]["bbox"]
+    assert (ax2 - ax1) * (ay2 - ay1) > (bx2 - bx1) * (by2 - by1) and ax2 < 560 <= bx1
+    assert out["image"].shape == (3, 64, 64, 3) and out["image"][:2].std() > 10
+    assert out["stage"][2] == "detect" and "no face found by dlib-hog" in out["message"][2]
+    assert '"upright_score": 0.8' in out["message"][2]
