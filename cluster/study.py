@@ -32,7 +32,7 @@ from typing import Any, Callable
 import ray
 
 from cluster.pipeline import ProgressBoard, format_duration, progress_line
-from cluster.train import baseline_stage, check_config, pairs_stage, styled_stage, style_resources
+from cluster.train import baseline_stage, pairs_stage, styled_stage, style_resources
 from fstrain import layout
 from fstrain.config import ConfigError, load_config
 from fstrain.data import storage
@@ -420,8 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             study = dataclasses.replace(study, seeds=seeds)
         if args.quick:
             study = quick_variant(study)
-        pipeline = load_config(study.pipeline, PipelineConfig)
-        check_config(pipeline, study.pipeline)
+        pipeline = load_config(study.pipeline, PipelineConfig)   # choices and ranges checked by the schema
         styles = study.styles or pipeline.styles
         if args.styles:
             styles = [s.strip() for s in args.styles.split(",") if s.strip()]

@@ -117,16 +117,6 @@ def style_resources(config: PipelineConfig) -> dict[str, Any]:
     return {"num_gpus": config.cluster.gpus_per_style, "num_cpus": config.cluster.cpus_per_style}
 
 
-def check_config(config: PipelineConfig, source: str) -> None:
-    from fstrain.train import MODES
-    mode = config.cluster.constrained_mode
-    if mode not in MODES or mode == "baseline":
-        raise ConfigError(f"{source}: cluster.constrained_mode must be one of sc, pc, sc+pc; got {mode!r}")
-    if config.cluster.gpus_per_style > 1:
-        raise ConfigError(f"{source}: cluster.gpus_per_style={config.cluster.gpus_per_style}: one style's "
-                          f"fine-tune runs in one Ray task on one device; use 1 (or 0 on CPU-only clusters)")
-
-
 def train_styles(config: PipelineConfig, *, root: str, run_id: str, styles: list[str] | None = None,
                  stages: list[Stage] | None = None, log=None) -> Summary:
     """Run every style's DAG in parallel on the current Ray (a local one is started when none is up)."""
@@ -152,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        config = load_config(args.config, PipelineConfig)
-        check_config(config, args.config)
+        config = load_config(args.config, PipelineConfig)   # choices and ranges (fstrain.settings) checked here
         root = args.root or config.root
         if not root:
             raise ConfigError(f"{args.config}: no storage root: set `root:` in the config or pass --root URI")

@@ -1,14 +1,17 @@
 """Typed YAML configs: load a YAML file (local or s3://) into nested dataclasses, strictly.
 
-Strict means: an unknown key, a value of the wrong type or a missing required value raises `ConfigError`
-naming the file and the dotted key, so a typo in `configs/x.yaml` fails at start-up, not hours into a run.
+Strict means: an unknown key (with a did-you-mean), a value of the wrong type, a value outside its range or its
+choices, or a missing required value raises `ConfigError` naming the file, the dotted key, the value and what is
+allowed, so a typo in `configs/x.yaml` fails at start-up, not hours into a run.
 
 Supported field types: bool, int, float (ints are accepted), str, nested dataclasses, Optional[...] / X | None,
-list[T], tuple[T, ...], dict[str, T], Literal[...], Any.
+list[T], tuple[T, ...], dict[str, T], Literal[...], Any, and Annotated[T, ...] with annotated_types bounds
+(Gt, Ge, Lt, Le, Interval) as range checks.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union
@@ -79,7 +82,7 @@ def _build_dataclass(data: Any, cls: type, source: str, prefix: str) -> Any:
         raise _fail(source, prefix, f"expected a mapping for {cls.__name__}, got {type(data).__name__} ({data!r})")
     # get_type_hints resolves string annotations (modules using `from __future__ import annotations`).
     try:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
     except NameError as exc:
         raise TypeError(f"config schema {cls.__qualname__}: cannot resolve an annotation ({exc}); "
                         "define schema classes at module level") from exc
@@ -87,7 +90,9 @@ def _build_dataclass(data: Any, cls: type, source: str, prefix: str) -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = _key(prefix, str(unknown[0]))
-        raise _fail(source, key, f"unknown key (allowed in this section: {', '.join(sorted(fields))})")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1, cutoff=0.6)
+        hint = f"did you mean '{_key(prefix, close[0])}'? " if close else ""
+        raise _fail(source, key, f"unknown key ({hint}allowed in this section: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, field in fields.items():
         key = _key(prefix, name)
@@ -96,6 +101,21 @@ def _build_dataclass(data: Any, cls: type, source: str, prefix: str) -> Any:
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise _fail(source, key, "missing required value")
     return cls(**kwargs)
+
+
+_BOUNDS = (("gt", ">", lambda v, b: v > b), ("ge", ">=", lambda v, b: v >= b),
+           ("lt", "<", lambda v, b: v < b), ("le", "<=", lambda v, b: v <= b))
+
+
+def _check_bound(value: Any, bound: Any, source: str, key: str) -> None:
+    """Range metadata (annotated_types Gt/Ge/Lt/Le/Interval, or anything with those attributes)."""
+    limits = [(symbol, getattr(bound, name), ok) for name, symbol, ok in _BOUNDS if getattr(bound, name, None)
+              is not None]
+    if not limits:
+        raise _fail(source, key, f"unsupported annotation metadata {bound!r} in the config schema")
+    if not all(ok(value, limit) for _, limit, ok in limits):
+        allowed = " and ".join(f"{symbol} {limit}" for symbol, limit, _ in limits)
+        raise _fail(source, key, f"must be {allowed}, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -108,6 +128,12 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         return value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+
+    if origin is typing.Annotated:
+        converted = _convert(value, args[0], source, key)
+        for bound in tp.__metadata__:
+            _check_bound(converted, bound, source, key)
+        return converted
 
     if origin is Union or origin is types.UnionType:
         if value is None and type(None) in args:
@@ -125,7 +151,7 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise _fail(source, key, f"must be one of {list(args)}, got {value!r}")
+        raise _fail(source, key, f"must be one of {', '.join(repr(a) for a in args)}; got {value!r}")
 
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build_dataclass(value, tp, source, key)

@@ -160,3 +160,51 @@ def test_config_from_storage_uri(s3_root):
     storage.write_text(uri, "name: remote\nstep: 4\n")
     with pytest.raises(ConfigError, match=rf"^{uri}: key 'step': unknown key"):
         load_config(uri, Run)
+
+
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def tiny_with(tmp_path: Path, section: str, key: str, value: str) -> str:
+    """configs/tiny.yaml with `section.key` set to `value` (a YAML scalar), as a user would edit it."""
+    data = yaml.safe_load(TINY.read_text())
+    data.setdefault(section, {})[key] = yaml.safe_load(value)
+    return write(tmp_path, yaml.safe_dump(data, sort_keys=False), f"{section}-{key}.yaml")
+
+
+@pytest.mark.parametrize("section, key, value, words", [
+    ("train", "lr", "-1", "must be > 0, got -1.0"),
+    ("train", "steps", "0", "must be >= 1, got 0"),
+    ("stylize", "truncation", "1.5", "must be > 0 and <= 1, got 1.5"),
+    ("cluster", "constrained_mode", "baseline", "must be one of 'sc', 'pc', 'sc+pc'; got 'baseline'"),
+    ("train", "mixed_precision", "fp8", "must be one of 'no', 'bf16', 'fp16'; got 'fp8'"),
+    ("train", "pair_level", "4", "must be one of 1, 2, 3; got 4"),
+    ("train", "stpes", "5", "unknown key (did you mean 'train.steps'? allowed in this section:"),
+])
+def test_pipeline_values_are_checked_with_file_key_value_and_allowed(tmp_path, section, key, value, words):
+    path = tiny_with(tmp_path, section, key, value)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, PipelineConfig)
+    message = str(info.value)
+    assert message.startswith(f"{path}: key '{section}.{key}': "), message
+    assert words in message, message
+
+
+def test_bad_settings_fail_the_cli_before_any_work(tmp_path):
+    """The training CLI refuses `lr: -1` with file, key, value and range, before reading any model or dataset."""
+    import subprocess
+    import sys
+
+    path = tiny_with(tmp_path, "train", "lr", "-1")
+    root = tmp_path / "root"                  # empty: any work would fail on missing models/datasets instead
+    done = subprocess.run([sys.executable, "-m", "fstrain.train", path, "--style", "cartoon", "--mode", "sc+pc",
+                           "--root", str(root), "--run-id", "r"], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: {path}: key 'train.lr': must be > 0, got -1.0", done.stderr
+    assert not root.exists()
+    pairs = subprocess.run([sys.executable, "-m", "fstrain.pairs", tiny_with(tmp_path, "pairs", "levels", "[1, 5]"),
+                            "--style", "cartoon", "--root", str(root), "--run-id", "r"], capture_output=True,
+                           text=True, cwd=REPO, timeout=300)
+    assert pairs.returncode == 2 and "key 'pairs.levels[1]': must be one of 1, 2, 3; got 5" in pairs.stderr
+    assert "Traceback" not in pairs.stderr and not root.exists()

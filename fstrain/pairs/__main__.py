@@ -22,7 +22,8 @@ from fstrain.pairs.build import PairsError, make_pairs
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fstrain.config import load_config
+    from fstrain.config import ConfigError, load_config
+    from fstrain.models.registry import ChecksumError, MissingWeightsError, WeightsMismatchError
     from fstrain.settings import PipelineConfig
 
     parser = argparse.ArgumentParser(prog="python -m fstrain.pairs", description=__doc__.split("\n")[0])
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    config = load_config(args.config, PipelineConfig)
+    try:
+        config = load_config(args.config, PipelineConfig)     # every value checked before any work
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     bar = tqdm(desc=f"pairs {args.style}", unit="shard")
 
     def progress(done: int, total: int, info: dict) -> None:
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = make_pairs(config, style=args.style, root=args.root, run_id=args.run_id, levels=args.levels,
                              baseline_generator_uri=args.baseline, progress=progress, device=args.device,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
-    except PairsError as exc:
+    except (PairsError, MissingWeightsError, ChecksumError, WeightsMismatchError) as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2

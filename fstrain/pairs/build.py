@@ -138,7 +138,7 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
         hashes[name] = hub.sha256(name)  # the hub fetched and verified the file already; this reads the cache
         return module.to(device).eval()
 
-    base = hub.generator(load_discriminator=False)
+    base = hub.generator(load_discriminator=False, expected_size=config.data.image_size)
     models = PairModels(base_generator=hashed("base_generator", base.generator), encoder_zplus=None,
                         encoder_wplus=None, hashes=hashes)
     if 1 in levels or 2 in levels:

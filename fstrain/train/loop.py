@@ -128,7 +128,7 @@ class FineTuneRun:
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
 
-        self.base = resources.load_base_generator(config.models, root)
+        self.base = resources.load_base_generator(config.models, root, expected_size=config.data.image_size)
         self.nets = self._build_networks()
         size, n_latent, style_dim = self.nets.g.size, self.nets.g.n_latent, self.nets.g.style_dim
         self.style_stream = ShardStream(

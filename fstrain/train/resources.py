@@ -51,11 +51,12 @@ class BaseModel:
     sha256: str
 
 
-def load_base_generator(models: ModelsConfig, root: str) -> BaseModel:
-    """models.base_generator through the model hub (any supported format; `base_generator_which` picks g_ema/g)."""
+def load_base_generator(models: ModelsConfig, root: str, expected_size: int | None = None) -> BaseModel:
+    """models.base_generator through the model hub (any supported format; `base_generator_which` picks g_ema/g);
+    `expected_size` (data.image_size) refuses a generator of another resolution."""
     uri, path = _fetch(models, "base_generator", root)
     try:
-        loaded = ModelHub(models, root).generator()
+        loaded = ModelHub(models, root).generator(expected_size=expected_size)
     except registry.WeightsMismatchError as exc:
         raise ModelMissingError(str(exc)) from exc
     return BaseModel(loaded=loaded, uri=uri, sha256=registry.sha256_file(path))
