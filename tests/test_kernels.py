@@ -489,3 +489,16 @@ def test_gpu_programs_exit_2_with_a_clear_message_without_cuda(program):
     out = subprocess.run([sys.executable, "-m", program], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "no CUDA device" in out.stderr
+
+
+def test_kernels_imports_nothing_above_it():
+    """kernels <- fstrain.models <- fstrain: no module of kernels/ imports fstrain (or cluster, batch)."""
+    import ast
+
+    upward = []
+    for path in sorted((REPO / "kernels").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            upward += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("fstrain", "cluster", "batch")]
+    assert upward == []
