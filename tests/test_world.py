@@ -64,3 +64,73 @@ def test_lpips_loader_uses_heads_stored_in_the_trunk_file(tmp_path):
     assert [float(lin.model[-1].weight.mean()) for lin in loaded.lins] == [0.5, 1.5, 2.5, 3.5, 4.5]
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     assert torch.allclose(loaded(x, x.flip(0)), model.half().float()(x, x.flip(0)), rtol=1e-2, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    """The pretraining command itself at a tiny budget (32 px), without the autoencoder reference."""
+    from fstrain.world.pretrain import main
+    out = tmp_path_factory.mktemp("world")
+    main([str(out), "--budget-min", "1", "--size", "32", "--reference-autoencoder", "none"])
+    return out, json.loads((out / "instruments.json").read_text())
+
+
+def _table(report, prefix):
+    return next(v for k, v in report["tables"].items() if k.startswith(prefix))
+
+
+def test_tiny_pretraining_instruments_beat_their_random_rows_on_heldout_identities(tiny_world):
+    _, report = tiny_world
+    ids = _table(report, "Identity nets")
+    for net in ("identity.pth (training-loss net, IResNet)", "eval_identity.pth (evaluation net, IR-SE)"):
+        assert ids[f"{net}: trained"]["verification_accuracy"] > ids[f"{net}: random weights"]["verification_accuracy"]
+    assert 0.35 < ids["chance (random embeddings)"]["verification_accuracy"] < 0.65
+    attrs = _table(report, "Attribute reader")
+    for domain in ("photo", "cartoon", "impasto"):
+        trained, random = attrs[f"trained / {domain}"], attrs[f"random / {domain}"]
+        for key in ("painted_skin_error", "painted_hair_error", "face_shape_error"):
+            assert trained[key] < random[key], (domain, key, trained[key], random[key])
+    features = _table(report, "Evaluation feature net")["trained"]
+    assert min(v for k, v in features.items() if k != "photo_vs_photo") > features["photo_vs_photo"]
+    g = _table(report, "Base generator")
+    assert g["trained G"]["fid"] < g["random G (same architecture)"]["fid"]
+    assert {"identity", "perceptual", "generator", "encoders", "reader", "eval_identity", "report"} <= set(
+        report["stages"]) and all(s["seconds"] > 0 for s in report["stages"].values())
+
+
+def test_tiny_pretraining_folder_loads_through_the_project_loaders_and_matches_its_manifest(tiny_world):
+    out, _ = tiny_world
+    _check_folder(out)
+
+
+def _check_folder(folder):
+    from fstrain.metrics import load_inception
+    from fstrain.models.checkpoints import load_generator
+    from fstrain.models.identity import load_identity
+    from fstrain.models.perceptual import load_lpips
+    from fstrain.models.psp import load_encoder
+    from fstrain.world.pretrain import verify_manifest
+    assert verify_manifest(folder) == []
+    models = json.loads((folder / "models.json").read_text())
+    assert set(models["models"]) == {"base_generator", "encoder_wplus", "encoder_zplus", "identity", "lpips_backbone"}
+    g = load_generator(str(folder / models["models"]["base_generator"]["file"]))
+    assert g.discriminator is not None
+    assert load_encoder(str(folder / "encoder_wplus.pt")).space == "w+"
+    assert load_encoder(str(folder / "encoder_zplus.pt")).space == "z+"
+    assert load_identity(str(folder / "identity.pth")).kind.startswith("arcface")
+    assert load_identity(str(folder / "eval_identity.pth")).kind == "irse50"
+    lpips = load_lpips(str(folder / "lpips_alex_backbone.pth"), net="alex")
+    x = torch.rand(2, 3, g.generator.size, g.generator.size) * 2 - 1
+    assert float(lpips(x, x).abs().max()) < 1e-6 and float(lpips(x, x.flip(0)).min()) > 0
+    features = load_inception(str(folder / "eval_features.pth"))
+    assert features(x).shape == (2, features.dim) and not features.random_init
+
+
+def test_manifest_check_names_a_changed_file(tiny_world, tmp_path):
+    import shutil
+    from fstrain.world.pretrain import verify_manifest
+    out, _ = tiny_world
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "identity.pth").write_bytes((copy / "identity.pth").read_bytes() + b"x")
+    assert [p.split(":")[0] for p in verify_manifest(copy)] == ["identity.pth"]

@@ -51,8 +51,8 @@ WARNING = ("WORLD instruments from fstrain.world.pretrain: trained on synthetic 
 Log = Callable[[str], None]
 
 # Share of the total budget per stage (the remaining time is re-split over the remaining stages as they run).
-SHARES = {"identity": 0.08, "perceptual": 0.09, "generator": 0.40, "encoders": 0.18, "reader": 0.08,
-          "eval_identity": 0.07, "report": 0.10}
+SHARES = {"identity": 0.07, "perceptual": 0.08, "generator": 0.38, "encoders": 0.17, "reader": 0.12,
+          "eval_identity": 0.06, "report": 0.12}
 FILES = {"identity": "identity.pth", "lpips_backbone": "lpips_alex_backbone.pth", "generator": "generator.pt",
          "encoder_wplus": "encoder_wplus.pt", "encoder_zplus": "encoder_zplus.pt",
          "eval_features": "eval_features.pth", "eval_identity": "eval_identity.pth"}
@@ -114,6 +114,9 @@ class Stages:
         info = fn(budget)
         seconds = round(time.perf_counter() - t0, 1)
         self.remaining.pop(stage)
+        info = dict(info)
+        if "seconds" in info:
+            info["training_seconds"] = info.pop("seconds")
         self.records[stage] = {"seconds": seconds, "budget_seconds": round(budget, 1), **info}
         self.log(f"[{stage}] done in {seconds} s (budget {budget:.0f} s)")
         return info
@@ -452,6 +455,7 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
     from fstrain.world.report import write_report
     write_report(out, report)
     write_models_json(out, plan, command)
+    write_manifest(out, report)
     log(f"total {stages.total()} s (budget {budget_min * 60:.0f} s); report: {out / 'instruments.md'}")
     for stage, record in stages.records.items():
         log(f"  {stage:14s} {record['seconds']:8.1f} s")
@@ -482,8 +486,7 @@ def machine() -> str:
 
 def write_models_json(out: Path, plan: Plan, command: str) -> dict[str, Any]:
     def entry(key: str, **extra: Any) -> dict[str, Any]:
-        return {"file": FILES[key], "sha256": sha256_of(out / FILES[key]), "uri": str((out / FILES[key]).resolve()),
-                **extra}
+        return {"file": FILES[key], "sha256": sha256_of(out / FILES[key]), **extra}   # file: relative to this folder
     manifest = {"random_init": False, "warning": WARNING, "command": command,
                 "args": {"size": plan.size, "seed": plan.seed, "budget_seconds": plan.budget_s, "lpips_net": "alex"},
                 "models": {"base_generator": entry("generator"),
@@ -496,6 +499,35 @@ def write_models_json(out: Path, plan: Plan, command: str) -> dict[str, Any]:
                                "identity": entry("eval_identity", kind="irse50")}}
     (out / "models.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """What produced this folder and the sha256 of every file in it (all but the manifest itself)."""
+    files = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+             for p in sorted(out.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = {"warning": WARNING, "command": report["command"], "seed": report["seed"], "size": report["size"],
+                "machine": report["machine"], "total_seconds": report["total_seconds"],
+                "budget_seconds": report["budget_seconds"], "report": "instruments.json / instruments.md",
+                "checks": report["checks"], "files": files}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def verify_manifest(folder: str | Path) -> list[str]:
+    """Files whose sha256 differs from the manifest, or that are missing (empty list: the folder is intact)."""
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    problems = []
+    for name, entry in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_of(path) != entry["sha256"]:
+            problems.append(f"{name}: sha256 {sha256_of(path)[:12]}... != manifest {entry['sha256'][:12]}...")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> None:
