@@ -136,7 +136,8 @@ def test_semantic_constraint_keeps_styled_generator_closer_to_base(world, baseli
     base_g = load_generator(str(world / "models" / "generator.pt")).generator
     drift_baseline = mean_drift(base_g, final_generator(baseline_run), lpips_metric)
     drift_sc = mean_drift(base_g, final_generator(constrained), lpips_metric)
-    # Measured here: baseline 0.134, sc 0.043 (0.006 with L_sem weighted 1000x). Same seed, data order and steps: only L_sem differs.
+    # Measured here: baseline 0.134, sc 0.043 (0.006 with L_sem weighted 1000x). Same seed, data order and steps:
+    # only L_sem differs.
     assert drift_baseline > 0.05
     assert drift_sc < 0.6 * drift_baseline, (drift_sc, drift_baseline)
     # ... and G' still learned the style: L_sem held it close, it did not pin it (a G' that barely moves fails).
