@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 
 from kernels.backends import Pad4, Pair
-from kernels.reference import upfirdn2d_output_size
 
 
 def upfirdn2d_grad_padding(in_size: int, out_size: int, up: int, down: int, pad0: int, taps: int) -> tuple[int, int]:
@@ -45,12 +44,6 @@ class Upfirdn2d(torch.autograd.Function):
             dx = Upfirdn2d.apply(dy, flipped, ctx.down, ctx.up, (grad_x0, grad_x1, grad_y0, grad_y1), ctx.backend)
             assert dx.shape[2:] == torch.Size(ctx.in_size), "upfirdn2d gradient padding is inconsistent"
         return dx, None, None, None, None, None
-
-
-def upfirdn2d_out_shape(x: torch.Tensor, kernel: torch.Tensor, up: Pair, down: Pair, pad: Pad4) -> tuple[int, int]:
-    out_h = upfirdn2d_output_size(x.shape[2], up[1], down[1], pad[2], pad[3], kernel.shape[0])
-    out_w = upfirdn2d_output_size(x.shape[3], up[0], down[0], pad[0], pad[1], kernel.shape[1])
-    return out_h, out_w
 
 
 class BiasAct(torch.autograd.Function):

@@ -10,7 +10,6 @@ import yaml
 
 from fstrain.config import ConfigError, config_from_dict, config_to_dict, dump_config, load_config
 from fstrain.data import storage
-from fstrain.data.storage import S3Options
 from fstrain.settings import PipelineConfig
 
 
@@ -132,25 +131,6 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_shipped_config_loads(path):
     cfg = load_config(str(REPO / path), PipelineConfig)
     assert config_from_dict(config_to_dict(cfg), PipelineConfig) == cfg
-
-
-@dataclass
-class WithStorage:
-    storage: S3Options = field(default_factory=S3Options)
-
-
-def test_s3_options_section_configures_storage(tmp_path):
-    cfg = load_config(write(tmp_path, "storage: {endpoint_url: 'http://127.0.0.1:9000', region: eu-west-1, "
-                                      "max_attempts: 3}\n"), WithStorage)
-    try:
-        settings = cfg.storage.apply()
-        assert (settings.endpoint_url, settings.region, settings.max_attempts) == ("http://127.0.0.1:9000",
-                                                                                   "eu-west-1", 3)
-        assert storage.s3_settings() == settings
-    finally:
-        storage.configure_s3(reset=True)
-    with pytest.raises(ConfigError, match="key 'storage.endpoint': unknown key"):
-        load_config(write(tmp_path, "storage: {endpoint: x}\n", "bad.yaml"), WithStorage)
 
 
 def test_config_from_storage_uri(s3_root):

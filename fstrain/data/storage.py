@@ -93,30 +93,6 @@ class S3Settings:
     max_concurrency: int = 4
 
 
-@dataclasses.dataclass
-class S3Options:
-    """The `configure_s3` arguments as a config section (e.g. `storage:` in a YAML file); None = environment.
-
-    Prefer the standard AWS chain (env, profile, instance role) for credentials over writing them in a file.
-    """
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
-    addressing_style: str | None = None
-    max_attempts: int | None = None
-    multipart_threshold: int | None = None
-    multipart_chunksize: int | None = None
-    max_concurrency: int | None = None
-
-    def apply(self) -> S3Settings:
-        """configure_s3(...) with these options; returns the settings now in effect."""
-        return configure_s3(**dataclasses.asdict(self))
-
-
 _overrides: dict[str, Any] = {}
 _overrides_lock = threading.Lock()
 _client_lock = threading.Lock()

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -53,50 +52,22 @@ class LoadedGenerator:
 
 
 def _storage():
-    """The shared storage module when it is available (s3:// and local URIs), else None (local paths only)."""
-    try:
-        from fstrain.data import storage
-    except ImportError:
-        return None
+    # Imported lazily: the storage module pulls in boto3/pyarrow, which local-only model code does not need.
+    from fstrain.data import storage
     return storage
 
 
 def _read_bytes(uri: str) -> bytes:
-    storage = _storage()
-    if storage is not None:
-        return storage.read_bytes(uri)
-    if "://" in uri:
-        raise CheckpointError(f"{uri}: cannot read remote URIs without fstrain.data.storage")
-    with open(uri, "rb") as f:
-        return f.read()
+    return _storage().read_bytes(uri)
 
 
 def _write_bytes(uri: str, data: bytes) -> None:
-    """Atomic write: readers see the old file or the whole new one."""
-    storage = _storage()
-    if storage is not None:
-        storage.write_bytes(uri, data)
-        return
-    if "://" in uri:
-        raise CheckpointError(f"{uri}: cannot write remote URIs without fstrain.data.storage")
-    directory = os.path.dirname(os.path.abspath(uri))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(uri))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, uri)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic write (storage: temp + rename locally, one PUT on S3): readers see the old file or the whole new one."""
+    _storage().write_bytes(uri, data)
 
 
 def _exists(uri: str) -> bool:
-    storage = _storage()
-    if storage is not None:
-        return storage.exists(uri)
-    return os.path.exists(uri)
+    return _storage().exists(uri)
 
 
 def metadata_uri(uri: str) -> str:
@@ -105,10 +76,7 @@ def metadata_uri(uri: str) -> str:
 
 
 def _not_found(exc: Exception) -> bool:
-    storage = _storage()
-    if isinstance(exc, FileNotFoundError):
-        return True
-    return storage is not None and isinstance(exc, getattr(storage, "NotFoundError", ()))
+    return isinstance(exc, (FileNotFoundError, _storage().NotFoundError))
 
 
 def read_checkpoint(uri: str, map_location: str | torch.device = "cpu", label: str | None = None) -> dict[str, Any]:

@@ -17,10 +17,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from fstrain.models.checkpoints import MEAN_LATENT_SAMPLES
 from fstrain.models.latents import broadcast_w, mix_layers, truncate
-
-# Samples of the mapping network used to estimate a generator's mean w when its checkpoint has no latent_avg.
-MEAN_LATENT_SAMPLES = 4096
 
 
 class Stylizer:

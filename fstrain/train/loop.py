@@ -35,13 +35,12 @@ from fstrain.config import config_to_dict
 from fstrain.data import storage
 from fstrain.data.shards import list_shards
 from fstrain.losses import PairLoss, SemanticLoss, StylizationLoss, lazy_regularization_ratio
-from fstrain.models.checkpoints import metadata_uri, save_generator
+from fstrain.models.checkpoints import MEAN_LATENT_SAMPLES, metadata_uri, save_generator
 from fstrain.models.stylegan2 import Discriminator, Generator
 from fstrain.settings import PipelineConfig
 from fstrain.train import checkpointing, resources, visibility
 from fstrain.train.data import ShardStream, pair_decoder, style_image_decoder
 
-MEAN_LATENT_SAMPLES = 4096
 
 
 # ---------------------------------------------------------------- small helpers
