@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fstrain.data.align import ffhq_transform
+
 from .params import Identity, View
 
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
@@ -110,32 +112,6 @@ def face_layout(identity: Identity, view: View, domain: str) -> FaceLayout:
 
 
 # ---------------------------------------------------------------------------------------------- transforms
-def ffhq_quad(landmarks5: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FFHQ/dlib crop recipe from 5 points. Returns (centre c, half-axis x, half-axis y) of the quad."""
-    lm = np.asarray(landmarks5, dtype=np.float64)
-    eye_avg = (lm[0] + lm[1]) * 0.5
-    eye_to_eye = lm[1] - lm[0]
-    mouth_avg = (lm[3] + lm[4]) * 0.5
-    eye_to_mouth = mouth_avg - eye_avg
-    x = eye_to_eye - np.flipud(eye_to_mouth) * np.array([-1.0, 1.0])
-    x /= np.hypot(*x)
-    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-    y = np.flipud(x) * np.array([-1.0, 1.0])
-    c = eye_avg + eye_to_mouth * 0.1
-    return c, x, y
-
-
-def quad_to_output(landmarks5: np.ndarray, output_size: int) -> np.ndarray:
-    """3x3 matrix mapping source coordinates onto the output square that the FFHQ quad crops."""
-    c, x, y = ffhq_quad(landmarks5)
-    origin = c - x - y
-    # output (u, v) -> source origin + u/S * 2x + v/S * 2y ; invert that.
-    out_to_src = np.array([[2 * x[0] / output_size, 2 * y[0] / output_size, origin[0]],
-                           [2 * x[1] / output_size, 2 * y[1] / output_size, origin[1]],
-                           [0.0, 0.0, 1.0]])
-    return np.linalg.inv(out_to_src)
-
-
 def similarity(rotation_deg: float, scale: float, centre_from: np.ndarray, centre_to: np.ndarray) -> np.ndarray:
     """3x3: rotate/scale about `centre_from`, then move that point to `centre_to`."""
     a = math.radians(rotation_deg)
@@ -148,7 +124,7 @@ def similarity(rotation_deg: float, scale: float, centre_from: np.ndarray, centr
 
 def face_to_pixels(layout: FaceLayout, view: View, size: int) -> tuple[np.ndarray, int]:
     """Placement of the face on its canvas: (3x3 face frame -> pixels, canvas side in pixels)."""
-    aligned = quad_to_output(layout.landmarks, size)
+    aligned = ffhq_transform(layout.landmarks, size)   # the FFHQ crop of fstrain.data.align: one recipe
     if view.aligned:
         return aligned, size
     canvas = int(round(size * view.canvas))
