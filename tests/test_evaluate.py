@@ -65,6 +65,33 @@ def test_fid_column_is_the_frechet_distance_of_the_generators_features(record, e
     assert record["rows"][0]["fid"] == pytest.approx(frechet_distance_between(fake, real), rel=1e-6)
 
 
+def test_perceptual_column_is_lpips_between_each_photo_and_its_general_stylization(record, evaluation_run):
+    """Recompute every trained row's perceptual distance by hand: the synthetic photos, y = G'(E_w+(x)) with G''s
+    stored noise, LPIPS photo by photo after the documented upsampling to 64 px, averaged."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from fstrain.data.synthetic import generate
+    from fstrain.models.perceptual import load_lpips
+    from fstrain.models.psp import load_encoder
+    from fstrain.settings import resolve_model_uri
+    from fstrain.stylize.images import from_uint8
+
+    run, cfg, models = evaluation_run, evaluation_run.config.evaluate, evaluation_run.config.models
+    encoder = load_encoder(resolve_model_uri(models.encoder_wplus, run.root), space="w+")
+    lpips = load_lpips(resolve_model_uri(models.lpips_backbone, run.root), net=models.lpips_net)
+    size = load_generator(record["rows"][0]["generator"], load_discriminator=False).generator.size
+    photos = from_uint8(np.stack([np.asarray(image.convert("RGB"))
+                                  for _, image, _ in generate("photo", cfg.num_photos, size, seed=cfg.seed)]))
+    up = lambda t: F.interpolate(t, size=(64, 64), mode="bilinear", align_corners=False)  # noqa: E731
+    for row in record["rows"][:3]:
+        g = load_generator(row["generator"], load_discriminator=False).generator
+        with torch.no_grad():
+            values = [float(lpips(up(x), up(g.synthesis(encoder(x), randomize_noise=False))))
+                      for x in photos.split(1)]
+        assert row["perceptual_distance"] == pytest.approx(sum(values) / len(values), rel=1e-4), row["mode"]
+
+
 def test_report_says_loudly_that_features_and_models_are_random(record):
     text = markdown(record)
     assert HEADER in text
