@@ -72,8 +72,8 @@ def fixed_noise(g: nn.Module, start: int, count: int, seed: int) -> list[torch.T
     maps: list[list[torch.Tensor]] = [[] for _ in range(g.num_layers)]
     for index in range(start, start + count):
         rng = torch.Generator().manual_seed(seed * 1_000_003 + index)
-        for layer, buf in enumerate(g.noise_buffers()):
-            maps[layer].append(torch.randn(1, 1, *buf.shape[2:], generator=rng))
+        for layer, noise in enumerate(g.noise_from(rng, 1, "cpu")):
+            maps[layer].append(noise)
     return [torch.cat(m).to(_device_of(g)) for m in maps]
 
 

@@ -344,20 +344,21 @@ class Generator(nn.Module):
         return self.style(z).mean(0, keepdim=True)
 
     # -- noise
+    def noise_from(self, rng: torch.Generator | None, batch: int = 1,
+                   device: torch.device | str | None = None) -> list[torch.Tensor]:
+        """Random noise maps, one per layer (rosinality's layout: 4, 8, 8, 16, 16, ...), each (batch, 1, R, R),
+        drawn layer by layer from the CPU generator `rng` (None: torch's global one) and moved to `device` (default
+        the generator's): every sampler of noise in the project, so the same rng gives the same maps everywhere."""
+        device = self.input.input.device if device is None else device
+        return [torch.randn(batch, 1, *buf.shape[2:], generator=rng).to(device) for buf in self.noise_buffers()]
+
     def make_noise(self) -> list[torch.Tensor]:
-        """One fresh random noise map per layer (rosinality's layout: 4, 8, 8, 16, 16, ...)."""
-        device = self.input.input.device
-        noises = [torch.randn(1, 1, 4, 4, device=device)]
-        for i in range(3, self.log_size + 1):
-            for _ in range(2):
-                noises.append(torch.randn(1, 1, 2 ** i, 2 ** i, device=device))
-        return noises
+        """One fresh random noise map per layer (rosinality's API)."""
+        return self.noise_from(None)
 
     def fixed_noise(self, seed: int, batch: int = 1) -> list[torch.Tensor]:
         """Deterministic noise maps from `seed` (same seed -> same maps on any device)."""
-        rng = torch.Generator(device="cpu").manual_seed(seed)
-        device = self.input.input.device
-        return [torch.randn(batch, 1, *buf.shape[2:], generator=rng).to(device) for buf in self.noise_buffers()]
+        return self.noise_from(torch.Generator(device="cpu").manual_seed(seed), batch)
 
     def noise_buffers(self) -> list[torch.Tensor]:
         """The stored `noises.noise_i` buffers, in layer order."""

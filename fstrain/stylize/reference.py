@@ -102,8 +102,7 @@ def invert_reference(generator: nn.Module, image: torch.Tensor, lpips: Callable[
     generator.requires_grad_(False)
     v = w_to_v(w_init, basis).repeat(batch, 1).clone().requires_grad_(True)
     rng = torch.Generator(device="cpu").manual_seed(seed)
-    noises = [torch.randn(batch, 1, *buf.shape[2:], generator=rng).to(device).requires_grad_(True)
-              for buf in generator.noise_buffers()]
+    noises = [n.requires_grad_(True) for n in generator.noise_from(rng, batch, device)]
     optimizer = torch.optim.Adam([v, *noises], lr=lr)
 
     def lpips_with_stored_noise(codes: torch.Tensor) -> torch.Tensor:

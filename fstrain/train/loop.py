@@ -62,11 +62,6 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))
 
 
-def random_noise(g: Generator, batch: int, rng: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """Per-sample noise maps for every layer, drawn from `rng` (so G and G' can share them)."""
-    return [torch.randn(batch, 1, *buf.shape[2:], generator=rng).to(device) for buf in g.noise_buffers()]
-
-
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for p_ema, p in zip(ema.parameters(), model.parameters()):
@@ -289,7 +284,7 @@ class FineTuneRun:
             real = self._real_batch()
             reals.append(real)
             z = torch.randn(batch, style_dim, generator=rng).to(self.device)
-            noise = random_noise(nets.g, batch, rng, self.device)
+            noise = nets.g.noise_from(rng, batch, self.device)
             with torch.no_grad(), acc.autocast():
                 fake, _ = nets.g([z], noise=noise)
             with acc.autocast():
@@ -316,7 +311,7 @@ class FineTuneRun:
         resources.set_requires_grad(nets.d, False)
         for _ in range(micro_batches):
             z = torch.randn(batch, style_dim, generator=rng).to(self.device)
-            noise = random_noise(nets.g, batch, rng, self.device)
+            noise = nets.g.noise_from(rng, batch, self.device)
             inputs: dict[str, torch.Tensor] = {}
             with acc.autocast():
                 fake, _ = nets.g([z], noise=noise)
