@@ -134,3 +134,16 @@ def test_manifest_check_names_a_changed_file(tiny_world, tmp_path):
     shutil.copytree(out, copy)
     (copy / "identity.pth").write_bytes((copy / "identity.pth").read_bytes() + b"x")
     assert [p.split(":")[0] for p in verify_manifest(copy)] == ["identity.pth"]
+
+
+def test_lpips_heads_are_rescaled_to_the_target_distance_between_people():
+    from fstrain.world.perceptual import TARGET_DISTANCE, new_lpips, rescale_heads
+    from fstrain.world.splits import render_domain_per_identity
+    data = render_domain_per_identity(HELDOUT, 12, 2, 32)
+    model = new_lpips(0)
+    for lin in model.lins:
+        lin.model[-1].weight.data.mul_(1e-4)          # a collapsed scale, as a scale-free objective can leave it
+    info = rescale_heads(model, data)
+    assert info["mean_distance_before"] < 1e-2 and info["pairs"] == 6
+    x, y = data.tensor()[[0, 2, 4, 6, 8, 10]], data.tensor()[[12, 14, 16, 18, 20, 22]]
+    assert float(model(x, y).mean()) == pytest.approx(TARGET_DISTANCE, rel=1e-4)

@@ -355,6 +355,31 @@ def calibrate_heads(model: nn.Module, triplets: Triplets, seed: int, steps: int 
     return {"triplets": int(len(label)), "logistic_loss": round(loss, 4), "steps": steps}
 
 
+TARGET_DISTANCE = 0.5   # mean LPIPS between two different people of one domain (ImageNet LPIPS-alex: ~0.4-0.6)
+
+
+@torch.no_grad()
+def rescale_heads(model: nn.Module, data: WorldBatch, target: float = TARGET_DISTANCE, pairs: int = 256
+                  ) -> dict[str, float]:
+    """Scale all heads by one factor so that different people of one domain are `target` apart on average.
+
+    2AFC choices do not depend on the scale, but every loss weight tuned for LPIPS does: a trunk trained with a
+    scale-free objective can end with normalised-feature differences of ~1e-4, which would make L_sem vanish."""
+    groups = _identity_groups(data)
+    first, second = [], []
+    for people in groups.values():
+        for a, b in zip(people[:-1], people[1:]):
+            first.append(a[0])
+            second.append(b[0])
+    first, second = first[:pairs], second[:pairs]
+    images = to_tensor(data.images[np.asarray(first + second)])
+    n = len(first)
+    before = float(model(images[:n], images[n:]).mean())
+    factor = target / max(before, 1e-12)
+    set_heads(model, head_vector(model) * factor)
+    return {"pairs": n, "mean_distance_before": before, "factor": factor, "target": target}
+
+
 def save_perceptual(uri: str, model: nn.Module, metadata: dict[str, Any], half: bool = True) -> str:
     """torchvision AlexNet `features.N.*` keys (+ the calibrated heads under `lpips_lin.*`), and a JSON sidecar."""
     mapping = trunk_key_map(model)

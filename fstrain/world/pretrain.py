@@ -161,7 +161,7 @@ def stage_identity(out: Path, plan: Plan, budget: float, log: Log, *, arch: str,
 
 def stage_perceptual(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
     from fstrain.world.perceptual import (PerceptualSettings, calibrate_heads, make_triplets, parameter_scale,
-                                          save_perceptual, train_trunk)
+                                          rescale_heads, save_perceptual, train_trunk)
     from fstrain.world.splits import TRAIN, render_domain_per_identity
     t0 = time.perf_counter()
     data = render_domain_per_identity(TRAIN, plan.perceptual_ids, plan.perceptual_views, plan.size)
@@ -170,6 +170,9 @@ def stage_perceptual(out: Path, plan: Plan, budget: float, log: Log) -> dict[str
     log(f"  rendered {len(data)} TRAIN images (six domains) and {plan.triplets} 2AFC triplets in {render_s:.0f} s")
     model, info = train_trunk(data, PerceptualSettings(), plan.seed + 100, max(budget - render_s - 5, 5), log)
     info["calibration"] = calibrate_heads(model, triplets, plan.seed, log=log)
+    info["scale"] = rescale_heads(model, data)
+    log(f"  heads scaled x{info['scale']['factor']:.3g}: different people of one domain now "
+        f"{info['scale']['target']} apart on average (was {info['scale']['mean_distance_before']:.3g})")
     save_perceptual(str(out / FILES["lpips_backbone"]), model,
                     {"warning": WARNING, "seed": plan.seed + 100, "heads": "calibrated on world 2AFC triplets",
                      "trunk_trained_on": "TRAIN identities, six domains"})
