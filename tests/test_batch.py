@@ -399,7 +399,7 @@ def test_stages_in_process_reference_mode_matches_stylizer(tmp_path, tiny_models
 # -------------------------------------------------------------- odd keys, storage faults, reruns (issue 21)
 from support.fault_proxy import fault_proxy  # noqa: E402,F401 - the fixture, for this module
 
-ODD_INPUTS = ["dup/a.jpg", "dup/a_jpg.png", "album/IMG #3.jpg", "q?x=1&y.png", "100% + pure.png",
+ODD_INPUTS = ["dup/a.jpg", "dup/a_jpg.png", "dup/a.png", "album/IMG #3.jpg", "q?x=1&y.png", "100% + pure.png",
               "it's \"quoted\".png", "ünï/名前 φωτο.png", "long/" + "ł" * 250 + ".png"]
 
 
@@ -446,6 +446,7 @@ def test_odd_keys_faults_and_reruns_one_line_per_input(s3_server, s3_root, fault
     def run() -> tuple[int, list[manifest.Record], dict]:
         rc = main(argv)
         records, summary = manifest.read_manifest(out)
+        assert sorted(r.input for r in records) == sorted(storage.join(inputs, k) for k in [*ODD_INPUTS, "bad/notes.jpg"])
         assert sorted(r.key for r in records) == sorted([*ODD_INPUTS, "bad/notes.jpg"])   # one line per input
         assert summary["inputs"] == summary["ok"] + summary["error"] == n_inputs
         assert summary["processed"] + summary["skipped"] == n_inputs
