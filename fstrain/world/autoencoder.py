@@ -163,13 +163,15 @@ def _cosine(optim: torch.optim.Optimizer, steps: int) -> torch.optim.lr_schedule
 
 
 def train_autoencoder(encoder: PSPEncoder, g: Generator, photos: torch.Tensor, s: PretrainSettings,
-                      rng: torch.Generator, log: Log) -> None:
-    """Phase 1: E_w+ and G.synthesis jointly, pixel loss + layer-spread penalty."""
+                      rng: torch.Generator, log: Log, deadline: float | None = None) -> int:
+    """Phase 1: E_w+ and G.synthesis jointly, pixel loss + layer-spread penalty. Returns the steps run: all
+    `s.autoencoder_steps`, or fewer when time.perf_counter() passes `deadline` (a caller's time budget)."""
     encoder.train()
     g.train()
     params = list(encoder.parameters()) + _synthesis_parameters(g)
     optim = torch.optim.Adam(params, lr=s.lr, betas=(0.9, 0.99))
     schedule = _cosine(optim, s.autoencoder_steps)
+    step = 0
     for step, idx in enumerate(_batches(len(photos), s.batch_size, s.autoencoder_steps, rng), 1):
         x = photos[idx]
         w_plus = encoder(x)
@@ -188,11 +190,16 @@ def train_autoencoder(encoder: PSPEncoder, g: Generator, photos: torch.Tensor, s
         loss.backward()
         optim.step()
         schedule.step()
-        if step % _log_every(s.autoencoder_steps) == 0 or step == s.autoencoder_steps:
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        if step % _log_every(s.autoencoder_steps) == 0 or step == s.autoencoder_steps or out_of_time:
             log(f"  autoencoder {step}/{s.autoencoder_steps}  pixel L1 w+ {float(pixel.detach()):.4f}  "
-                f"w {float(pixel_w.detach()):.4f}  layer spread {float(spread.detach()):.5f}")
+                f"w {float(pixel_w.detach()):.4f}  layer spread {float(spread.detach()):.5f}"
+                + ("  (time budget reached)" if out_of_time else ""))
+        if out_of_time:
+            break
     encoder.eval()
     g.eval()
+    return step
 
 
 def gaussian_model(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

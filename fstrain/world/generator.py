@@ -1,0 +1,382 @@
+"""The world's base StyleGAN2: G and D trained adversarially on world photos (the FFHQ StyleGAN2 role).
+
+    train_generator(out_dir, size=64, seed=0, budget_s=1500)
+
+Two phases, both on photos of the TRAIN identities (fstrain.world.splits; held-out identities are never seen):
+
+1. warm start  (fstrain.world.autoencoder) G's synthesis network and a throw-away pSp encoder trained as an
+               autoencoder, then G's mapping regressed onto the Gaussian of the encoder's codes: random G(z)
+               already look like blurry portraits, so the short adversarial phase below refines instead of
+               discovering faces from noise.
+2. adversarial the StyleGAN2 objective (rosinality's train.py): non-saturating logistic loss, R1 on reals with
+               lazy regularisation (every `d_reg_every` D steps, Adam betas/lr rescaled), style mixing, an EMA
+               copy g_ema, optional path-length regularisation. D starts from scratch here and is saved, so the
+               fine-tune starts from a trained D as the paper's does.
+
+Output (out_dir, a folder or s3:// prefix):
+    generator.pt (+ .json)   rosinality TRAINING layout {"g", "d", "g_ema", "latent_avg", "args"} (`args` a plain
+                             dict); `fstrain.models.checkpoints.load_generator` reads it strictly (g_ema and d)
+    generator_samples.png    8 x 8 samples of g_ema from fixed z, stored (zero) noise
+
+Channel widths are uniform (rosinality's table capped at `channel_max`): on 2 CPU cores a 64 px model at 32
+channels takes about a second per step at batch 16, so a 25-minute budget buys roughly a thousand steps.
+Stored noise maps are zero (NVlabs' noise_mode="none"), as for every render from stored noise in the project;
+training draws random noise. Deterministic for a seed when the step counts are given (`warm_steps`,
+`gan_steps`); from a budget alone they are planned from the measured speed of this machine and recorded.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from torch import nn
+
+from fstrain.data import storage
+from fstrain.losses import (discriminator_adversarial_loss, generator_adversarial_loss, lazy_regularization_ratio,
+                            r1_penalty)
+from fstrain.models.checkpoints import FORMAT_NAME, MEAN_LATENT_SAMPLES, metadata_uri
+from fstrain.models.psp import PSPEncoder, build_encoder, save_encoder
+from fstrain.models.stylegan2 import Discriminator, Generator
+from fstrain.stylize.images import image_grid, to_uint8
+from fstrain.world import autoencoder
+from fstrain.world.splits import TRAIN, render_identities
+
+Log = Callable[[str], None]
+GENERATOR_FILE = "generator.pt"
+SAMPLES_FILE = "generator_samples.png"
+WARM_ENCODER_FILE = "warm_start_encoder_wplus.pt"   # E_w+ of the warm start: fstrain.world.encoders starts from it
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """Architecture and optimisation of the world's base G/D."""
+    size: int = 64
+    style_dim: int = 512
+    n_mlp: int = 4
+    channel_multiplier: int = 1
+    channel_max: int = 32
+    batch_size: int = 16
+    identities: int = 2048          # TRAIN identities rendered ...
+    views_per_identity: int = 2     # ... in this many views each (expression, gaze, light, background vary)
+    warm_fraction: float = 0.3      # share of the training budget spent on the autoencoder warm start
+    plan_margin: float = 0.8        # planned steps use this share of the budget (speed varies on a shared CPU)
+    mapping_steps: int = 300
+    lr: float = 0.002
+    r1_gamma: float = 0.5           # small: 64 px images (StyleGAN2-ADA's heuristic gives ~0.05-1 here)
+    d_reg_every: int = 16
+    path_length_weight: float = 0.0  # rosinality: 2 every 4 steps; off by default (doubles the G step on CPU)
+    g_reg_every: int = 4
+    mixing: float = 0.9
+    ema_half_life_images: float = 2000.0
+    xflip: bool = True
+
+    def generator(self) -> Generator:
+        return Generator(self.size, self.style_dim, self.n_mlp, channel_multiplier=self.channel_multiplier,
+                         channel_max=self.channel_max)
+
+    def discriminator(self) -> Discriminator:
+        return Discriminator(self.size, channel_multiplier=self.channel_multiplier, channel_max=self.channel_max)
+
+
+# ---------------------------------------------------------------- data
+
+
+def training_photos(settings: GeneratorSettings) -> torch.Tensor:
+    """(N, 3, size, size) in [-1, 1]: TRAIN identities x views in the photo domain (never held-out people)."""
+    batch = render_identities(TRAIN, settings.identities, settings.views_per_identity, "photo", settings.size)
+    return batch.tensor()
+
+
+def _real_batch(photos: torch.Tensor, settings: GeneratorSettings, rng: torch.Generator) -> torch.Tensor:
+    idx = torch.randint(len(photos), (settings.batch_size,), generator=rng)
+    x = photos[idx]
+    if settings.xflip:
+        flip = torch.rand(len(x), generator=rng) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+# ---------------------------------------------------------------- the adversarial step
+
+
+def _latents(g: Generator, batch: int, mixing: float, rng: torch.Generator) -> list[torch.Tensor]:
+    """One z, or two (style mixing) with probability `mixing`, as rosinality's mixing_noise."""
+    if mixing > 0 and float(torch.rand((), generator=rng)) < mixing:
+        return [torch.randn(batch, g.style_dim, generator=rng), torch.randn(batch, g.style_dim, generator=rng)]
+    return [torch.randn(batch, g.style_dim, generator=rng)]
+
+
+def _mix_index(g: Generator, styles: list[torch.Tensor], rng: torch.Generator) -> int | None:
+    return int(torch.randint(1, g.n_latent, (), generator=rng)) if len(styles) == 2 else None
+
+
+def _set_trainable(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _path_length_penalty(g: Generator, s: GeneratorSettings, mean_path: torch.Tensor,
+                         rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """rosinality's g_path_regularize: (|J_w^T y| - a)^2, a the running mean path length."""
+    batch = max(s.batch_size // 2, 1)
+    styles = _latents(g, batch, s.mixing, rng)
+    fake, latents = g(styles, return_latents=True, inject_index=_mix_index(g, styles, rng))
+    noise = torch.randn(fake.shape, generator=rng) / math.sqrt(fake.shape[2] * fake.shape[3])
+    (grad,) = torch.autograd.grad((fake * noise).sum(), latents, create_graph=True)
+    lengths = grad.pow(2).sum(2).mean(1).sqrt()
+    new_mean = mean_path + 0.01 * (lengths.detach().mean() - mean_path)
+    return (lengths - new_mean).pow(2).mean(), new_mean
+
+
+class AdversarialTrainer:
+    """rosinality's training loop, on CPU, for one G/D pair (and g_ema)."""
+
+    def __init__(self, g: Generator, d: Discriminator, s: GeneratorSettings, rng: torch.Generator):
+        self.g, self.d, self.s, self.rng = g, d, s, rng
+        self.g_ema = copy.deepcopy(g).eval()
+        _set_trainable(self.g_ema, False)
+        g_ratio = lazy_regularization_ratio(s.g_reg_every) if s.path_length_weight > 0 else 1.0
+        d_ratio = lazy_regularization_ratio(s.d_reg_every)
+        self.g_optim = torch.optim.Adam(g.parameters(), lr=s.lr * g_ratio, betas=(0.0, 0.99 ** g_ratio))
+        self.d_optim = torch.optim.Adam(d.parameters(), lr=s.lr * d_ratio, betas=(0.0, 0.99 ** d_ratio))
+        self.ema_decay = 0.5 ** (s.batch_size / s.ema_half_life_images)
+        self.mean_path = torch.zeros(())
+        self.step_count = 0
+
+    def step(self, real: torch.Tensor) -> dict[str, float]:
+        g, d, s, rng = self.g, self.d, self.s, self.rng
+        figures: dict[str, float] = {}
+        # D: logistic loss on reals vs fakes.
+        _set_trainable(g, False)
+        _set_trainable(d, True)
+        styles = _latents(g, s.batch_size, s.mixing, rng)
+        with torch.no_grad():
+            fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
+        real_logits, fake_logits = d(real), d(fake)
+        d_loss = discriminator_adversarial_loss(real_logits, fake_logits)
+        self.d_optim.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optim.step()
+        figures.update(d_loss=float(d_loss.detach()), real_logit=float(real_logits.detach().mean()),
+                       fake_logit=float(fake_logits.detach().mean()))
+        if s.d_reg_every > 0 and self.step_count % s.d_reg_every == 0:
+            real_req = real.detach().requires_grad_(True)
+            r1 = r1_penalty(d(real_req), real_req)
+            self.d_optim.zero_grad(set_to_none=True)
+            (s.r1_gamma / 2 * r1 * s.d_reg_every).backward()
+            self.d_optim.step()
+            figures["r1"] = float(r1.detach())
+        # G: non-saturating loss through D.
+        _set_trainable(g, True)
+        _set_trainable(d, False)
+        styles = _latents(g, s.batch_size, s.mixing, rng)
+        fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
+        g_loss = generator_adversarial_loss(d(fake))
+        self.g_optim.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_optim.step()
+        figures["g_loss"] = float(g_loss.detach())
+        if s.path_length_weight > 0 and self.step_count % s.g_reg_every == 0:
+            penalty, self.mean_path = _path_length_penalty(g, s, self.mean_path, rng)
+            self.g_optim.zero_grad(set_to_none=True)
+            (s.path_length_weight * s.g_reg_every * penalty).backward()
+            self.g_optim.step()
+            figures["path_length"] = float(penalty.detach())
+        with torch.no_grad():
+            for p_ema, p in zip(self.g_ema.parameters(), g.parameters()):
+                p_ema.lerp_(p, 1 - self.ema_decay)
+        self.step_count += 1
+        return figures
+
+
+# ---------------------------------------------------------------- measuring and planning
+
+
+def _seconds_per_call(fn: Callable[[], Any], repeats: int = 2) -> float:
+    fn()   # first call pays allocation / kernel selection
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def plan_steps(s: GeneratorSettings, photos: torch.Tensor, budget_s: float, seed: int) -> dict[str, float]:
+    """Steps of each phase that fit `budget_s`, from the measured speed of throw-away copies of the models."""
+    rng = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        g, d = s.generator(), s.discriminator()
+        encoder = PSPEncoder(build_encoder("tiny", g.n_latent, s.style_dim, min(s.size, 64), seed=seed),
+                             torch.zeros(g.n_latent, s.style_dim), "w+")
+        warm = autoencoder.PretrainSettings(size=s.size, batch_size=s.batch_size, autoencoder_steps=1)
+        warm_s = _seconds_per_call(lambda: autoencoder.train_autoencoder(encoder, g, photos, warm, rng,
+                                                                         lambda line: None))
+        trainer = AdversarialTrainer(g, d, s, rng)
+        gan_s = _seconds_per_call(lambda: trainer.step(_real_batch(photos, s, rng)), repeats=3)
+        gan_s *= 1 + 0.5 / max(s.d_reg_every, 1)        # the lazy R1 step costs about half a D step
+    spend = max(budget_s * s.plan_margin, 1.0)
+    warm_steps = max(int(s.warm_fraction * spend / warm_s), 1)
+    gan_steps = max(int((1 - s.warm_fraction) * spend / gan_s), 1)
+    return {"warm_s_per_step": warm_s, "gan_s_per_step": gan_s, "warm_steps": warm_steps, "gan_steps": gan_steps}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_training_checkpoint(uri: str, g: Generator, d: Discriminator, g_ema: Generator, latent_avg: torch.Tensor,
+                             args: dict[str, Any], metadata: dict[str, Any]) -> str:
+    """rosinality's training layout {"g", "d", "g_ema", "latent_avg", "args"} plus our `<uri>.json` sidecar."""
+    payload = {"g": _cpu_state(g), "d": _cpu_state(d), "g_ema": _cpu_state(g_ema),
+               "latent_avg": latent_avg.detach().cpu().float().reshape(-1), "args": dict(args)}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+    sidecar = {"format": FORMAT_NAME, **metadata, "architecture": g_ema.architecture(),
+               "discriminator_architecture": d.architecture()}
+    storage.write_bytes(metadata_uri(uri), json.dumps(sidecar, indent=2, sort_keys=True).encode("utf-8"))
+    return uri
+
+
+@torch.no_grad()
+def sample_grid(g: Generator, seed: int, rows: int = 8, columns: int = 8) -> Image.Image:
+    """rows x columns samples of `g` from z drawn with `seed`, rendered with the stored noise maps."""
+    z = torch.randn(rows * columns, g.style_dim, generator=torch.Generator().manual_seed(seed))
+    images = to_uint8(g([z], randomize_noise=False)[0])
+    return image_grid([list(images[r * columns:(r + 1) * columns]) for r in range(rows)], pad=0)
+
+
+def _write_png(uri: str, image: Image.Image) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- the entry point
+
+
+def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s: float, log: Log = print,
+                    settings: GeneratorSettings | None = None, warm_steps: int | None = None,
+                    gan_steps: int | None = None, progress_grids: int = 0) -> dict[str, Any]:
+    """Train the world's base G/D within `budget_s` seconds and write generator.pt + generator_samples.png.
+
+    `warm_steps` / `gan_steps` fix the step counts (deterministic for a seed; the budget is then not enforced);
+    otherwise they are planned from the budget and this machine's measured speed, and each phase stops early
+    when its share of the budget is spent. `progress_grids` > 0 also writes that many sample grids during the
+    adversarial phase (progress/step-NNNNNN.png). Returns {"seconds", "steps", "files", ...training figures}.
+    """
+    started = time.perf_counter()
+    s = dataclasses.replace(settings or GeneratorSettings(), size=size)
+    if warm_steps is None or gan_steps is None:
+        # A tiny budget cannot use thousands of photos; rendering them would eat it (~10 ms a photo).
+        s = dataclasses.replace(s, identities=min(s.identities, max(32, int(budget_s * 3))))
+    base = str(out_dir).rstrip("/")
+    photos = training_photos(s)
+    render_s = time.perf_counter() - started
+    log(f"world generator: {len(photos)} TRAIN photos ({s.identities} identities x {s.views_per_identity} views, "
+        f"{s.size} px) rendered in {render_s:.0f} s")
+
+    plan: dict[str, float] = {}
+    if warm_steps is None or gan_steps is None:
+        plan = plan_steps(s, photos, budget_s - (time.perf_counter() - started) - s.mapping_steps * 0.02, seed)
+        log(f"  measured {plan['warm_s_per_step']:.2f} s/step warm start, {plan['gan_s_per_step']:.2f} s/step "
+            f"adversarial; planned {plan['warm_steps']} + {plan['gan_steps']} steps")
+    enforce_budget = bool(plan)
+    warm_steps = int(plan["warm_steps"]) if warm_steps is None else warm_steps
+    gan_steps = int(plan["gan_steps"]) if gan_steps is None else gan_steps
+    deadline = started + budget_s - 15                       # 15 s: mean latent, sample grid, writing
+    warm_deadline = deadline - (1 - s.warm_fraction) * (deadline - time.perf_counter())
+
+    figures: dict[str, Any] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        rng = torch.Generator().manual_seed(seed)
+        g, d = s.generator(), s.discriminator()
+        for buffer in g.noise_buffers():     # stored noise zero from the start (training draws random noise)
+            buffer.zero_()
+        encoder = PSPEncoder(build_encoder("tiny", g.n_latent, s.style_dim, min(s.size, 64), seed=seed + 1),
+                             torch.zeros(g.n_latent, s.style_dim), "w+")
+
+        # Phase 1: warm start (autoencoder, then the mapping fitted to the codes' Gaussian).
+        phase = time.perf_counter()
+        warm = autoencoder.PretrainSettings(size=s.size, style_dim=s.style_dim, n_mlp=s.n_mlp,
+                                            channel_multiplier=s.channel_multiplier, channel_max=s.channel_max,
+                                            seed=seed, batch_size=s.batch_size, autoencoder_steps=warm_steps,
+                                            mapping_steps=s.mapping_steps)
+        if warm_steps > 0:
+            warm_steps = autoencoder.train_autoencoder(encoder, g, photos, warm, rng, log,
+                                                       deadline=warm_deadline if enforce_budget else None)
+            with torch.no_grad():
+                codes = torch.cat([encoder(photos[i:i + 256]).mean(1) for i in range(0, len(photos), 256)])
+            autoencoder.fit_mapping(g, codes, warm, rng, log)
+        figures["warm_seconds"] = round(time.perf_counter() - phase, 1)
+        figures["warm_heldin_pixel_l1"] = round(autoencoder.reconstruction_error(encoder, g, photos[:256]), 5)
+
+        # Phase 2: adversarial.
+        phase = time.perf_counter()
+        g.train()
+        d.train()
+        trainer = AdversarialTrainer(g, d, s, rng)
+        history: list[dict[str, float]] = []
+        log_every = max(gan_steps // 10, 1)
+        grid_every = max(gan_steps // progress_grids, 1) if progress_grids > 0 else 0
+        for step in range(1, gan_steps + 1):
+            history.append(trainer.step(_real_batch(photos, s, rng)))
+            out_of_time = enforce_budget and time.perf_counter() > deadline
+            if grid_every and (step % grid_every == 0 or step == 1):
+                _write_png(storage.join(base, "progress", f"step-{step:06d}.png"), sample_grid(trainer.g_ema, seed))
+            if step % log_every == 0 or step == gan_steps or out_of_time:
+                recent = history[-log_every:]
+                mean = {k: sum(h[k] for h in recent if k in h) / max(sum(k in h for h in recent), 1)
+                        for k in ("d_loss", "g_loss", "real_logit", "fake_logit")}
+                log(f"  adversarial {step}/{gan_steps}  D loss {mean['d_loss']:.3f}  G loss {mean['g_loss']:.3f}  "
+                    f"D(real) {mean['real_logit']:+.2f}  D(fake) {mean['fake_logit']:+.2f}  "
+                    f"{(time.perf_counter() - phase) / step:.2f} s/step" + ("  (time budget reached)" if out_of_time
+                                                                           else ""))
+            if out_of_time:
+                gan_steps = step
+                break
+        figures["gan_seconds"] = round(time.perf_counter() - phase, 1)
+        tail = history[-max(len(history) // 10, 1):]
+        for key in ("d_loss", "g_loss", "real_logit", "fake_logit"):
+            figures[f"final_{key}"] = round(sum(h[key] for h in tail) / len(tail), 4)
+        g_ema = trainer.g_ema
+        latent_avg = g_ema.mean_latent(MEAN_LATENT_SAMPLES, generator=torch.Generator().manual_seed(seed)).reshape(-1)
+
+    g.eval()
+    d.eval()
+    args = {"size": s.size, "latent": s.style_dim, "n_mlp": s.n_mlp, "channel_multiplier": s.channel_multiplier,
+            "channel_max": s.channel_max, "batch": s.batch_size, "r1": s.r1_gamma, "d_reg_every": s.d_reg_every,
+            "path_regularize": s.path_length_weight, "g_reg_every": s.g_reg_every, "mixing": s.mixing,
+            "lr": s.lr, "seed": seed, "warm_steps": warm_steps, "iter": gan_steps}
+    seconds = round(time.perf_counter() - started, 1)
+    metadata = {"random_init": False, "seed": seed, "world_generator": {
+        "settings": dataclasses.asdict(s), "warm_steps": warm_steps, "gan_steps": gan_steps, "seconds": seconds,
+        "photos": len(photos), "identity_set": TRAIN.name, "identity_seed": TRAIN.seed, **figures},
+        "warning": "trained on the synthetic portrait world only (fstrain.world.generator), not on real faces"}
+    generator_uri = storage.join(base, GENERATOR_FILE)
+    save_training_checkpoint(generator_uri, g, d, g_ema, latent_avg, args, metadata)
+    samples_uri = storage.join(base, SAMPLES_FILE)
+    _write_png(samples_uri, sample_grid(g_ema, seed))
+    save_encoder(storage.join(base, WARM_ENCODER_FILE), encoder,
+                 opts={"output_size": s.size, "random_init": False, "encoder_depth": "tiny",
+                       "trained_by": "fstrain.world.generator warm start (autoencoder with G's synthesis)"})
+    log(f"wrote {generator_uri} and {samples_uri} after {seconds:.0f} s ({warm_steps} warm-start + {gan_steps} "
+        f"adversarial steps)")
+    return {"seconds": seconds, "steps": warm_steps + gan_steps, "warm_steps": warm_steps, "gan_steps": gan_steps,
+            "files": [GENERATOR_FILE, GENERATOR_FILE + ".json", SAMPLES_FILE],
+            "warm_start_files": [WARM_ENCODER_FILE],
+            "s_per_step": {"warm": plan.get("warm_s_per_step"), "gan": plan.get("gan_s_per_step"),
+                           "gan_measured": figures["gan_seconds"] / max(gan_steps, 1)},
+            "render_seconds": round(render_s, 1), **figures}

@@ -1,0 +1,169 @@
+"""fstrain.world.generator and fstrain.world.encoders: the world's base G/D (adversarial) and pSp encoders.
+
+Tiny sizes (16 px, 16 channels, a few dozen steps) so the file runs in well under a minute on one thread; the
+real 64 px models are trained by `python -m fstrain.world.pretrain` and judged by its instrument report.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from PIL import Image
+
+from fstrain.losses import discriminator_adversarial_loss, generator_adversarial_loss
+from fstrain.models.checkpoints import load_generator, read_checkpoint
+from fstrain.models.init import init_models
+from fstrain.models.psp import load_encoder
+from fstrain.world.encoders import (PREVIEW_FILE, WPLUS_FILE, ZPLUS_FILE, EncoderSettings, ReconstructionLoss,
+                                    _new_encoder, _start_from, lpips_net_of, train_encoders)
+from fstrain.world.generator import (GENERATOR_FILE, SAMPLES_FILE, WARM_ENCODER_FILE, AdversarialTrainer,
+                                     GeneratorSettings, _real_batch, train_generator, training_photos)
+from fstrain.world.splits import HELDOUT, render_identities
+
+SIZE = 16
+TINY = GeneratorSettings(n_mlp=2, channel_max=16, batch_size=8, identities=48, views_per_identity=1,
+                         mapping_steps=20)
+TINY_ENCODERS = EncoderSettings(batch_size=8, identities=48, views_per_identity=1)
+
+
+@pytest.fixture(scope="module")
+def world_generator(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world-generator")
+    result = train_generator(out, size=SIZE, seed=3, budget_s=60, settings=TINY, warm_steps=40, gan_steps=12,
+                             log=lambda line: None)
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def random_nets(tmp_path_factory):
+    """The tiny random identity net and LPIPS trunk that fstrain.models.init writes (stand-ins for B's nets)."""
+    out = tmp_path_factory.mktemp("random-nets")
+    manifest = init_models(out, size=SIZE, n_mlp=2, channel_multiplier=1, channel_max=16, encoder_depth="tiny",
+                           identity="tiny", lpips_net="alex")
+    return {name: entry["uri"] for name, entry in manifest["models"].items()}
+
+
+def test_generator_file_is_the_rosinality_training_layout_and_loads_strictly(world_generator):
+    out, result = world_generator
+    checkpoint = read_checkpoint(str(out / GENERATOR_FILE))
+    assert set(checkpoint) == {"g", "d", "g_ema", "latent_avg", "args"}
+    assert isinstance(checkpoint["args"], dict) and checkpoint["args"]["size"] == SIZE
+    loaded = load_generator(str(out / GENERATOR_FILE))          # g_ema and d, strict
+    assert loaded.generator.size == SIZE and loaded.discriminator is not None
+    assert loaded.discriminator.size == SIZE
+    assert torch.equal(loaded.latent_avg, checkpoint["latent_avg"])
+    assert all(float(b.abs().max()) == 0.0 for b in loaded.generator.noise_buffers())
+    g = load_generator(str(out / GENERATOR_FILE), which="g").generator
+    assert any(not torch.equal(a, b) for a, b in zip(g.state_dict().values(),
+                                                     loaded.generator.state_dict().values())), "g_ema is not an EMA"
+    assert loaded.metadata["world_generator"]["gan_steps"] == 12
+    grid = Image.open(out / SAMPLES_FILE)
+    assert grid.size == (8 * SIZE, 8 * SIZE)
+    assert result["steps"] == 52 and result["seconds"] > 0
+    for name in result["files"] + result["warm_start_files"]:
+        assert (out / name).is_file(), name
+    assert load_encoder(str(out / WARM_ENCODER_FILE)).space == "w+"
+
+
+def test_same_seed_and_steps_give_the_same_generator(world_generator, tmp_path):
+    out, _ = world_generator
+    train_generator(tmp_path, size=SIZE, seed=3, budget_s=60, settings=TINY, warm_steps=40, gan_steps=12,
+                    log=lambda line: None)
+    first, second = read_checkpoint(str(out / GENERATOR_FILE)), read_checkpoint(str(tmp_path / GENERATOR_FILE))
+    for part in ("g_ema", "d"):
+        for key, value in first[part].items():
+            assert torch.equal(value, second[part][key]), (part, key)
+
+
+def test_the_discriminator_learns_to_tell_photos_from_samples():
+    torch.manual_seed(0)
+    rng = torch.Generator().manual_seed(0)
+    photos = training_photos(TINY)
+    g, d = TINY.generator(), TINY.discriminator()
+    trainer = AdversarialTrainer(g, d, TINY, rng)
+    z = torch.randn(32, g.style_dim, generator=torch.Generator().manual_seed(1))
+    real = photos[:32]
+
+    def d_loss() -> float:
+        with torch.no_grad():
+            return float(discriminator_adversarial_loss(d(real), d(g([z])[0])))
+
+    before = d_loss()
+    for _ in range(25):
+        trainer.step(_real_batch(photos, TINY, rng))
+    after = d_loss()
+    assert after < before - 0.3, (before, after)      # from ln 4 ~ 1.39 (chance) towards 0
+
+
+def test_the_generator_step_lowers_its_loss_against_a_fixed_discriminator():
+    torch.manual_seed(0)
+    rng = torch.Generator().manual_seed(0)
+    photos = training_photos(TINY)
+    g, d = TINY.generator(), TINY.discriminator()
+    trainer = AdversarialTrainer(g, d, TINY, rng)
+    for _ in range(10):                                  # a D that has an opinion
+        trainer.step(_real_batch(photos, TINY, rng))
+    frozen = copy.deepcopy(d.state_dict())
+    for group in trainer.d_optim.param_groups:
+        group["lr"] = 0.0
+    z = torch.randn(32, g.style_dim, generator=torch.Generator().manual_seed(1))
+
+    def g_loss() -> float:
+        with torch.no_grad():
+            return float(generator_adversarial_loss(d(g([z], randomize_noise=False)[0])))
+
+    before = g_loss()
+    for _ in range(15):
+        trainer.step(_real_batch(photos, TINY, rng))
+    assert all(torch.equal(v, d.state_dict()[k]) for k, v in frozen.items())
+    assert g_loss() < before - 0.05, (before, g_loss())
+
+
+def test_encoders_train_against_the_generator_and_load_with_the_psp_loaders(world_generator, random_nets, tmp_path):
+    out, _ = world_generator
+    result = train_encoders(tmp_path, generator_path=str(out / GENERATOR_FILE), identity_path=random_nets["identity"],
+                            lpips_backbone_path=random_nets["lpips_backbone"], size=SIZE, seed=0, budget_s=60,
+                            settings=TINY_ENCODERS, wplus_steps=25, zplus_steps=25, log=lambda line: None)
+    assert result["steps"] == 50 and set(result["files"]) == {WPLUS_FILE, ZPLUS_FILE, PREVIEW_FILE}
+    g = load_generator(str(out / GENERATOR_FILE)).generator
+    e_w, e_z = load_encoder(str(tmp_path / WPLUS_FILE)), load_encoder(str(tmp_path / ZPLUS_FILE))
+    assert (e_w.space, e_z.space) == ("w+", "z+") and e_w.n_latent == e_z.n_latent == g.n_latent
+    assert Image.open(tmp_path / PREVIEW_FILE).size == (12 * SIZE, 3 * SIZE)
+
+    # Held-out people: trained encoders reconstruct them far better than untrained ones (pSp's own loss).
+    from fstrain.models.identity import load_identity
+    from fstrain.models.perceptual import load_lpips
+    loss = ReconstructionLoss(load_lpips(random_nets["lpips_backbone"], net="alex"),
+                              load_identity(random_nets["identity"]), TINY_ENCODERS)
+    x = render_identities(HELDOUT, 16, 1, "photo", SIZE).tensor()
+    fresh_w = _new_encoder(TINY_ENCODERS, g, load_generator(str(out / GENERATOR_FILE)).latent_avg, "w+", SIZE, 9)
+    fresh_z = _new_encoder(TINY_ENCODERS, g, None, "z+", SIZE, 9)
+    with torch.no_grad():
+        trained_w = float(loss(x, g.synthesis(e_w(x)))["l2"])
+        untrained_w = float(loss(x, g.synthesis(fresh_w(x)))["l2"])
+        trained_z = float(loss(x, g.synthesis(g.get_latent(e_z(x))))["l2"])
+        untrained_z = float(loss(x, g.synthesis(g.get_latent(fresh_z(x))))["l2"])
+    assert trained_w < 0.5 * untrained_w, (trained_w, untrained_w)
+    assert trained_z < 0.5 * untrained_z, (trained_z, untrained_z)
+
+
+def test_warm_start_keeps_the_codes_under_a_different_latent_average(world_generator):
+    out, _ = world_generator
+    loaded = load_generator(str(out / GENERATOR_FILE))
+    warm = load_encoder(str(out / WARM_ENCODER_FILE))
+    encoder = _new_encoder(TINY_ENCODERS, loaded.generator, loaded.latent_avg, "w+", SIZE, 5)
+    _start_from(encoder, warm)
+    x = render_identities(HELDOUT, 4, 1, "photo", SIZE).tensor()
+    with torch.no_grad():
+        assert torch.allclose(encoder.eval()(x), warm(x), atol=1e-5)
+
+
+def test_bad_inputs_name_the_file_and_what_to_do(world_generator, random_nets, tmp_path):
+    out, _ = world_generator
+    with pytest.raises(ValueError, match="renders 16 px, but size=32"):
+        train_encoders(tmp_path, generator_path=str(out / GENERATOR_FILE), identity_path=random_nets["identity"],
+                       lpips_backbone_path=random_nets["lpips_backbone"], size=32, seed=0, budget_s=10)
+    with pytest.raises(ValueError, match="features.0.weight"):
+        lpips_net_of(random_nets["identity"])
+    assert lpips_net_of(random_nets["lpips_backbone"]) == "alex"
