@@ -127,8 +127,19 @@ styles: [cartoon]
 REPO = Path(__file__).resolve().parents[1]
 
 
+STUDY_CONFIGS = {"configs/study.yaml"}
+
+
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
 def test_every_shipped_config_loads(path):
+    """Pipeline configs load as PipelineConfig; a study config loads as a study and its pipelines load too."""
+    if path in STUDY_CONFIGS:
+        from fstrain.study.settings import StudyConfig, load_study_config
+        study = load_study_config(str(REPO / path))
+        assert config_from_dict(config_to_dict(study), StudyConfig) == study
+        for pipeline in (study.pipeline, study.quick.pipeline):
+            load_config(pipeline, PipelineConfig)
+        return
     cfg = load_config(str(REPO / path), PipelineConfig)
     assert config_from_dict(config_to_dict(cfg), PipelineConfig) == cfg
 
