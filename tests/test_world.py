@@ -66,6 +66,23 @@ def test_lpips_loader_uses_heads_stored_in_the_trunk_file(tmp_path):
     assert torch.allclose(loaded(x, x.flip(0)), model.half().float()(x, x.flip(0)), rtol=1e-2, atol=1e-4)
 
 
+def test_lpips_heads_beyond_float16_range_survive_saving_and_broken_heads_are_refused(tmp_path):
+    from fstrain.models.perceptual import EMBEDDED_HEADS_PREFIX, load_lpips
+    from fstrain.world.perceptual import new_lpips, save_perceptual
+    model = new_lpips(0)
+    for lin in model.lins:
+        lin.model[-1].weight.data.fill_(1e5)            # a collapsed trunk rescaled: over float16's 65504
+    save_perceptual(str(tmp_path / "alex.pth"), model, {})
+    loaded = load_lpips(str(tmp_path / "alex.pth"), net="alex")
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert float(loaded(x, x).abs().max()) == 0.0 and float(loaded(x, x.flip(0)).min()) > 0
+    state = torch.load(tmp_path / "alex.pth", weights_only=True)
+    state[f"{EMBEDDED_HEADS_PREFIX}lin2.model.1.weight"][0, 0] = float("inf")
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(WeightsMismatchError, match=r"non-finite values in \['lin2"):
+        load_lpips(str(tmp_path / "broken.pth"), net="alex")
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     """The pretraining command itself at a tiny budget (32 px), without the autoencoder reference."""

@@ -100,6 +100,10 @@ def load_lpips(backbone_weights_uri: str | None, net: str = "vgg", lpips_linear_
         linear = load_torch(lin_uri)
     lins = nn.ModuleDict({f"lin{i}": lin for i, lin in enumerate(model.lins)})
     check_state_dict(lins, dict(linear), lin_uri, f"LPIPS {net} linear layers")
+    broken = [k for k, v in linear.items() if not torch.isfinite(v.float()).all()]
+    if broken:
+        raise WeightsMismatchError(f"{lin_uri}: non-finite values in {broken}; LPIPS would be NaN. Recreate the "
+                                   f"file (python -m fstrain.world.pretrain writes float32 heads)")
 
     return model.to(device).eval().requires_grad_(False)
 

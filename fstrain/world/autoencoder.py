@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fstrain.data import storage
+from fstrain.data.images import IMAGE_SUFFIXES
 from fstrain.models.checkpoints import MEAN_LATENT_SAMPLES, load_generator, save_generator
 from fstrain.models.init import init_models
 from fstrain.models.psp import PSPEncoder, build_encoder, save_encoder
@@ -52,7 +53,6 @@ from fstrain.stylize.images import from_uint8, image_grid, to_uint8
 
 WARNING = ("PRETRAINED DEMO/TEST weights from fstrain.world.autoencoder: tiny models trained on synthetic portraits, "
            "not on real faces (not FFHQ)")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TRAINED_FILES = ("generator.pt", "encoder_wplus.pt", "encoder_zplus.pt")
 
 Log = Callable[[str], None]

@@ -21,6 +21,7 @@ under `lpips_lin.*` keys, which `fstrain.models.perceptual.load_lpips` uses when
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -376,6 +377,9 @@ def rescale_heads(model: nn.Module, data: WorldBatch, target: float = TARGET_DIS
     n = len(first)
     before = float(model(images[:n], images[n:]).mean())
     factor = target / max(before, 1e-12)
+    if not math.isfinite(factor) or not math.isfinite(before):
+        raise ValueError(f"perceptual heads: mean distance between different people is {before}; the trunk "
+                         f"collapsed, so no head scale can calibrate it (train longer or lower the learning rate)")
     set_heads(model, head_vector(model) * factor)
     return {"pairs": n, "mean_distance_before": before, "factor": factor, "target": target}
 
@@ -383,10 +387,12 @@ def rescale_heads(model: nn.Module, data: WorldBatch, target: float = TARGET_DIS
 def save_perceptual(uri: str, model: nn.Module, metadata: dict[str, Any], half: bool = True) -> str:
     """torchvision AlexNet `features.N.*` keys (+ the calibrated heads under `lpips_lin.*`), and a JSON sidecar."""
     mapping = trunk_key_map(model)
-    state = {tv: model.state_dict()[lp] for lp, tv in mapping.items()}
+    state = {tv: (v.half() if half else v) for lp, tv in mapping.items() for v in [model.state_dict()[lp]]}
+    # Heads stay float32: after rescaling they can exceed float16's range (65504), and an inf head turns
+    # LPIPS(x, x) = inf * 0 into NaN.
     for i, lin in enumerate(model.lins):
-        state[f"{EMBEDDED_HEADS_PREFIX}lin{i}.model.1.weight"] = lin.model[-1].weight
-    state = {k: (v.half() if half else v).detach().cpu().contiguous() for k, v in state.items()}
+        state[f"{EMBEDDED_HEADS_PREFIX}lin{i}.model.1.weight"] = lin.model[-1].weight.float()
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_torch(state, uri)
     save_json({"format": "torchvision-alexnet-features", "net": "alex", "random_init": False, **metadata},
               uri + ".json")
