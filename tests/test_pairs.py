@@ -166,6 +166,14 @@ def test_make_pairs_shards_round_trip_and_rerender_exactly(root_kind, request, t
     assert sheet.shape == (LABEL_STRIP + 5 * (SIZE + 2) + 2, 4 * (SIZE + 2) + 2, 3)
     assert storage.read_json(layout.pairs_summary(root, RUN, STYLE))["samples"] == summary["samples"]
 
+    # A rerun that reuses every shard keeps the summary's figures (it once overwrote them with zeros and None).
+    rerun = make_pairs(config, style=STYLE, root=root, run_id=RUN, baseline_generator_uri=baseline_uri)
+    assert (rerun["shards_written"], rerun["shards_skipped"]) == (0, 2)
+    kept = ("samples", "l_sem_initial_mean", "l_sem_final_mean", "skipped_samples", "sha256")
+    assert {k: rerun[k] for k in kept} == {k: summary[k] for k in kept}
+    assert storage.read_json(layout.pairs_summary(root, RUN, STYLE))["l_sem_final_mean"] == \
+        pytest.approx(summary["l_sem_final_mean"])
+
 
 def test_make_pairs_resumes_per_shard(local_root, tiny_models, pair_models):
     write_dataset(local_root, [2, 2])
@@ -178,12 +186,15 @@ def test_make_pairs_resumes_per_shard(local_root, tiny_models, pair_models):
 
     second = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, models=pair_models)
     assert (second["shards_written"], second["shards_skipped"]) == (1, 1)
-    assert second["samples"] == {"1": 2, "3": 0}                   # only the missing level of the missing shard
+    assert second["samples_written"] == {"1": 2, "3": 0}           # only the missing level of the missing shard
+    assert second["samples"] == first["samples"] == {"1": 4, "3": 4}   # the summary describes every shard
     assert storage.read_bytes(storage.join(level1, "shard-000000.tar")) == kept
     assert len(list(read_pairs(level1))) == 4
 
     third = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, models=pair_models)
     assert (third["shards_written"], third["shards_skipped"]) == (0, 2)
+    assert third["samples"] == first["samples"] and third["samples_written"] == {"1": 0, "3": 0}
+    assert storage.read_json(layout.pairs_summary(local_root, RUN, STYLE))["samples"] == {"1": 4, "3": 4}
 
 
 def test_missing_inputs_are_clear_errors(local_root, tiny_models, baseline_uri):
@@ -237,6 +248,9 @@ def test_corrupt_style_image_is_reported_by_name_and_the_rest_paired(local_root,
     assert [(s["key"], s["shard"].endswith("shard-000000.tar")) for s in summary["skipped_samples"]] == \
         [("broken", True)]
     assert [s.key for s in read_pairs(layout.pairs(local_root, RUN, STYLE, 3))] == ["good0", "good1"]
+    rerun = make_pairs(pipeline_config(tiny_models, levels=[1, 3]), style=STYLE, root=local_root, run_id=RUN,
+                       models=pair_models)
+    assert rerun["shards_skipped"] == 1 and rerun["skipped_samples"] == summary["skipped_samples"]
 
 
 def _retrain(star_uri: str, seed: int) -> str:

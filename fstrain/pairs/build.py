@@ -259,8 +259,10 @@ def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[i
     and `log` says why; an output whose dataset shard is gone is deleted. A shard whose levels are all reusable is
     not even decoded. `models` may be passed pre-loaded (tests, or a caller that builds pairs for several runs);
     their recorded hashes then stand for the files. Summary counts (`samples`, `l_sem_initial_mean`/
-    `l_sem_final_mean`) cover the shards written by this call; style images that do not decode are listed in
-    `skipped_samples` with shard, key and reason; `rebuilt` holds the logged reasons.
+    `l_sem_final_mean`, `skipped_samples`) describe every output shard, reused or written (a reused shard's
+    figures come from its provenance record), so a rerun that reuses everything keeps the same summary;
+    `samples_written` counts this call's work. Style images that do not decode are listed in `skipped_samples`
+    with shard, key and reason; `rebuilt` holds the logged reasons.
     """
     chosen = parse_levels(levels if levels is not None else config.pairs.levels)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -301,7 +303,8 @@ def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[i
         log(f"pairs for {style}: removed {uri} (its dataset shard is gone)")
 
     summary = {"style": style, "run_id": run_id, "levels": chosen, "shards": len(inputs), "shards_written": 0,
-               "shards_skipped": 0, "samples": {str(lvl): 0 for lvl in chosen}, "skipped_samples": [],
+               "shards_skipped": 0, "samples": {str(lvl): 0 for lvl in chosen},
+               "samples_written": {str(lvl): 0 for lvl in chosen}, "skipped_samples": [],
                "l_sem_initial_mean": None, "l_sem_final_mean": None,
                "rebuilt": [f"{reason} [{', '.join(where)}]" for reason, where in stale.items()], "removed": removed,
                "inputs": dict(hashes),
@@ -314,6 +317,10 @@ def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[i
     l_sem_final: list[float] = []
     started = time.time()
     for index, (shard_uri, name, missing, records) in enumerate(todo):
+        for lvl in chosen:
+            if lvl not in missing:     # reused: its figures come from the record written with it
+                _add_recorded(summary, lvl, layout.shard_provenance(
+                    storage.join(layout.pairs(root, run_id, style, lvl), name)), l_sem_initial, l_sem_final)
         if not missing:
             summary["shards_skipped"] += 1
         else:
@@ -326,6 +333,7 @@ def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[i
                     keys.append(key)
                 except Exception as exc:   # one bad image must not lose the shard: skip it and say which
                     summary["skipped_samples"].append({"shard": shard_uri, "key": key, "reason": str(exc)})
+            skipped_here = [s for s in summary["skipped_samples"] if s["shard"] == shard_uri]
             per_level: dict[int, list[PairSample]] = {lvl: [] for lvl in missing}
             for batch in _batches(list(range(len(keys))), config.pairs.batch_size):
                 made = pairs_for_batch(models, [keys[i] for i in batch], np.stack([pixels[i] for i in batch]),
@@ -337,11 +345,15 @@ def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[i
                 # The shard first, then its record: a crash in between leaves a shard without (or with an older)
                 # record, which the next run rebuilds.
                 written = write_pair_shard(layout.pairs(root, run_id, style, lvl), name, samples)
-                provenance.write_record(layout.shard_provenance(written), records[lvl], level=lvl, samples=len(samples))
+                figures = {"l_sem_initial": [s.meta["l_sem_initial"] for s in samples],
+                           "l_sem_final": [s.meta["l_sem_final"] for s in samples]} if lvl == 2 else {}
+                provenance.write_record(layout.shard_provenance(written), records[lvl], level=lvl, samples=len(samples),
+                                        skipped_samples=skipped_here, **figures)
                 summary["samples"][str(lvl)] += len(samples)
+                summary["samples_written"][str(lvl)] += len(samples)
                 if lvl == 2:
-                    l_sem_initial += [s.meta["l_sem_initial"] for s in samples]
-                    l_sem_final += [s.meta["l_sem_final"] for s in samples]
+                    l_sem_initial += figures["l_sem_initial"]
+                    l_sem_final += figures["l_sem_final"]
             summary["shards_written"] += 1
         if progress is not None:
             progress(index + 1, len(todo), {"shard": name, "levels_written": missing,
@@ -357,6 +369,20 @@ def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[i
     summary["contact_sheet"] = write_contact_sheet(root, run_id, style, chosen)
     storage.write_json(layout.pairs_summary(root, run_id, style), summary)
     return summary
+
+
+def _add_recorded(summary: dict, level: int, record_uri: str, l_sem_initial: list, l_sem_final: list) -> None:
+    """Add a reused output shard's recorded figures (samples, undecodable images, level-2 L_sem) to the summary."""
+    try:
+        record = storage.read_json(record_uri)
+    except (ValueError, storage.StorageError):
+        return          # unreadable records make the shard stale, so this is not reached for a reused one
+    summary["samples"][str(level)] += int(record.get("samples", 0))
+    known = {(s["shard"], s["key"]) for s in summary["skipped_samples"]}
+    summary["skipped_samples"] += [s for s in record.get("skipped_samples", []) if (s["shard"], s["key"]) not in known]
+    if level == 2:
+        l_sem_initial += record.get("l_sem_initial", [])
+        l_sem_final += record.get("l_sem_final", [])
 
 
 def _remove_orphans(root: str, run_id: str, style: str, levels: Sequence[int], names: set[str]) -> list[str]:
