@@ -3,7 +3,9 @@
 Layout under the output URI:
     <out>/_jobs/<job-id>/parts/part-<hash>.jsonl   written atomically by the upload stage as each block finishes
     <out>/_jobs/<job-id>/manifest.jsonl            the merged manifest of this job (same as below)
-    <out>/manifest.jsonl                           one line per input of the latest job + a final summary line
+    <out>/_jobs/<job-id>/summary.json              this job's counts (same as below)
+    <out>/manifest.jsonl                           one line per input of the latest job, every line one schema
+    <out>/summary.json                             the latest job's counts (inputs, ok, error, skipped, timings)
 
 A rerun with the same job id reads the merged manifest and any parts, and skips inputs whose record is "ok" and
 made with the same models (its `provenance`: sha256 of the encoder and of each style's generator), or an error
@@ -45,6 +47,10 @@ def parts_uri(out: str, job_id: str) -> str:
 
 def manifest_uri(out: str) -> str:
     return storage.join(out, "manifest.jsonl")
+
+
+def summary_uri(out: str) -> str:
+    return storage.join(out, "summary.json")
 
 
 @dataclass
@@ -96,7 +102,8 @@ def to_jsonl(records: Iterable[Record]) -> str:
 
 
 def parse_jsonl(text: str, uri: str) -> list[Record]:
-    """Input records of a manifest file; the summary line and blank lines are skipped."""
+    """Input records of a manifest file; blank lines are skipped, and so is the summary line that versions before
+    summary.json appended (a job started by one of them resumes)."""
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -165,7 +172,7 @@ def summarize(records: list[Record], skipped: int, processed: int, elapsed_s: fl
     if processed + skipped != len(records):
         raise AssertionError(f"summary of job {job_id}: {processed} processed + {skipped} skipped != "
                              f"{len(records)} records")
-    return {"summary": True, "job_id": job_id, "inputs": len(records), "ok": counts.get(OK, 0),
+    return {"job_id": job_id, "inputs": len(records), "ok": counts.get(OK, 0),
             "error": counts.get(ERROR, 0), "skipped": skipped, "processed": processed,
             "errors_by_stage": errors_by_stage, "elapsed_s": round(elapsed_s, 3),
             "photos_per_s": round(processed / elapsed_s, 3) if elapsed_s > 0 else None,
@@ -173,21 +180,17 @@ def summarize(records: list[Record], skipped: int, processed: int, elapsed_s: fl
 
 
 def write_manifest(out: str, job_id: str, records: list[Record], summary: dict[str, Any]) -> str:
-    """Write the job's merged manifest and `<out>/manifest.jsonl` (records sorted by key, summary last)."""
-    text = to_jsonl(sorted(records, key=lambda r: r.key)) + json.dumps(summary) + "\n"
-    storage.write_text(storage.join(job_uri(out, job_id), "manifest.jsonl"), text)
-    storage.write_text(manifest_uri(out), text)
+    """Write the job's merged manifest and `<out>/manifest.jsonl` (one record per line, sorted by key), and the
+    summary beside each as `summary.json`; returns the manifest's URI."""
+    text = to_jsonl(sorted(records, key=lambda r: r.key))
+    for folder in (job_uri(out, job_id), out):
+        storage.write_text(storage.join(folder, "manifest.jsonl"), text)
+        storage.write_json(storage.join(folder, "summary.json"), summary)
     return manifest_uri(out)
 
 
 def read_manifest(out: str) -> tuple[list[Record], dict[str, Any] | None]:
-    """(records, summary) of `<out>/manifest.jsonl`."""
+    """(records of `<out>/manifest.jsonl`, `<out>/summary.json` or None when there is none)."""
     uri = manifest_uri(out)
-    text = storage.read_text(uri)
-    summary = None
-    for line in text.splitlines():
-        if line.strip() and '"summary"' in line:
-            data = json.loads(line)
-            if data.get("summary") is True:
-                summary = data
-    return parse_jsonl(text, uri), summary
+    summary = storage.read_json(summary_uri(out)) if storage.exists(summary_uri(out)) else None
+    return parse_jsonl(storage.read_text(uri), uri), summary

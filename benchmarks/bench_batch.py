@@ -135,7 +135,7 @@ def main() -> int:
                           str(work / "detector"), "--job-id", "bench", "--det-size", str(DET_SIZE), "--batch-size", str(args.batch_size),
                           "--max-actors", "1", "--cpu-actors", "2"])
             wall = time.perf_counter() - start
-            summary = json.loads(storage.read_text(str(out / "manifest.jsonl")).splitlines()[-1])
+            summary = storage.read_json(str(out / "summary.json"))
             rows.append(("end to end, Ray Data job (incl. Ray start)", summary["processed"], wall))
         import torch
 

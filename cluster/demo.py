@@ -197,6 +197,7 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
               "gallery_html": storage.join(out_uri, "gallery.html"),
               "contact_sheet": storage.join(out_uri, "contact_sheet.png"),
               "manifest": storage.join(out_uri, "manifest.jsonl"),
+              "batch_summary": storage.join(out_uri, "summary.json"),
               "styles": {s: v["status"] for s, v in summary["styles"].items()},
               "pretrain_s": pretrained_s, "wall_s": round(time.time() - started, 1)}
     log("")
@@ -204,7 +205,7 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
     log(f"run summary:   {result['summary']}")
     for style, status in result["styles"].items():
         log(f"  {style:<13} {status:<7} {summary['styles'][style].get('published_uri')}")
-    log(f"manifest:      {result['manifest']}")
+    log(f"manifest:      {result['manifest']} (one line per photo; counts in {result['batch_summary']})")
     log(f"gallery:       {result['gallery_html']}")
     log(f"contact sheet: {result['contact_sheet']}")
     log(f"demo finished in {result['wall_s']} s")

@@ -76,6 +76,30 @@ def test_manifest_parts_round_trip_and_retry_overwrites(local_root):
         manifest.job_uri(local_root, "a/b")
 
 
+def test_manifest_lines_share_one_schema_and_the_summary_sits_beside_it(local_root):
+    """A reader of manifest.jsonl (pandas, jq, DuckDB) meets one record schema on every line: the counts live in
+    summary.json, in the output folder and in the job's folder."""
+    import json
+
+    records = [manifest.Record(key="b", input="in/b.png", status="ok", provenance={"encoder": "e"}, finished_at=2.0),
+               manifest.error_record("a", "in/a.png", "decode", "not an image", "replace it", "job-1")]
+    summary = manifest.summarize(records, skipped=0, processed=2, elapsed_s=1.0, job_id="job-1")
+    manifest.write_manifest(local_root, "job-1", records, summary)
+    for folder in (local_root, manifest.job_uri(local_root, "job-1")):
+        lines = [json.loads(line) for line in storage.read_text(storage.join(folder, "manifest.jsonl")).splitlines()]
+        assert [line["key"] for line in lines] == ["a", "b"]
+        record_fields = set(manifest.Record.__dataclass_fields__) | {"transient"}
+        assert all({"key", "input", "status"} <= set(line) <= record_fields for line in lines), lines
+        assert storage.read_json(storage.join(folder, "summary.json")) == summary
+    records_back, summary_back = manifest.read_manifest(local_root)
+    assert [r.key for r in records_back] == ["a", "b"]
+    assert (summary_back["inputs"], summary_back["ok"], summary_back["error"]) == (2, 1, 1)
+    # A job manifest written before summary.json (summary as its last line) still resumes.
+    old = storage.join(manifest.job_uri(local_root, "old"), "manifest.jsonl")
+    storage.write_text(old, manifest.to_jsonl(records) + json.dumps({"summary": True, "inputs": 2}) + "\n")
+    assert sorted(manifest.read_job_records(local_root, "old")) == ["a", "b"]
+
+
 def test_manifest_corrupt_line_names_file(local_root):
     uri = storage.join(manifest.parts_uri(local_root, "j"), "part-x.jsonl")
     storage.write_text(uri, '{"key": "a", "input": "a.png", "status": "ok"}\nnot json\n')
@@ -491,8 +515,8 @@ def test_odd_keys_faults_and_reruns_one_line_per_input(s3_server, s3_root, fault
         def stamps() -> dict:
             pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
             return {o["Key"]: o["LastModified"] for page in pages for o in page.get("Contents", [])
-                    if "/_jobs/" not in o["Key"] and not o["Key"].endswith(("manifest.jsonl", "gallery.html",
-                                                                          "contact_sheet.png"))}
+                    if "/_jobs/" not in o["Key"] and not o["Key"].endswith(("manifest.jsonl", "summary.json",
+                                                                          "gallery.html", "contact_sheet.png"))}
 
         before = stamps()
         rc, records_again, summary = run()
