@@ -165,9 +165,10 @@ def write_photos(dest: str, *, count: int, size: int, seed: int = 7) -> None:
 
 def submit(cluster, entrypoint: list[str], *, log=print, timeout_s: float = 1800) -> None:
     """`ray job submit --working-dir <repo> -- <entrypoint>`, its logs streamed; raises when the job fails."""
+    from cluster.local import upload_excludes
+
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", cluster.dashboard_url,
-           "--working-dir", str(REPO_ROOT), "--runtime-env-json", json.dumps({"excludes": [
-               ".venv", ".git", "demo-out", "*.egg-info", "__pycache__"]}), "--", *entrypoint]
+           "--working-dir", str(REPO_ROOT), "--runtime-env-json", json.dumps({"excludes": upload_excludes()}), "--", *entrypoint]
     log("$ ray job submit -- " + " ".join(entrypoint))
     done = subprocess.run(cmd, env=cluster.client_env(), timeout=timeout_s)
     if done.returncode != 0:

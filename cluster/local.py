@@ -36,8 +36,16 @@ from typing import Any, Iterator
 import yaml
 
 FAKE_MULTINODE_TEMPLATE = Path(__file__).with_name("fake_multinode.yaml")
+RAYIGNORE = Path(__file__).resolve().parents[1] / ".rayignore"
 STATE_FILE = "cluster.json"
 GPU_WORKER_TYPE = "gpu_worker"
+
+
+def upload_excludes(rayignore: Path = RAYIGNORE) -> list[str]:
+    """The runtime_env "excludes" for a job whose working_dir is this repository: the patterns of `.rayignore`
+    (scratch roots such as try/ and demo-out/, .venv, .git), so an upload never carries outputs of hand runs."""
+    lines = (line.strip() for line in rayignore.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 class LocalClusterError(RuntimeError):
