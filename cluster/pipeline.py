@@ -123,6 +123,9 @@ class ProgressBoard:
 @ray.remote
 def _run_stage(stage: Stage, style: str, root: str, run_id: str, previous: dict[str, dict], board: Any) -> dict:
     """Body of every stage task: register the attempt, run the stage, persist its output as the done marker."""
+    from kernels.ops import announcements, quiet_routes
+
+    quiet_routes()   # each worker would repeat the kernel routing line per stage; the driver prints it once per job
     node_id = ray.get_runtime_context().get_node_id()
     attempt = ray.get(board.start.remote(style, stage.name, node_id, os.getpid()))
     ctx = StageContext(style=style, stage=stage.name, root=root, run_id=run_id, attempt=attempt,
@@ -136,7 +139,7 @@ def _run_stage(stage: Stage, style: str, root: str, run_id: str, previous: dict[
     record = {"output": output, "inputs": consumed(previous), "run_s": time.time() - started, "node_id": node_id,
               "finished_at": time.time()}
     storage.write_json(layout.stage_marker(ctx.work_uri), record)
-    return record
+    return {**record, "kernels": announcements()}
 
 
 @dataclass
@@ -326,6 +329,7 @@ def _drive(runs: dict[str, _StyleRun], stages: Sequence[Stage], pending: dict, a
            finish: Callable, board: Any, progress_interval_s: float, log: Callable[[str], None]) -> None:
     """Wait for stage results, chain the next stage, and print one progress line per running style per interval."""
     last_print = time.time()
+    kernel_lines: set[str] = set()      # said once per job, whichever worker and stage met it
     while pending:
         timeout = max(0.0, progress_interval_s - (time.time() - last_print))
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
@@ -342,6 +346,10 @@ def _drive(runs: dict[str, _StyleRun], stages: Sequence[Stage], pending: dict, a
                 print(f"[{run.summary.style}] {record.name} traceback:\n{exc}", file=sys.stderr, flush=True)
                 finish(run, "failed")
                 continue
+            for line in result.get("kernels", []):
+                if line not in kernel_lines:
+                    kernel_lines.add(line)
+                    log(f"kernels: {line}")
             record.status, record.output = "ok", result["output"]
             run.previous[record.name] = record.output
             log(f"[{run.summary.style}] {record.name} done in {format_duration(record.wall_s)}")

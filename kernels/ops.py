@@ -2,8 +2,10 @@
 
 `impl="ref"` always uses the PyTorch reference. `impl="cuda"` uses the compiled kernels and raises when it cannot.
 `impl="auto"` uses CUDA when the tensor is on a GPU, the arguments are ones the kernels support and the extension
-builds (on first use, cached on disk), else the reference; it logs once per op and reason, in one line, which
-it chose and why. `using_impl("ref")` switches what "auto" means inside a block (benchmarks compare both paths
+builds (on first use, cached on disk), else the reference; it logs which it chose and why in one line, once per
+process and message (tensors off the GPU give one line for every op). A process whose driver reports for it (a Ray
+worker: cluster.train stages, batch.stylize actors) calls `quiet_routes()` or runs with KERNELS_ROUTE_LOG=quiet:
+its lines go to debug and `announcements()` hands them to the driver, which prints each once per job. `using_impl("ref")` switches what "auto" means inside a block (benchmarks compare both paths
 through an unchanged model that way). `route` makes that decision from the device alone (pure, so tests check
 every branch without a GPU); `choose` carries it out.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from typing import Iterator, NamedTuple
 
 import torch
@@ -24,7 +27,8 @@ log = logging.getLogger("kernels")
 
 IMPLS = ("auto", "ref", "cuda")
 _auto_means = "auto"
-_announced: set[tuple[str, str]] = set()
+_announced: set[str] = set()
+_quiet = os.environ.get("KERNELS_ROUTE_LOG", "") == "quiet"
 
 
 @contextlib.contextmanager
@@ -45,10 +49,21 @@ def check_impl(impl: str) -> None:
 
 
 def announce(op: str, message: str) -> None:
-    """Log `message` the first time it is seen for `op`."""
-    if (op, message) not in _announced:
-        _announced.add((op, message))
-        log.warning("kernels: %s", message)
+    """Log `message` the first time this process sees it (`op` is kept for callers; the message names it)."""
+    if message not in _announced:
+        _announced.add(message)
+        (log.debug if _quiet else log.warning)("kernels: %s", message)
+
+
+def quiet_routes(quiet: bool = True) -> None:
+    """Route lines go to debug in this process (its driver prints `announcements()` once for the whole job)."""
+    global _quiet
+    _quiet = quiet
+
+
+def announcements() -> list[str]:
+    """Every routing line this process has announced, for a driver to print once per job."""
+    return sorted(_announced)
 
 
 def cuda_backend(device: torch.device) -> CudaBackend:
@@ -109,8 +124,9 @@ def choose(op: str, x: torch.Tensor, impl: str, unsupported: str | None) -> Cuda
     """The CUDA backend to use, or None for the reference. `unsupported` says why the kernels can't take the call."""
     decision = route(op, x.device, impl, unsupported)
     if not decision.use_cuda:
-        if decision.reason is not None:
-            announce(op, decision.reason)
+        if decision.reason is not None:   # off the GPU every op falls back for the same reason: one line for all
+            announce(op, decision.reason if x.device.type == "cuda" else
+                     f"using the reference ops (tensors on {x.device.type}; the CUDA kernels need a GPU)")
         return None
     if decision.reason is None:  # impl="cuda": a BuildError propagates with the compiler's message
         return cuda_backend(x.device)

@@ -149,3 +149,25 @@ def test_bad_arguments_are_refused(tmp_path):
         run_styles(["a", "a"], [stage], root=str(tmp_path), run_id="x", resources_per_style=CPU)
     with pytest.raises(ValueError, match="unique names"):
         run_styles(["a"], [stage, stage], root=str(tmp_path), run_id="x", resources_per_style=CPU)
+
+
+def _runs_the_kernels(ctx) -> dict:
+    """A stage that meets the kernel routing (CPU tensors: the reference ops), as every real stage does."""
+    import torch
+
+    import kernels
+
+    kernels.bias_act(torch.randn(1, 2, 4, 4), torch.zeros(2))
+    kernels.upfirdn2d(torch.randn(1, 2, 4, 4), torch.ones(2, 2))
+    return {}
+
+
+def test_kernel_routing_line_is_printed_once_per_job(ray_local, tmp_path):
+    lines = []
+    stages = [Stage("baseline", _runs_the_kernels), Stage("styled", _runs_the_kernels)]
+    summary = run_styles(["cartoon", "anime"], stages, root=str(tmp_path / "root"), run_id="k1",
+                         resources_per_style=CPU, log=lines.append)
+    assert summary.ok
+    said = [line for line in lines if line.startswith("kernels:")]
+    # once for 2 styles x 2 stages (it was once per worker, op and stage)
+    assert said == ["kernels: using the reference ops (tensors on cpu; the CUDA kernels need a GPU)"], lines

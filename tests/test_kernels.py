@@ -329,8 +329,23 @@ def test_auto_on_cpu_uses_reference_and_says_why_once(caplog):
         kernels.upfirdn2d(x, torch.ones(2, 2), pad=(1, 0))
         kernels.bias_act(x, torch.zeros(2))
     lines = [r.getMessage() for r in caplog.records if r.name == "kernels"]
-    assert lines == ["kernels: using reference upfirdn2d (tensor on cpu)",
-                     "kernels: using reference bias_act (tensor on cpu)"]
+    # one line for the process, not one per op (it was repeated per op, per worker and per stage in job logs)
+    assert lines == ["kernels: using the reference ops (tensors on cpu; the CUDA kernels need a GPU)"]
+    assert ops.announcements() == [lines[0][len("kernels: "):]]
+
+
+def test_quiet_worker_leaves_the_line_to_its_driver(caplog):
+    from kernels import ops
+
+    ops._announced.clear()
+    caplog.set_level(logging.WARNING, logger="kernels")
+    ops.quiet_routes()
+    try:
+        kernels.bias_act(torch.randn(1, 2, 4, 4), torch.zeros(2))
+    finally:
+        ops.quiet_routes(False)
+    assert not [r for r in caplog.records if r.name == "kernels"]
+    assert ops.announcements() == ["using the reference ops (tensors on cpu; the CUDA kernels need a GPU)"]
 
 
 def test_explicit_cuda_impl_on_cpu_tensor_is_a_clear_error():
