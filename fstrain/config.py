@@ -73,8 +73,17 @@ def _key(prefix: str, name: str) -> str:
 
 
 def _fail(source: str, key: str, message: str) -> ConfigError:
+    if not source:                 # a value checked on its own (a command-line flag): the key is the flag
+        return ConfigError(f"{key}: {message}")
     where = f"key '{key}'" if key else "top level"
     return ConfigError(f"{source}: {where}: {message}")
+
+
+def check_value(value: Any, tp: Any, flag: str) -> Any:
+    """Check one value against a schema annotation (ranges, choices with a did-you-mean, types), the same way a
+    config key is checked, for command-line flags: `check_value(0, AtLeast1, "--steps")` raises
+    ConfigError("--steps: must be >= 1, got 0")."""
+    return _convert(value, tp, "", flag)
 
 
 def _build_dataclass(data: Any, cls: type, source: str, prefix: str) -> Any:
@@ -151,7 +160,9 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise _fail(source, key, f"must be one of {', '.join(repr(a) for a in args)}; got {value!r}")
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise _fail(source, key, f"must be one of {', '.join(repr(a) for a in args)}; got {value!r}{hint}")
 
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build_dataclass(value, tp, source, key)

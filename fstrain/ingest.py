@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 import sys
-from typing import Iterator
+from typing import Annotated, Iterator
 
 from tqdm import tqdm
 
@@ -169,6 +169,13 @@ def ingest(src: str, dest: str, style: str, size: int, samples_per_shard: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from annotated_types import Ge
+
+    from fstrain import preflight
+    from fstrain.cli import UsageError, add_debug_flag
+    from fstrain.config import check_value
+    from fstrain.settings import AtLeast1
+
     parser = argparse.ArgumentParser(prog="python -m fstrain.ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="folder or s3:// prefix of style images")
     parser.add_argument("dest", help="storage root (folder or s3:// prefix); shards go to DEST/datasets/STYLE/")
@@ -178,13 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images larger than this many pixels (decompression bombs)")
     parser.add_argument("--no-progress", action="store_true")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        report = ingest(args.src, args.dest, args.style, args.size, args.samples_per_shard, args.max_pixels,
-                        progress=not args.no_progress)
-    except (storage.StorageError, ValueError) as exc:
-        print(f"ingest failed: {exc}", file=sys.stderr)
-        return 1
+    # Flags, the source and the destination are checked before the first image is read.
+    if not _STYLE_RE.match(args.style):
+        raise UsageError(f"--style {args.style!r}: use letters, digits, '_' and '-' only")
+    check_value(args.size, Annotated[int, Ge(4)], "--size")
+    check_value(args.samples_per_shard, AtLeast1, "--samples-per-shard")
+    check_value(args.max_pixels, AtLeast1, "--max-pixels")
+    preflight.input_exists(args.src, "SRC")
+    preflight.storage_usable(args.dest, "DEST", write=True)
+    report = ingest(args.src, args.dest, args.style, args.size, args.samples_per_shard, args.max_pixels,
+                    progress=not args.no_progress)
     print(report.summary())
     if report.ok == 0:
         print(f"ingest failed: no image under {args.src} could be ingested", file=sys.stderr)
@@ -193,4 +205,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fstrain.cli import run_command
+
+    sys.exit(run_command(main))

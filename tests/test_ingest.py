@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from fstrain import ingest
+from fstrain.cli import run_command
 from fstrain.data import shards, storage
 from fstrain.data.images import ImageDecodeError, center_crop_resize, decode_image, decode_image_info
 
@@ -204,8 +205,9 @@ def test_nothing_ingested_exits_non_zero(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "0 ok, 2 skipped" in captured.out and "skipped a.png: empty file" in captured.out
     assert "no image under" in captured.err
-    assert ingest.main([str(tmp_path / "missing"), str(tmp_path / "root"), "--style", "anime", "--size", "16",
-                        "--no-progress"]) == 1
-    assert "source folder does not exist" in capsys.readouterr().err
-    assert ingest.main([str(src), str(tmp_path / "root"), "--style", "../x", "--size", "16"]) == 1
-    assert "style name '../x'" in capsys.readouterr().err
+    # Usage errors exit 2 under the one exit-code rule (fstrain.cli), before anything is read.
+    assert run_command(ingest.main, [str(tmp_path / "missing"), str(tmp_path / "root"), "--style", "anime",
+                                     "--size", "16", "--no-progress"]) == 2
+    assert f"SRC {tmp_path / 'missing'}: does not exist" in capsys.readouterr().err
+    assert run_command(ingest.main, [str(src), str(tmp_path / "root"), "--style", "../x", "--size", "16"]) == 2
+    assert "--style '../x'" in capsys.readouterr().err

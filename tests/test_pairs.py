@@ -210,6 +210,7 @@ def test_missing_inputs_are_clear_errors(local_root, tiny_models, baseline_uri):
 def test_cli_writes_levels_1_and_3(local_root, tiny_models, tmp_path, capsys):
     import json
 
+    from fstrain.cli import run_command
     from fstrain.pairs.__main__ import main
 
     write_dataset(local_root, [2])
@@ -227,7 +228,7 @@ def test_cli_writes_levels_1_and_3(local_root, tiny_models, tmp_path, capsys):
     assert summary["samples"] == {"1": 2, "3": 2}
     assert storage.exists(layout.pairs_contact_sheet(local_root, RUN, STYLE))
     # Level 2 when the run has no baseline G*: a clear message and a non-zero exit, nothing written.
-    assert main([str(config_path), *run, "--levels", "2"]) == 2
+    assert run_command(main, [str(config_path), *run, "--levels", "2"]) == 2     # usage error, fstrain.cli
     err = capsys.readouterr().err
     assert f"run {RUN!r} has no baseline G*" in err and "train the baseline first" in err
     assert not storage.exists(layout.pairs(local_root, RUN, STYLE, 2))

@@ -727,6 +727,45 @@ def make_bucket(bucket: str) -> None:
             raise
 
 
+# -------------------------------------------------------------------------------------------------- preflight
+PREFLIGHT_ATTEMPTS = 2   # a start-up check should answer in seconds, not after a full retry schedule
+
+
+def check_access(uri: str, *, write: bool) -> bool:
+    """Fail fast when `uri` (a folder or prefix) cannot be used; returns whether anything is there yet.
+
+    S3: one LIST of the prefix answers a missing bucket, rejected credentials and an unreachable endpoint
+    (NoSuchBucketError, AccessDeniedError, TransientStorageError); with `write`, a tiny probe object is PUT and
+    deleted at once, so a read-only key is caught before any work. Local: a missing folder is NotFoundError when
+    only reading; when writing, the nearest existing folder must be writable. Nothing local is created.
+    """
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = parse_s3(uri)
+        settings = dataclasses.replace(s3_settings(), max_attempts=min(PREFLIGHT_ATTEMPTS, s3_settings().max_attempts))
+        client = s3_client(settings)
+        key_prefix = key.rstrip("/") + "/" if key else ""
+        with _s3_errors(uri):
+            found = bool(client.list_objects_v2(Bucket=bucket, Prefix=key_prefix, MaxKeys=1).get("KeyCount", 0))
+        if write:
+            probe = f"{key_prefix}{TEMP_PREFIX}preflight-{os.getpid()}-{random.getrandbits(32):08x}"
+            with _s3_errors(uri):
+                client.put_object(Bucket=bucket, Key=probe, Body=b"")
+                client.delete_object(Bucket=bucket, Key=probe)
+        return found
+    path = Path(_local_path(uri))
+    if path.exists():
+        if write and not (path.is_dir() and os.access(path, os.W_OK | os.X_OK)):
+            raise AccessDeniedError(uri, "not a writable folder; fix the path or its permissions")
+        return True
+    if not write:
+        raise NotFoundError(uri, "does not exist")
+    parent = next(p for p in path.parents if p.exists())
+    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise AccessDeniedError(uri, f"cannot be created: {parent} is not a writable folder")
+    return False
+
+
 # ---------------------------------------------------------------------------------------------------- pyarrow
 def pyarrow_filesystem(uri: str):
     """`(pyarrow.fs.FileSystem, path)` for Ray Data / Ray Train, built from the same settings as boto3.

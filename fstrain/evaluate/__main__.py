@@ -11,18 +11,23 @@ import argparse
 import dataclasses
 import os
 import sys
+import typing
 
 import torch
 
-from fstrain.config import ConfigError, load_config
-from fstrain import layout
+from fstrain import layout, preflight
+from fstrain.cli import add_debug_flag, run_command
+from fstrain.config import ConfigError, check_value, load_config
 from fstrain.data import storage
 from fstrain.evaluate import EvaluationError, config_from_run, evaluate_style, find_styles, mode_runs, markdown, \
     write_report
 from fstrain.models.checkpoints import CheckpointError
 from fstrain.models.registry import ChecksumError, MissingWeightsError, WeightsMismatchError
-from fstrain.settings import PipelineConfig
+from fstrain.settings import EvaluateConfig, PipelineConfig
 from fstrain.train import ModelMissingError
+
+
+NUM_SAMPLES = typing.get_type_hints(EvaluateConfig, include_extras=True)["num_samples"]   # the key's range
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--photos", default=None, help="override evaluate.photos (folder/prefix or 'synthetic')")
     parser.add_argument("--num-samples", type=int, default=None, help="override evaluate.num_samples")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -54,6 +60,9 @@ def with_overrides(config: PipelineConfig, args: argparse.Namespace) -> Pipeline
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.num_samples is not None:
+        check_value(args.num_samples, NUM_SAMPLES, "--num-samples")
+    preflight.storage_usable(args.root, "--root", write=True)     # missing bucket, credentials, endpoint: exit 2
     try:
         styles = args.style or find_styles(args.root, args.run_id)
         if not styles:
@@ -73,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown(record))
             print(f"wrote {json_uri} and {md_uri}\n")
     except (EvaluationError, ConfigError, ModelMissingError, MissingWeightsError, WeightsMismatchError,
-            ChecksumError, CheckpointError, storage.StorageError) as exc:
+            ChecksumError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -22,8 +22,11 @@ from fstrain.pairs.build import PairsError, make_pairs
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fstrain.config import ConfigError, load_config
+    from fstrain import preflight
+    from fstrain.cli import UsageError, add_debug_flag
+    from fstrain.config import load_config
     from fstrain.models.registry import ChecksumError, MissingWeightsError, WeightsMismatchError
+    from fstrain.pairs.build import level_networks, parse_levels
     from fstrain.settings import PipelineConfig
 
     parser = argparse.ArgumentParser(prog="python -m fstrain.pairs", description=__doc__.split("\n")[0])
@@ -37,13 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None,
                         help="URI of the baseline fine-tune G* for level 2 (default: the run's baseline)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
+    config = load_config(args.config, PipelineConfig)     # every value checked before any work
     try:
-        config = load_config(args.config, PipelineConfig)     # every value checked before any work
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        levels = parse_levels(args.levels if args.levels is not None else config.pairs.levels)
+    except PairsError as exc:
+        raise UsageError(f"--levels: {exc}") from None
+    preflight.storage_usable(args.root, "--root", write=True)
+    preflight.dataset_exists(args.root, args.style)
+    preflight.models_exist(config, args.root, level_networks(config, levels, configured_only=True), args.config)
     bar = tqdm(desc=f"pairs {args.style}", unit="shard")
 
     def progress(done: int, total: int, info: dict) -> None:
@@ -57,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
                              baseline_generator_uri=args.baseline, progress=progress, device=args.device,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
     except (PairsError, MissingWeightsError, ChecksumError, WeightsMismatchError) as exc:
+        raise UsageError(str(exc)) from None    # a missing G*, a pin that does not match, a model of another size
+    finally:
         bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    bar.close()
     print(json.dumps(summary, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fstrain.cli import run_command
+
+    sys.exit(run_command(main))

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from fstrain import layout
+from fstrain.cli import UsageError, add_debug_flag
 from fstrain.data import storage
 from fstrain.stylize.images import image_grid, pil_to_tensor, png_bytes, to_uint8
 from fstrain.stylize.modes import Stylizer
@@ -64,9 +65,32 @@ def read_image(uri: str) -> tuple[Image.Image, bytes]:
         raise SystemExit(f"{exc}; use a JPEG/PNG/WebP image") from None
 
 
+def generator_overrides(items: list[str]) -> dict[str, str]:
+    """`--generator STYLE=URI` flags as {style: URI}."""
+    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0] or not item.split("=", 1)[1]]
+    if bad:
+        raise UsageError(f"--generator {bad[0]}: give STYLE=URI, e.g. --generator cartoon=runs/x/generator.pt")
+    return dict(item.split("=", 1) for item in items)
+
+
+def preflight_checks(config, args, styles: list[str], overrides: dict[str, str]) -> None:
+    """The input, every style's G', the encoder (and LPIPS for a new reference) and the output, before any work."""
+    from fstrain import preflight
+
+    if not styles:
+        raise UsageError("--styles: give at least one style name, e.g. --styles cartoon")
+    preflight.input_exists(args.input, "INPUT")
+    if args.reference:
+        preflight.input_exists(args.reference, "--reference")
+    preflight.models_exist(config, args.root, ["encoder_wplus"] + (["lpips_backbone"] if args.reference else []),
+                           args.config)
+    preflight.published_generators_exist(args.root, styles, overrides)
+    preflight.storage_usable(args.out, "--out", write=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from fstrain.config import load_config
-    from fstrain.settings import PipelineConfig
+    from fstrain.config import check_value, load_config
+    from fstrain.settings import AtLeast1, Count, Fraction, PipelineConfig
 
     parser = argparse.ArgumentParser(prog="python -m fstrain.stylize", description=__doc__.split("\n")[0])
     parser.add_argument("config")
@@ -83,16 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default=None, help="reference image to invert (or reuse) per style")
     parser.add_argument("--reference-id", default=None, help="name of the stored reference code")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     config = load_config(args.config, PipelineConfig)
     cfg = config.stylize
-    k = cfg.mix_layer if args.layer is None else args.layer
-    psi = cfg.truncation if args.psi is None else args.psi
-    n = cfg.samples if args.samples is None else args.samples
-    seed = cfg.seed if args.seed is None else args.seed
+    # Flags are checked like the config keys they override, then inputs, models and the output, before any work.
+    k = cfg.mix_layer if args.layer is None else check_value(args.layer, Count, "--layer")
+    psi = cfg.truncation if args.psi is None else check_value(args.psi, Fraction, "--psi")
+    n = cfg.samples if args.samples is None else check_value(args.samples, AtLeast1, "--samples")
+    seed = cfg.seed if args.seed is None else check_value(args.seed, Count, "--seed")
     styles = [s for s in args.styles.split(",") if s]
-    overrides = dict(item.split("=", 1) for item in args.generator)
+    overrides = generator_overrides(args.generator)
+    preflight_checks(config, args, styles, overrides)
 
     stylizer = load_stylizer(config, root=args.root, styles=styles, generator_uris=overrides, device=args.device)
     size = next(iter(stylizer.generators.values())).size
@@ -140,4 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fstrain.cli import run_command
+
+    sys.exit(run_command(main))
