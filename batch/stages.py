@@ -427,7 +427,7 @@ class EncodeUpload:
             if batch["ok"][i]:
                 start = time.perf_counter()
                 try:
-                    outputs = self._upload_one(batch, i, key)
+                    outputs = self._upload_one(batch, i, key, info)
                 except Exception as exc:  # noqa: BLE001 - one failed upload is this input's error
                     record = manifest.error_record(key, uri, "upload", f"{type(exc).__name__}: {exc}",
                                                    "check write access to the output; rerun with the same --job-id",
@@ -455,7 +455,7 @@ class EncodeUpload:
         return {"key": batch["key"], "status": np.array([r.status for r in records], dtype=object),
                 "record": np.array([json.dumps(r.to_json()) for r in records], dtype=object)}
 
-    def _upload_one(self, batch: dict[str, np.ndarray], i: int, key: str) -> dict[str, Any]:
+    def _upload_one(self, batch: dict[str, np.ndarray], i: int, key: str, info: dict[str, Any]) -> dict[str, Any]:
         spec = self.spec
         outputs: dict[str, Any] = {}
         latents = {"w_plus": batch["w_plus"][i]}
@@ -473,7 +473,7 @@ class EncodeUpload:
             if key in self.thumbnail_keys:
                 storage.write_bytes(thumbnail_uri(spec, key, style), thumbnail(images[0], spec.thumbnail_size))
         if spec.paste_back and not spec.aligned:
-            outputs["pasted"] = self._paste_back(batch, i, key)
+            outputs["pasted"] = self._paste_back(batch, i, key, info)
         buffer = io.BytesIO()
         np.savez(buffer, **latents, meta=np.array(json.dumps(
             {"key": key, "mode": spec.mode, "styles": spec.styles, "layer": spec.layer, "samples": spec.samples,
@@ -482,7 +482,7 @@ class EncodeUpload:
         storage.write_bytes(outputs["latents"], buffer.getvalue())
         return outputs
 
-    def _paste_back(self, batch: dict[str, np.ndarray], i: int, key: str) -> dict[str, str]:
+    def _paste_back(self, batch: dict[str, np.ndarray], i: int, key: str, info: dict[str, Any]) -> dict[str, str]:
         """Each style's face warped back into the full-resolution photo (feathered), beside the face crop as
         `<name>.pasted.<format>`. The photo is read again here rather than carried through the GPU stage."""
         from PIL import Image
@@ -493,7 +493,7 @@ class EncodeUpload:
         spec = self.spec
         uri = str(batch["uri"][i])
         photo = decode_image(storage.read_bytes(uri), uri, max_pixels=spec.max_pixels)
-        transform = np.asarray(_info(batch["info"][i])["transform"], dtype=np.float64)
+        transform = np.asarray(info["transform"], dtype=np.float64)   # the row's info, parsed once by the caller
         written = {}
         for index, style in enumerate(spec.styles):
             face = Image.fromarray(batch[spec.style_column(index)][i][0])

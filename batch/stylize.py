@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="on a rerun, also reprocess inputs that failed decode/detect (e.g. after fixing them); "
                              "transient errors (read, stylize, upload) are always retried")
     parser.add_argument("--gallery-rows", type=int, default=24)
+    parser.add_argument("--truth", default=None,
+                        help="folder of ground-truth pictures <style>/<input's relative path> (e.g. renders of the "
+                             "same identity in each style); the gallery shows them and sorts by the error")
     parser.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else a local instance")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
     return parser.parse_args(argv)
@@ -373,7 +376,7 @@ def run_job(args: argparse.Namespace, stages: Stages = Stages()) -> dict[str, An
     from batch.gallery import write_gallery
 
     spec.thumbnail_keys = [item["key"] for item in items[:args.gallery_rows]]  # incl. thumbnails of earlier runs
-    write_gallery(spec, records)
+    write_gallery(spec, records, remade={item["key"] for item in todo}, truth=args.truth)
     return summary
 
 

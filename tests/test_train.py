@@ -285,6 +285,23 @@ def test_all_corrupt_dataset_is_an_error(tmp_path):
         stream.next()
 
 
+def test_style_images_are_decoded_upright_and_centre_cropped_like_every_other_input():
+    """The training stream reads through fstrain.data.images: a phone photo's EXIF rotation is applied and a
+    non-square image gives its centred square (it was read sideways and stretched)."""
+    upright = np.zeros((SIZE + 16, SIZE, 3), np.uint8)          # tall: green bands around a red-over-blue square
+    upright[:, :] = (0, 200, 0)
+    upright[8:8 + SIZE // 2] = (220, 30, 30)
+    upright[8 + SIZE // 2:8 + SIZE] = (30, 30, 220)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)   # as the camera wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6                                             # "rotate 90 degrees clockwise to display"
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif)
+    decoded = style_image_decoder(SIZE)({"__key__": "phone", "png": buffer.getvalue()})
+    expected = torch.from_numpy(upright[8:8 + SIZE].copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    assert torch.equal(decoded, expected)
+
+
 def test_missing_and_empty_datasets_name_the_prefix(world):
     with pytest.raises(DatasetError, match=r"no shard-\*\.tar under .*datasets/nosuchstyle"):
         run_finetune(tiny_config(), style="nosuchstyle", mode="baseline", root=str(world), run_id="x", steps=1)

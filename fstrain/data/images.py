@@ -3,9 +3,9 @@
 Odd inputs are converted and the conversion is recorded (EXIF rotation, grayscale, palette, alpha composited on
 white, CMYK, 16-bit/32-bit/float, ICC profile to sRGB, first frame of an animation). Inputs that cannot be used
 (zero bytes, truncated, not an image, decompression bombs) raise `ImageDecodeError` naming the file and the reason.
-The one decoder of user-supplied images: ingest, `fstrain.stylize`, batch stylization, evaluation and pretraining
-photos all come through `decode_image` / `decode_image_info`, so EXIF
-orientation and every odd mode are handled the same way everywhere.
+The one image decoder: ingest, `fstrain.stylize`, batch stylization, evaluation and pretraining photos come through
+`decode_image` / `decode_image_info`, and dataset shards, pseudo-pairs and the training stream through
+`decode_pixels`, so EXIF orientation and every odd mode are handled the same way everywhere.
 """
 from __future__ import annotations
 
@@ -144,6 +144,16 @@ def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     if side == size:
         return square
     return square.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def decode_pixels(data: bytes, name: str, size: int | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes of an image file -> uint8 (H, W, 3) array through `decode_image`; with `size`, its centred square
+    resized to size x size (`center_crop_resize`). Dataset shards, pairs and the training stream read through it."""
+    image = decode_image(data, name, max_pixels)
+    if size is not None:
+        image = center_crop_resize(image, size)
+    return np.array(image, dtype=np.uint8)
 
 
 def encode_png(img: Image.Image) -> bytes:

@@ -8,7 +8,6 @@ numbers (FORMATS.md) sit beside ours, and the text says row by row where the pap
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from PIL import Image
 
 from fstrain.config import config_to_dict
 from fstrain.data import storage
+from fstrain.data.images import decode_pixels
 from fstrain.study.charts import bar_chart
 from fstrain.study.evaluation import METRICS
 from fstrain.stylize.images import image_grid, png_bytes
@@ -137,8 +137,7 @@ def paper_ordering_check(stats: dict) -> list[dict]:
 
 
 def _strip_cells(uri: str, count: int) -> list[np.ndarray]:
-    with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-        pixels = np.asarray(image.convert("RGB"))
+    pixels = decode_pixels(storage.read_bytes(uri), uri)
     side = pixels.shape[0]
     return [pixels[:, i * side:(i + 1) * side] for i in range(min(count, pixels.shape[1] // side))]
 

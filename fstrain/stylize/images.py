@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fstrain.data.images import decode_pixels
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) or (3, H, W) in [-1, 1] -> uint8 (N, H, W, 3) or (H, W, 3)."""
@@ -45,10 +47,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """Image bytes -> uint8 (H, W, 3)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB")).copy()
+def decode_png(data: bytes, name: str = "image") -> np.ndarray:
+    """Image bytes -> uint8 (H, W, 3), through the one decoder (fstrain.data.images)."""
+    return decode_pixels(data, name)
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -17,9 +17,9 @@ from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 
 from fstrain.data import shards, storage
+from fstrain.data.images import ImageDecodeError, decode_pixels
 
 T = TypeVar("T")
 
@@ -158,16 +158,13 @@ def _sample_name(sample: dict[str, Any]) -> str:
 
 
 def decode_image(data: bytes, size: int, *, name: str = "?") -> torch.Tensor:
-    """PNG/JPEG bytes -> (3, size, size) float tensor in [-1, 1]; resized with Lanczos when needed."""
+    """Image bytes -> (3, size, size) float tensor in [-1, 1], through the one decoder (fstrain.data.images:
+    EXIF orientation, odd modes, centred square resized with Lanczos when needed)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.LANCZOS)
-            array = np.asarray(img, dtype=np.uint8)
-    except Exception as exc:   # PIL raises many types for bad bytes
-        raise CorruptSampleError(f"sample {name}: image does not decode ({exc})") from exc
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)
+        array = decode_pixels(data, f"sample {name}", size)
+    except ImageDecodeError as exc:
+        raise CorruptSampleError(str(exc)) from exc
+    return torch.from_numpy(array).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def _field(sample: dict[str, Any], names: tuple[str, ...]) -> bytes:
