@@ -204,6 +204,16 @@ def test_resumed_run_equals_uninterrupted_run_exactly(world):
                      root=str(world), run_id="split", steps=20)
 
 
+def _assert_labelled_two_rows(grid: np.ndarray) -> None:
+    """A title strip and a row-label column carrying dark text on white, beside two rows of square tiles."""
+    dark = (grid.min(axis=2) < 100)
+    title = dark[:16]                                                      # the title line ("step 2  cartoon ...")
+    assert title.any() and not title.all(), "the title strip is blank"
+    left = dark[16:, :24]                                                  # the "G(z)" / "G'(z)" column
+    top_half, bottom_half = np.array_split(left, 2)
+    assert top_half.any() and bottom_half.any(), "a row has no label"
+
+
 def test_published_generator_is_rosinality_layout_with_metadata(world, tmp_path):
     config = tiny_config()
     calls = []
@@ -220,9 +230,23 @@ def test_published_generator_is_rosinality_layout_with_metadata(world, tmp_path)
     assert (meta["style"], meta["mode"], meta["steps"]) == (STYLE, "sc+pc", 2)
     assert meta["lambda_sem"] == 1.0 and meta["lambda_pair"] == 1.0 and meta["lambda_id"] == 0.1
     assert len(meta["base_generator_sha256"]) == 64
-    # The sample grid shows G(z) over G'(z): 2 rows of sample_grid_size tiles.
-    grid = Image.open(Path(result["run_dir"]) / "samples" / "step-000002.png")
-    assert grid.size == (4 * (SIZE + 2) + 2, 2 * (SIZE + 2) + 2)
+    # The sample grid shows G(z) over G'(z), labelled, at least 256 px wide (it was 138 x 70 px with no labels).
+    grid = np.asarray(Image.open(Path(result["run_dir"]) / "samples" / "step-000002.png").convert("RGB"))
+    assert grid.shape[1] >= 256
+    _assert_labelled_two_rows(grid)
+    # TensorBoard: the run's hyper-parameters, every loss term by name, the labelled grid.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(Path(result["run_dir"]) / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["style"].string_value == STYLE and hparams["mode"].string_value == "sc+pc"
+    assert hparams["train.lambda_pair"].number_value == 1.0 and hparams["image_size"].number_value == SIZE
+    assert {"loss/g_adv", "loss/d_adv", "loss/sem", "loss/pair", "loss/g_total"} <= set(events.Tags()["scalars"])
+    image_tag, = events.Tags()["images"]
+    assert STYLE in image_tag and events.Images(image_tag)[-1].width == grid.shape[1]
     # Provenance: the published style names what it was made from; republishing the same weights copies nothing.
     inputs = meta["inputs"]
     assert {"base_generator", "dataset", "pairs", "lpips_backbone", "identity", "styled_generator", "settings"} \

@@ -337,10 +337,18 @@ class FineTuneRun:
     # -- outputs
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:
-        """Top row G(z), bottom row G'(z) (the EMA weights), same fixed z and stored noise."""
+        """Top row G(z), bottom row G'(z) (the EMA weights), same fixed z and stored noise; labelled with the
+        rows' names, the step, style and mode, and at least 256 px wide."""
         base, _ = self.nets.g_base([self.fixed_z], randomize_noise=False)
         styled, _ = self.nets.g_ema([self.fixed_z], randomize_noise=False)
-        return visibility.sample_grid([base, styled])
+        return visibility.labelled_sample_grid([base, styled], ["G(z)", "G'(z)"],   # PIL's font has no U+2032
+                                               f"step {self.step}   {self.style}   {self.mode}")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What TensorBoard's HPARAMS tab shows for this run: style, mode, run id and every training setting."""
+        return {"style": self.style, "mode": self.mode, "run_id": self.run_id,
+                "batch_size": self.config.data.batch_size, "image_size": self.nets.g.size,
+                **{f"train.{k}": v for k, v in config_to_dict(self.tcfg).items()}}
 
     def publish_final(self) -> str:
         """g_ema in rosinality's layout at `<run_dir>/final/generator.pt`, with run metadata alongside."""
@@ -391,11 +399,13 @@ def run_finetune(config: PipelineConfig, *, style: str, mode: str, root: str, ru
             last = run.step == total
             if run.is_main:
                 metrics.append(record)
+                if run.step == 1:      # a fresh run (a resumed one wrote them in its first event file)
+                    tensorboard.hparams(run.hyperparameters(), [f"loss/{k}" for k in losses])
                 tensorboard.scalars(run.step, {f"loss/{k}": v for k, v in losses.items()})
                 if run.step % tcfg.sample_every == 0 or last:
                     grid = run.sample_grid()
                     visibility.write_png(layout.sample_grid(run.run_dir, run.step), grid)
-                    tensorboard.image(run.step, "samples/G_top_Gprime_bottom", grid)
+                    tensorboard.image(run.step, f"samples/{style}_{mode}_G_top_Gprime_bottom", grid)
             if run.step % tcfg.checkpoint_every == 0 or last:
                 run.save_checkpoint()
                 checkpoint_uri = layout.checkpoint(run.run_dir, run.step)

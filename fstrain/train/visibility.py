@@ -68,6 +68,15 @@ class TensorBoardLog:
     def image(self, step: int, name: str, grid: np.ndarray) -> None:
         self.writer.add_image(name, grid, step, dataformats="HWC")
 
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+        """The run's hyper-parameters in TensorBoard's HPARAMS tab, in this run's own event file (add_hparams
+        would open a second writer in a sub-folder), linked to the scalars named by `metric_tags`."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        simple = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in hparams.items()}
+        for summary in hparams_summary(simple, {tag: 0.0 for tag in metric_tags}):
+            self.writer._get_file_writer().add_summary(summary)
+
     def flush(self) -> None:
         self.writer.flush()
         if self._staging is not None:
@@ -97,6 +106,40 @@ def sample_grid(rows: list[torch.Tensor], pad: int = 2) -> np.ndarray:
             top, left = pad + r * (h + pad), pad + c * (w + pad)
             grid[top:top + h, left:left + w] = row[c]
     return grid
+
+
+SAMPLE_GRID_MIN_WIDTH = 256   # px: a 32 px run's 4 tiles would be 138 px wide, too small to judge
+LABEL_PAD = 4
+
+
+def labelled_sample_grid(rows: list[torch.Tensor], row_labels: list[str], title: str,
+                         min_width: int = SAMPLE_GRID_MIN_WIDTH, pad: int = 2) -> np.ndarray:
+    """`sample_grid` enlarged by a whole factor (nearest neighbour: no invented detail) to at least `min_width`
+    px, with a title strip on top (step, style, mode) and each row's name on its left (G(z), G'(z))."""
+    from PIL import ImageDraw, ImageFont
+
+    tiles = sample_grid(rows, pad=0)
+    n = rows[0].shape[0]
+    tile_h, tile_w = rows[0].shape[2], rows[0].shape[3]
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(measure.textbbox((0, 0), label, font=font)[2] for label in row_labels) + 2 * LABEL_PAD
+    title_h = measure.textbbox((0, 0), title, font=font)[3] + 2 * LABEL_PAD
+    factor = max(1, -(-(min_width - label_w) // (n * (tile_w + pad))))
+    big = Image.fromarray(tiles).resize((tiles.shape[1] * factor, tiles.shape[0] * factor), Image.NEAREST)
+    big_tile_h, big_tile_w = tile_h * factor, tile_w * factor
+    width = max(min_width, label_w + n * (big_tile_w + pad) + pad)
+    height = title_h + len(rows) * (big_tile_h + pad) + pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((LABEL_PAD, LABEL_PAD), title, fill=(0, 0, 0), font=font)
+    for r, label in enumerate(row_labels):
+        top = title_h + pad + r * (big_tile_h + pad)
+        draw.text((LABEL_PAD, top + big_tile_h // 2 - 6), label, fill=(0, 0, 0), font=font)
+        for c in range(n):
+            tile = big.crop((c * big_tile_w, r * big_tile_h, (c + 1) * big_tile_w, (r + 1) * big_tile_h))
+            canvas.paste(tile, (label_w + pad + c * (big_tile_w + pad), top))
+    return np.asarray(canvas)
 
 
 def write_png(uri: str, grid: np.ndarray) -> None:
