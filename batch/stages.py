@@ -257,12 +257,11 @@ def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ stage 2: GPU stylize
 def load_models(spec: JobSpec, device: str):
     """The W+ encoder and every style's G' as a `fstrain.stylize.Stylizer` on `device`."""
-    from fstrain.models.hub import generator_at
-    from fstrain.models.psp import load_encoder
+    from fstrain.models.hub import encoder_at, generator_at
     from fstrain.stylize import Stylizer
 
     # The hub's loaders: fetched once per machine (locked, pinned), format detected, loaded strictly.
-    encoder = load_encoder(spec.encoder_uri, space="w+", sha256=spec.encoder_sha256, device=device)
+    encoder = encoder_at(spec.encoder_uri, "w+", spec.encoder_sha256, device)
     generators, latent_avgs = {}, {}
     for style in spec.styles:
         loaded = generator_at(spec.generator_uris[style], load_discriminator=False)
@@ -291,11 +290,9 @@ class StylizeActor:
             pass
         self.identity = None
         if spec.identity_uri:
-            from fstrain.models.identity import load_identity
-            from fstrain.models.registry import fetch
+            from fstrain.models.hub import identity_at
 
-            self.identity = load_identity(str(fetch(spec.identity_uri, spec.identity_sha256)), spec.identity_kind,
-                                          device=self.device)
+            self.identity = identity_at(spec.identity_uri, spec.identity_kind, spec.identity_sha256, self.device)
         self.references = {}
         if spec.mode == "reference":
             from fstrain.stylize import ReferenceStore

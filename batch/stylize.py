@@ -105,7 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_spec(args: argparse.Namespace) -> JobSpec:
     """Validate everything that can be checked before Ray starts; errors name the file and what to do."""
-    from fstrain.settings import StylizeConfig, resolve_model_uri
+    from fstrain.models.hub import resolve_uri
+    from fstrain.settings import StylizeConfig
 
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
     if not styles:
@@ -119,7 +120,7 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
     defaults = config.stylize if config else StylizeConfig()
     root = args.root or ""
     # --encoder is a path as the user typed it; the config's model URIs are relative to the root.
-    encoder = args.encoder or (resolve_model_uri(config.models.encoder_wplus, root) if config else None)
+    encoder = args.encoder or (resolve_uri(config.models.encoder_wplus, root) if config else None)
     if not encoder:
         raise SystemExit("no W+ encoder: pass --config (models.encoder_wplus) or --encoder URI")
     overrides = dict(item.split("=", 1) for item in args.generator)
@@ -195,9 +196,9 @@ def _model_facts(encoder: str, generators: dict[str, str]) -> tuple[int, dict[st
 
 def _identity_fields(args: argparse.Namespace, config, root: str) -> dict[str, Any]:
     """The identity net that scores outputs (fidelity in the manifest): --identity, else the config's."""
-    from fstrain.settings import resolve_model_uri
+    from fstrain.models.hub import resolve_uri
 
-    uri = args.identity or (resolve_model_uri(config.models.identity, root) if config else "")
+    uri = args.identity or (resolve_uri(config.models.identity, root) if config else "")
     if not uri:
         return {}
     if not storage.exists(uri):

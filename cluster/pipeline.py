@@ -14,11 +14,12 @@ would launch `accelerate launch` as a subprocess inside its task, keeping this d
 Contract for a stage: `fn(ctx: StageContext) -> dict` (JSON-serialisable). Its outputs and checkpoints live in
 `ctx.work_uri` (the stage's `folder`, by default `<root>/runs/<run>/<style>/<stage>`; fstrain.layout names them),
 it calls `ctx.resumed(step)` when it picks one up, and `ctx.report(step, total, loss)` as it goes. When it finishes
-its output lands in `<work_uri>/stage.json`, beside its outputs, with the `sha256` identities of the earlier
-stages' products it consumed. A resubmitted run skips a stage whose marker exists and whose recorded inputs still
-match; when an earlier stage's product changed (say the baseline was retrained) the stage reruns and the log says
-why. An output may carry `sha256` ({product: hex}, its products' identities), `published_uri` and `metrics`;
-the summary reports the last of each.
+its output lands in `<work_uri>/stage.json`, beside its outputs, with the `sha256` identities of what it was
+made from: the earlier stages' products it consumed and the files no stage made (`Stage.inputs`, say the base
+generator). A resubmitted run skips a stage whose marker exists and whose recorded inputs still match; when one
+changed (the base generator was replaced, the baseline was retrained) the stage reruns and the log says why:
+`[cartoon] baseline rerun: base generator changed (3fa2c1d0… → 91bc7e44…)`. An output may carry `sha256`
+({product: hex}, its products' identities), `published_uri` and `metrics`; the summary reports the last of each.
 
 While it runs the driver prints one line per running style every `progress_interval_s`
 (`[cartoon] styled 120/600 loss=0.41 eta 2m10s`); at the end a table, and `<root>/runs/<run_id>/summary.json`.
@@ -41,21 +42,29 @@ from fstrain import layout, provenance
 from fstrain.data import storage
 
 StageFolder = Callable[[str, str, str], str]     # (root, run_id, style) -> the folder of the stage's outputs
+StageInputs = Callable[[str, str, str], Mapping[str, str]]   # (root, run_id, style) -> {input name: sha256}
 
 
 @dataclass(frozen=True)
 class Stage:
     """One step of a style's DAG. `resources` overrides the style's task resources (e.g. a CPU-only publish);
-    `folder` names where its outputs and done-marker live (default `<root>/runs/<run>/<style>/<name>`)."""
+    `folder` names where its outputs and done-marker live (default `<root>/runs/<run>/<style>/<name>`); `inputs`
+    gives the sha256 of the files it reads that no earlier stage made (computed by the driver before each submit)."""
     name: str
     fn: Callable[["StageContext"], dict]
     resources: Mapping[str, Any] | None = None
     folder: StageFolder | None = None
+    inputs: StageInputs | None = None
 
     def work_uri(self, root: str, run_id: str, style: str) -> str:
         if self.folder is not None:
             return self.folder(root, run_id, style)
         return layout.stage_work(root, run_id, style, self.name)
+
+    def made_from(self, root: str, run_id: str, style: str, previous: Mapping[str, dict]) -> dict[str, Any]:
+        """What the stage's marker records and a rerun compares: its own inputs and the products it consumed."""
+        own = dict(self.inputs(root, run_id, style)) if self.inputs is not None else {}
+        return {**own, **consumed(previous)}
 
 
 def consumed(previous: Mapping[str, dict]) -> dict[str, dict]:
@@ -121,7 +130,8 @@ class ProgressBoard:
 
 
 @ray.remote
-def _run_stage(stage: Stage, style: str, root: str, run_id: str, previous: dict[str, dict], board: Any) -> dict:
+def _run_stage(stage: Stage, style: str, root: str, run_id: str, previous: dict[str, dict], inputs: dict[str, Any],
+               board: Any) -> dict:
     """Body of every stage task: register the attempt, run the stage, persist its output as the done marker."""
     from kernels.ops import announcements, quiet_routes
 
@@ -136,7 +146,7 @@ def _run_stage(stage: Stage, style: str, root: str, run_id: str, previous: dict[
         output = {}
     if not isinstance(output, dict):
         raise TypeError(f"stage {stage.name!r} of {style!r} returned {type(output).__name__}; it must return a dict")
-    record = {"output": output, "inputs": consumed(previous), "run_s": time.time() - started, "node_id": node_id,
+    record = {"output": output, "inputs": inputs, "run_s": time.time() - started, "node_id": node_id,
               "finished_at": time.time()}
     storage.write_json(layout.stage_marker(ctx.work_uri), record)
     return {**record, "kernels": announcements()}
@@ -282,9 +292,17 @@ def run_styles(styles: Sequence[str], stages: Sequence[Stage], *, root: str, run
             record = run.summary.stages[run.next_index]
             style = run.summary.style
             done_uri = layout.stage_marker(stage.work_uri(root, run_id, style))
+            try:
+                inputs = stage.made_from(root, run_id, style, run.previous)
+            except Exception as exc:   # an input that cannot be read fails this style's stage, not the whole job
+                record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+                run.summary.failed_stage, run.summary.error = stage.name, record.error
+                log(f"[{style}] {stage.name} FAILED: {record.error}")
+                finish(run, "failed")
+                return
             if storage.exists(done_uri):
                 done = storage.read_json(done_uri)
-                stale = provenance.changes(done.get("inputs") or {}, consumed(run.previous))
+                stale = provenance.changes(done.get("inputs") or {}, inputs)
                 if not stale:
                     record.status, record.output = "skipped", done["output"]
                     run.previous[stage.name] = record.output
@@ -295,7 +313,7 @@ def run_styles(styles: Sequence[str], stages: Sequence[Stage], *, root: str, run
             options = dict(resources_per_style if stage.resources is None else stage.resources)
             ref = _run_stage.options(max_retries=max_retries, retry_exceptions=False,
                                      name=f"{run.summary.style}:{stage.name}", **options).remote(
-                stage, run.summary.style, root, run_id, dict(run.previous), board)
+                stage, run.summary.style, root, run_id, dict(run.previous), inputs, board)
             pending[ref] = run.summary.style
             run.submitted_at = time.time()
             return

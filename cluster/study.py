@@ -143,20 +143,17 @@ def evaluate_seed_style(study: StudyConfig, config: PipelineConfig, *, seed: int
                         progress: Callable[[str], None] = lambda m: None) -> dict:
     import torch
 
-    from fstrain.models.checkpoints import load_generator
-    from fstrain.models.psp import load_encoder
-    from fstrain.models.registry import fetch
-    from fstrain.settings import resolve_model_uri
+    from fstrain.models.hub import ModelHub
     from fstrain.study.evaluation import TestSet, evaluate_rows, parameter_count, render_test_images
     from fstrain.study.instruments import load_instruments
     from fstrain.stylize.layer_swap import DIRECTIONS, layer_swap, swap_resolutions
     from fstrain.train import resources
 
     device = torch.device("cuda" if torch.cuda.is_available() and config.cluster.gpus_per_style > 0 else "cpu")
-    base = resources.load_base_generator(config.models, root).loaded.generator.to(device).eval()
-    encoder_uri = resolve_model_uri(config.models.encoder_wplus, root)
-    encoder = load_encoder(str(fetch(encoder_uri, config.models.sha256.get("encoder_wplus"))),
-                           space="w+").to(device).eval()
+    hub = ModelHub(config.models, root)
+    base = resources.load_base_generator(config.models, root, expected_size=config.data.image_size)
+    base = base.loaded.generator.to(device).eval()
+    encoder = hub.encoder("encoder_wplus", device)
     instruments = load_instruments(study.evaluation, config, root, device)
     test = TestSet(style=style, size=base.size, identities=study.test_identities, view=study.test_view,
                    fid_reference_identities=study.fid_reference_identities)
@@ -168,7 +165,7 @@ def evaluate_seed_style(study: StudyConfig, config: PipelineConfig, *, seed: int
         return layout.final_generator(layout.mode_run(root, run, style, mode))
 
     def loader(uri: str):
-        return lambda: load_generator(uri, load_discriminator=False).generator
+        return lambda: hub.generator_at(uri, load_discriminator=False).generator
 
     rows: dict[str, Callable] = {mode: loader(final(run_id, mode)) for mode in ROW_MODES}
     for level, level_run in sorted(level_runs.items()):

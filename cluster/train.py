@@ -10,9 +10,12 @@ For every style, in parallel, the paper's DAG (folders from fstrain.layout; each
     publish    G'.g_ema in rosinality layout                     <root>/styles/<style>/generator.pt
 Each stage is a Ray task with the style's resources (`cluster.gpus_per_style`, `cluster.cpus_per_style`); a stage
 whose worker dies is retried and resumes from its checkpoint in storage; a resubmitted job with the same run id
-skips finished stages whose inputs are unchanged (a retrained baseline reruns pairs, styled and publish, and the
-pairs and the published style are rebuilt only where their recorded sha256 inputs differ). The scheduling itself
-lives in cluster.pipeline.
+skips finished stages whose inputs are unchanged: each stage's marker records the sha256 of the configured models it
+reads (through fstrain.models.hub) and of the earlier stages' products. A replaced base generator retrains the
+baseline G* (log: `[cartoon] baseline rerun: base generator changed (3fa2… → 91bc…)`), which rebuilds the pairs
+(`pairs for cartoon rebuilt: baseline generator changed …`) and reruns styled and publish; the pairs and the
+published style are rebuilt only where their recorded sha256 inputs differ. The scheduling itself lives in
+cluster.pipeline.
 """
 from __future__ import annotations
 
@@ -20,15 +23,38 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Any
+from typing import Any, Sequence
 
-from cluster.pipeline import Stage, StageContext, Summary, run_styles
+from cluster.pipeline import Stage, StageContext, StageInputs, Summary, run_styles
 from fstrain import layout, provenance
 from fstrain.config import ConfigError, load_config
 from fstrain.data import storage
 from fstrain.settings import PipelineConfig
 
 STAGES = ("baseline", "pairs", "styled", "publish")
+
+
+def model_inputs(config: PipelineConfig, keys: Sequence[str]) -> StageInputs:
+    """The sha256 of the configured models (`models.<key>`) a stage reads, through the model hub (fetched once
+    per machine, `models.sha256` pins verified): the driver compares them with the stage's marker."""
+    def inputs(root: str, run_id: str, style: str) -> dict[str, str]:
+        from fstrain.models.hub import ModelHub
+        hub = ModelHub(config.models, root)
+        return {key: hub.sha256(key) for key in keys}
+    return inputs
+
+
+def pair_levels(config: PipelineConfig) -> list[int]:
+    """The levels the pairs stage builds: the configured ones and the one the constrained fine-tune trains on."""
+    return sorted(set(config.pairs.levels) | {config.train.pair_level})
+
+
+def fine_tune_models(config: PipelineConfig, mode: str) -> list[str]:
+    """The `models.*` keys a fine-tune of `mode` reads: G, and the loss nets its terms use."""
+    from fstrain.train.resources import mode_terms
+    use_sem, use_pair = mode_terms(mode)
+    keys = ["base_generator"] + (["lpips_backbone"] if use_sem or use_pair else [])
+    return keys + (["identity"] if use_sem and config.train.lambda_id > 0 else [])
 
 def _report_losses(ctx: StageContext):
     """A run_finetune progress callback that forwards (step, total, total loss) to the job's progress board."""
@@ -74,8 +100,7 @@ def pairs_stage(config: PipelineConfig):
         def report(done: int, total: int, info: dict) -> None:
             ctx.report(done, total, info.get("l_sem_final_mean") if isinstance(info, dict) else None)
 
-        levels = sorted(set(config.pairs.levels) | {config.train.pair_level})
-        return make_pairs(config, style=ctx.style, root=ctx.root, run_id=ctx.run_id, levels=levels,
+        return make_pairs(config, style=ctx.style, root=ctx.root, run_id=ctx.run_id, levels=pair_levels(config),
                           baseline_generator_uri=ctx.previous["baseline"]["generator"], progress=report,
                           log=lambda line: print(f"[{ctx.style}] {line}", flush=True))
     return pairs
@@ -101,14 +126,19 @@ def publish_stage(config: PipelineConfig):
 
 
 def style_stages(config: PipelineConfig) -> list[Stage]:
-    """The four stages of one style, each marking its done-ness in the folder of its outputs; publish only copies
-    files, so it asks for one CPU and no GPU."""
+    """The four stages of one style, each marking its done-ness in the folder of its outputs with the models it
+    read; publish only copies files, so it asks for one CPU and no GPU."""
+    from fstrain.pairs.build import level_networks
+
     mode = config.cluster.constrained_mode
     return [Stage("baseline", baseline_stage(config),
-                  folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, "baseline")),
-            Stage("pairs", pairs_stage(config), folder=layout.pairs),
+                  folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, "baseline"),
+                  inputs=model_inputs(config, fine_tune_models(config, "baseline"))),
+            Stage("pairs", pairs_stage(config), folder=layout.pairs,
+                  inputs=model_inputs(config, level_networks(config, pair_levels(config), configured_only=True))),
             Stage("styled", styled_stage(config),
-                  folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, mode)),
+                  folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, mode),
+                  inputs=model_inputs(config, fine_tune_models(config, mode))),
             Stage("publish", publish_stage(config), resources={"num_cpus": 1, "num_gpus": 0},
                   folder=lambda root, run_id, style: layout.published_style(root, style))]
 

@@ -13,15 +13,6 @@ from typing import Annotated, Literal
 
 from annotated_types import Ge, Gt, Interval
 
-from fstrain.data import storage
-
-
-def resolve_model_uri(uri: str, root: str) -> str:
-    """Model URIs in configs are absolute paths, schemed URIs (`s3://`), or relative to the pipeline root."""
-    if not uri or uri.startswith("/") or "://" in uri:
-        return uri
-    return storage.join(root, uri)
-
 
 Positive = Annotated[float, Gt(0)]
 NonNegative = Annotated[float, Ge(0)]

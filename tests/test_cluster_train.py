@@ -103,3 +103,51 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     assert "no storage root" in capsys.readouterr().err
     assert main([str(TINY), "--root", str(tmp_path), "--styles", "cartoon,watercolour"]) == 2
     assert "watercolour" in capsys.readouterr().err
+
+
+def test_a_replaced_base_generator_retrains_the_baseline_and_rebuilds_the_pairs(ray_local, tmp_path):
+    """Stage markers record the sha256 of the models each stage read: an unchanged rerun reuses every stage; a new
+    base G file retrains G*, rebuilds the pairs from it, retrains G' and republishes, and the log says why."""
+    from cluster.demo import TINY_MODEL_ARGS
+    from fstrain.models.init import init_models
+    from fstrain.provenance import sha256_uri
+
+    root = str(tmp_path / "root")
+    prepare_world(root, images_per_style=4, styles=("cartoon",), log=lambda _: None)
+    config = load_config(str(TINY), PipelineConfig)
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, steps=2, checkpoint_every=2, sample_every=2),
+        pairs=dataclasses.replace(config.pairs, levels=[2, 3], optimise_steps=2),
+        cluster=dataclasses.replace(config.cluster, baseline_steps=2, progress_interval_s=60.0))
+    base_uri = storage.join(layout.models(root), "generator.pt")
+
+    def run(lines: list[str]):
+        summary = train_styles(config, root=root, run_id="base1", styles=["cartoon"], log=lines.append)
+        assert summary.ok, "\n".join(lines)
+        return {record.name: record for record in summary.styles["cartoon"].stages}
+
+    first = run([])
+    assert [r.status for r in first.values()] == ["ok"] * 4
+    reused_lines: list[str] = []
+    assert [r.status for r in run(reused_lines).values()] == ["skipped"] * 4, "\n".join(reused_lines)
+
+    old = sha256_uri(base_uri)
+    init_models(tmp_path / "other", **{**TINY_MODEL_ARGS, "seed": 1})      # another base G of the same shape
+    storage.write_bytes(base_uri, (tmp_path / "other" / "generator.pt").read_bytes())
+    new = sha256_uri(base_uri)
+    assert new != old
+    lines: list[str] = []
+    third = run(lines)
+    assert [r.status for r in third.values()] == ["ok"] * 4, "\n".join(lines)
+    assert f"[cartoon] baseline rerun: base generator changed ({old[:8]}… → {new[:8]}…)" in lines
+    assert third["baseline"].output["sha256"] != first["baseline"].output["sha256"]      # G* retrained from the new G
+    assert third["baseline"].output["final_step"] == 2 and third["baseline"].output["resumed_from"] is None
+    rebuilt = third["pairs"].output["rebuilt"]
+    assert any(reason.startswith("base generator changed") and "baseline generator changed" in reason
+               for reason in rebuilt), rebuilt
+    assert third["pairs"].output["shards_written"] == third["pairs"].output["shards"] > 0
+    marker = storage.read_json(layout.stage_marker(layout.pairs(root, "base1", "cartoon")))
+    assert marker["inputs"]["base_generator"] == new
+    assert marker["inputs"]["baseline"] == third["baseline"].output["sha256"]
+    published = load_generator(layout.published_generator(root, "cartoon"))
+    assert published.metadata["inputs"]["base_generator"] == new

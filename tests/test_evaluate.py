@@ -74,12 +74,12 @@ def test_perceptual_column_is_lpips_between_each_photo_and_its_general_stylizati
     from fstrain.data.synthetic import generate
     from fstrain.models.perceptual import load_lpips
     from fstrain.models.psp import load_encoder
-    from fstrain.settings import resolve_model_uri
+    from fstrain.models.hub import resolve_uri
     from fstrain.stylize.images import from_uint8
 
     run, cfg, models = evaluation_run, evaluation_run.config.evaluate, evaluation_run.config.models
-    encoder = load_encoder(resolve_model_uri(models.encoder_wplus, run.root), space="w+")
-    lpips = load_lpips(resolve_model_uri(models.lpips_backbone, run.root), net=models.lpips_net)
+    encoder = load_encoder(resolve_uri(models.encoder_wplus, run.root), space="w+")
+    lpips = load_lpips(resolve_uri(models.lpips_backbone, run.root), net=models.lpips_net)
     size = load_generator(record["rows"][0]["generator"], load_discriminator=False).generator.size
     photos = from_uint8(np.stack([np.asarray(image.convert("RGB"))
                                   for _, image, _ in generate("photo", cfg.num_photos, size, seed=cfg.seed)]))

@@ -326,6 +326,15 @@ def test_style_images_are_decoded_upright_and_centre_cropped_like_every_other_in
     assert torch.equal(decoded, expected)
 
 
+def test_a_stale_sha256_pin_stops_training_naming_the_key_and_the_file(world):
+    config = load_config(str(TINY_CONFIG), PipelineConfig)
+    config = dataclasses.replace(config, models=dataclasses.replace(config.models, sha256={"base_generator": "0" * 64}))
+    with pytest.raises(ModelMissingError, match=r"^models\.base_generator: .*generator\.pt: sha256 is [0-9a-f]{64}, "
+                                                r"config pins 0{64}"):
+        run_finetune(config, style=STYLE, mode="baseline", root=str(world), run_id="pin", steps=1)
+    assert not storage.exists(layout.mode_run(str(world), "pin", STYLE, "baseline"))   # refused before any work
+
+
 def test_missing_and_empty_datasets_name_the_prefix(world):
     with pytest.raises(DatasetError, match=r"no shard-\*\.tar under .*datasets/nosuchstyle"):
         run_finetune(tiny_config(), style="nosuchstyle", mode="baseline", root=str(world), run_id="x", steps=1)

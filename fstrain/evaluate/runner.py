@@ -23,8 +23,8 @@ from fstrain.metrics import (FeatureExtractor, FeatureStatistics, extract_featur
                              load_inception, semantic_distance, stylization_distance)
 from fstrain.metrics.distances import fixed_latents, render_fixed
 from fstrain.metrics.features import CONFIG_KEY, INCEPTION_SIZE
-from fstrain.models.hub import ModelHub, generator_at
-from fstrain.settings import PipelineConfig, resolve_model_uri
+from fstrain.models.hub import ModelHub, generator_at, resolve_uri
+from fstrain.settings import PipelineConfig
 from fstrain.train import resources
 from fstrain.evaluate import inputs
 from fstrain.evaluate.runs import TRAINED, ModeRun, mode_runs, style_dir
@@ -59,7 +59,7 @@ def build_extractor(config: PipelineConfig, root: str, device: torch.device) -> 
     cfg = config.evaluate
     if not cfg.inception_weights:
         return None, f"FID not computed: {CONFIG_KEY} is empty (set it to Inception-v3 weights)."
-    uri = resolve_model_uri(cfg.inception_weights, root)
+    uri = resolve_uri(cfg.inception_weights, root)
     extractor = load_inception(uri, layout=cfg.inception_layout, input_size=cfg.inception_input_size,
                                sha256=cfg.inception_sha256 or None, device=device)
     return extractor, f"FID features: {extractor.name} from {uri}."
@@ -68,8 +68,8 @@ def build_extractor(config: PipelineConfig, root: str, device: torch.device) -> 
 def load_models(config: PipelineConfig, root: str, device: torch.device,
                 extractor: FeatureExtractor | None = None) -> Models:
     cfg = config.evaluate
-    base = resources.load_base_generator(config.models, root)
-    lpips_uri = resolve_model_uri(config.models.lpips_backbone, root)
+    base = resources.load_base_generator(config.models, root, expected_size=config.data.image_size)
+    lpips_uri = resolve_uri(config.models.lpips_backbone, root)
     lpips = resources.load_lpips_metric(config.models, root).to(device)
     identity = resources.load_identity_net(config.models, root).to(device) if cfg.semantic_lambda_id > 0 else None
     encoder = None

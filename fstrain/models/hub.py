@@ -5,6 +5,8 @@
     hub.generator_at(uri)              # any other generator file: G*, a published style, a run checkpoint
     hub.encoder("encoder_wplus")       # pSp or e4e W+ encoder; "encoder_zplus" gives the Z+ encoder
     hub.identity(), hub.lpips(), hub.sha256("base_generator"), hub.path("identity")
+    encoder_at(uri), identity_at(uri), lpips_at(uri), reader_at(uri), file_sha256(uri)
+                                       # networks named by URI outside `models` (a study's evaluation nets, a run's G*)
 
 Each call: resolve the URI (no scheme and no leading "/" = relative to the root) -> fetch once per machine
 (`registry.fetch`: cache, file lock, sha256 pin from `models.sha256`) -> detect the format (`formats`: torch zip,
@@ -15,12 +17,12 @@ A new file format is one reader in `formats`; a new kind of network is one metho
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from torch import nn
 
+from fstrain.data import storage
 from fstrain.models import registry
 from fstrain.models.checkpoints import CheckpointError, LoadedGenerator, load_generator
 
@@ -33,9 +35,12 @@ def resolve_uri(uri: str, root: str) -> str:
     uri = str(uri or "")
     if not uri or not root or uri.startswith("/") or "://" in uri:
         return uri
-    if registry.is_remote(root):
-        return f"{root.rstrip('/')}/{uri.lstrip('/')}"
-    return os.path.join(root, uri)
+    return storage.join(root, uri)
+
+
+def file_sha256(uri: str, sha256: str | None = None) -> str:
+    """sha256 of a model file at any URI (fetched once per machine, verified against `sha256` when given)."""
+    return registry.sha256_file(registry.fetch(uri, sha256))
 
 
 def _sidecar(uri: str) -> dict[str, Any] | None:
@@ -61,6 +66,30 @@ def generator_at(uri: str, sha256: str | None = None, *, which: str = "g_ema", l
     return load_generator(str(path), which=which, load_discriminator=load_discriminator, expected_size=expected_size,
                           size_setting=size_setting, label=str(uri), metadata=_sidecar(str(uri)),
                           map_location=map_location)
+
+
+def encoder_at(uri: str, space: str | None = None, sha256: str | None = None, device: Any = "cpu") -> nn.Module:
+    """A frozen pSp / e4e encoder from any URI (`space` "w+" / "z+"; None reads the checkpoint's opts)."""
+    from fstrain.models.psp import load_encoder
+    return load_encoder(uri, space=space, sha256=sha256, device=device)
+
+
+def identity_at(uri: str, kind: str = "auto", sha256: str | None = None, device: Any = "cpu") -> nn.Module:
+    """A frozen identity net (arcface_torch backbone or pSp IR-SE50) from any URI."""
+    from fstrain.models.identity import load_identity
+    return load_identity(uri, kind=kind, sha256=sha256, device=device)
+
+
+def lpips_at(uri: str, net: str = "vgg", sha256: str | None = None, device: Any = "cpu") -> nn.Module:
+    """A frozen LPIPS whose trunk (torchvision VGG16 / AlexNet state dict) is read from any URI."""
+    from fstrain.models.perceptual import load_lpips
+    return load_lpips(uri, net=net, sha256=sha256, device=device)
+
+
+def reader_at(uri: str, sha256: str | None = None, device: Any = "cpu") -> nn.Module:
+    """The world's image reader (attribute heads) at any URI."""
+    from fstrain.models.reader import load_reader
+    return load_reader(uri, sha256=sha256, device=device)
 
 
 class ModelHub:
@@ -114,20 +143,15 @@ class ModelHub:
 
     def encoder(self, key: str = "encoder_wplus", device: Any = "cpu") -> nn.Module:
         """A frozen PSPEncoder (pSp GradualStyleEncoder or e4e Encoder4Editing) for W+ or Z+ codes."""
-        from fstrain.models.psp import load_encoder
         if key not in SPACES:
             raise ValueError(f"encoder key must be one of {sorted(SPACES)}; got {key!r}")
-        return self._keyed(key, lambda: load_encoder(self.uri(key), space=SPACES[key], sha256=self._pin(key),
-                                                     device=device))
+        return self._keyed(key, lambda: encoder_at(self.uri(key), SPACES[key], self._pin(key), device))
 
     def identity(self, device: Any = "cpu") -> nn.Module:
-        from fstrain.models.identity import load_identity
         kind = getattr(self.models, "identity_kind", "auto")
-        return self._keyed("identity", lambda: load_identity(self.uri("identity"), kind=kind,
-                                                             sha256=self._pin("identity"), device=device))
+        return self._keyed("identity", lambda: identity_at(self.uri("identity"), kind, self._pin("identity"), device))
 
     def lpips(self, device: Any = "cpu") -> nn.Module:
-        from fstrain.models.perceptual import load_lpips
         net = getattr(self.models, "lpips_net", "vgg")
-        return self._keyed("lpips_backbone", lambda: load_lpips(self.uri("lpips_backbone"), net=net,
-                                                                sha256=self._pin("lpips_backbone"), device=device))
+        return self._keyed("lpips_backbone", lambda: lpips_at(self.uri("lpips_backbone"), net,
+                                                              self._pin("lpips_backbone"), device))

@@ -11,7 +11,6 @@ Output: `<root>/runs/<run>/<style>/pairs/level{1,2,3}/shard-*.tar`, one output s
 """
 from __future__ import annotations
 
-import io
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,13 +18,12 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from fstrain import layout, provenance
 from fstrain.data import shards, storage
+from fstrain.data.images import decode_pixels
 from fstrain.pairs import levels as lv
 from fstrain.pairs.records import FORMAT_VERSION, NOISE_SOURCE, PairSample, decode_pair, encode_pair
-from fstrain.settings import resolve_model_uri
 from fstrain.stylize.images import from_uint8, image_grid, png_bytes, to_uint8
 
 ALL_LEVELS = (1, 2, 3)
@@ -66,22 +64,27 @@ def level_provenance(config, level: int, hashes: dict[str, str], dataset_shard_s
             "settings": level_settings(config, level)}
 
 
-def network_hashes(config, *, root: str, levels: Sequence[int], baseline_generator_uri: str | None) -> dict[str, str]:
-    """sha256 of every network file the chosen levels need (fetched once per machine, pins verified)."""
-    from fstrain.models.registry import ChecksumError, MissingWeightsError, fetch, sha256_file
-
+def level_networks(config, levels: Iterable[int], *, configured_only: bool = False) -> list[str]:
+    """The networks the chosen levels read (the identity net only when lambda_id != 0); `configured_only` leaves out
+    the run's G*, which is a run output, not a `models.*` key."""
     needed = {n for lvl in levels for n in LEVEL_NETWORKS[lvl] if n != "identity" or config.train.lambda_id}
+    return sorted(needed - ({"baseline_generator"} if configured_only else set()))
+
+
+def network_hashes(config, *, root: str, levels: Sequence[int], baseline_generator_uri: str | None) -> dict[str, str]:
+    """sha256 of every network file the chosen levels need, through the model hub (fetched once per machine, pins
+    verified)."""
+    from fstrain.models.hub import ModelHub, file_sha256
+    from fstrain.models.registry import ChecksumError, MissingWeightsError
+
+    hub = ModelHub(config.models, root)
     hashes = {}
-    for name in sorted(needed):
-        if name == "baseline_generator":
-            uri = _require_baseline(baseline_generator_uri)
-        else:
-            uri = resolve_model_uri(getattr(config.models, name), root)
+    for name in level_networks(config, levels):
         try:
-            hashes[name] = sha256_file(fetch(uri, config.models.sha256.get(name)))
+            hashes[name] = file_sha256(_require_baseline(baseline_generator_uri)) if name == "baseline_generator" \
+                else hub.sha256(name)
         except (MissingWeightsError, ChecksumError) as exc:
-            where = "the baseline G*" if name == "baseline_generator" else f"models.{name}"
-            raise PairsError(f"{where}: {exc}") from exc
+            raise PairsError(f"the baseline G*: {exc}" if name == "baseline_generator" else str(exc)) from exc
     return hashes
 
 
@@ -128,8 +131,7 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
                      device: str | torch.device = "cpu") -> PairModels:
     """Load only the networks the chosen levels need, verifying sha256 pins from `config.models.sha256`."""
     from fstrain.losses import SemanticLoss
-    from fstrain.models.hub import ModelHub, generator_at
-    from fstrain.models.registry import fetch, sha256_file
+    from fstrain.models.hub import ModelHub, file_sha256, generator_at
 
     hub = ModelHub(config.models, root)
     hashes: dict[str, str] = {}
@@ -148,7 +150,7 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
     if 2 in levels:
         _require_baseline(baseline_generator_uri)
         star = generator_at(baseline_generator_uri, load_discriminator=False)  # a run output: not under models.*
-        hashes["baseline_generator"] = sha256_file(fetch(baseline_generator_uri))
+        hashes["baseline_generator"] = file_sha256(baseline_generator_uri)
         models.generator_star = star.generator.to(device).eval()
         lpips = hashed("lpips_backbone", hub.lpips())
         identity = hashed("identity", hub.identity()) if config.train.lambda_id else None
@@ -232,11 +234,7 @@ def _decode_style_image(record: dict, size: int) -> np.ndarray:
     data = next((record[k] for k in ("png", "jpg", "jpeg", "webp") if k in record), None)
     if data is None:
         raise ValueError(f"no image field (png/jpg) in sample; keys: {sorted(record)}")
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.LANCZOS)
-        return np.asarray(image).copy()
+    return decode_pixels(data, str(record.get("__key__", "?")), size)
 
 
 def _batches(items: list, size: int) -> Iterable[list]:

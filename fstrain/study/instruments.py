@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from fstrain.data import storage
-from fstrain.settings import PipelineConfig, resolve_model_uri
+from fstrain.models.hub import identity_at, lpips_at, reader_at, resolve_uri
+from fstrain.settings import PipelineConfig
 from fstrain.study.settings import StudyEvaluationConfig
 
 
@@ -146,10 +147,10 @@ def resolve_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, ro
         if value == NONE:
             return None, False
         if value != AUTO:
-            return resolve_model_uri(value, root), True
+            return resolve_uri(value, root), True
         if listed_role and listed_role in listed:
             return listed[listed_role], True
-        return (resolve_model_uri(fallback, root) or None), False
+        return (resolve_uri(fallback, root) or None), False
 
     feature, feature_dedicated = pick(cfg.feature_net, "inception_weights", pipeline.evaluate.inception_weights)
     identity, identity_dedicated = pick(cfg.identity, "identity", pipeline.models.identity)
@@ -171,9 +172,6 @@ def _status(uri: str, dedicated: bool) -> str:
 def load_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, root: str,
                      device: torch.device) -> Instruments:
     from fstrain.metrics import load_inception
-    from fstrain.models.identity import load_identity
-    from fstrain.models.perceptual import load_lpips
-    from fstrain.models.registry import fetch
 
     where = resolve_instruments(cfg, pipeline, root)
     labels: list[Instrument] = []
@@ -186,19 +184,18 @@ def load_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, root:
         labels.append(Instrument("FID feature net", where.feature_net, status, extractor.name))
     else:
         labels.append(Instrument("FID feature net", None, "not configured", "FID not computed"))
-    lpips = load_lpips(str(fetch(where.lpips)), net=where.lpips_net).to(device).eval().requires_grad_(False)
+    lpips = lpips_at(where.lpips, net=where.lpips_net, device=device)
     labels.append(Instrument("perceptual net", where.lpips, _status(where.lpips, where.lpips_dedicated),
                              f"LPIPS-{where.lpips_net}"))
     identity = None
     if where.identity:
-        identity = load_identity(str(fetch(where.identity)), where.identity_kind, device=device)
+        identity = identity_at(where.identity, where.identity_kind, device=device)
         labels.append(Instrument("identity net", where.identity, _status(where.identity, where.identity_dedicated)))
     else:
         labels.append(Instrument("identity net", None, "not configured", "GT identity and retrieval not computed"))
     attributes = None
     if where.attribute_reader:
-        from fstrain.models.reader import load_reader
-        attributes = WorldAttributeReader(load_reader(where.attribute_reader, device=device),
+        attributes = WorldAttributeReader(reader_at(where.attribute_reader, device=device),
                                           random_init=marked_random(where.attribute_reader))
         labels.append(Instrument("attribute reader", where.attribute_reader,
                                  "RANDOM" if attributes.random_init else "evaluation net",

@@ -7,6 +7,7 @@ scheme (`s3://...`, `file://...`) is relative to the pipeline root, so `models/g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -17,10 +18,16 @@ from fstrain.models.hub import ModelHub
 from fstrain.settings import ModelsConfig
 
 MODES = ("baseline", "sc", "pc", "sc+pc")
+T = TypeVar("T")
 
 
 class ModelMissingError(FileNotFoundError):
-    """A model the run needs is missing or unreadable; the message names the config key, URI and the fix."""
+    """A model the run needs is missing, unreadable, of the wrong size or fails its `models.sha256` pin; the message
+    names the config key, URI and the fix."""
+
+
+# What the hub raises for a model file the run cannot use (a user's file or config, not a bug).
+UNUSABLE = (registry.MissingWeightsError, registry.ChecksumError, registry.WeightsMismatchError)
 
 
 def mode_terms(mode: str) -> tuple[bool, bool]:
@@ -30,18 +37,17 @@ def mode_terms(mode: str) -> tuple[bool, bool]:
     return "sc" in mode, "pc" in mode
 
 
-def _fetch(models: ModelsConfig, field_name: str, root: str) -> tuple[str, str]:
-    """(resolved URI, local path) of a configured model, with a message that says what to do when absent."""
-    hub = ModelHub(models, root)
+def _through_hub(load: Callable[[], T]) -> T:
+    """Run a hub call; a model the run cannot use becomes a ModelMissingError with the hub's keyed message."""
     try:
-        return hub.uri(field_name), str(hub.path(field_name))
-    except registry.MissingWeightsError as exc:
+        return load()
+    except UNUSABLE as exc:
         raise ModelMissingError(str(exc)) from exc
 
 
 def model_sha256(models: ModelsConfig, field_name: str, root: str) -> str:
-    """sha256 of a configured model's file (fetched once per machine)."""
-    return registry.sha256_file(_fetch(models, field_name, root)[1])
+    """sha256 of a configured model's file (fetched once per machine, checked against its pin)."""
+    return _through_hub(lambda: ModelHub(models, root).sha256(field_name))
 
 
 @dataclass
@@ -53,23 +59,18 @@ class BaseModel:
 
 def load_base_generator(models: ModelsConfig, root: str, expected_size: int | None = None) -> BaseModel:
     """models.base_generator through the model hub (any supported format; `base_generator_which` picks g_ema/g);
-    `expected_size` (data.image_size) refuses a generator of another resolution."""
-    uri, path = _fetch(models, "base_generator", root)
-    try:
-        loaded = ModelHub(models, root).generator(expected_size=expected_size)
-    except registry.WeightsMismatchError as exc:
-        raise ModelMissingError(str(exc)) from exc
-    return BaseModel(loaded=loaded, uri=uri, sha256=registry.sha256_file(path))
+    `expected_size` (data.image_size) refuses a generator of another resolution; a `models.sha256` pin is checked."""
+    hub = ModelHub(models, root)
+    loaded = _through_hub(lambda: hub.generator(expected_size=expected_size))
+    return BaseModel(loaded=loaded, uri=hub.uri("base_generator"), sha256=model_sha256(models, "base_generator", root))
 
 
 def load_lpips_metric(models: ModelsConfig, root: str) -> nn.Module:
-    _fetch(models, "lpips_backbone", root)  # a missing file is a ModelMissingError naming the key
-    return ModelHub(models, root).lpips().eval().requires_grad_(False)
+    return _through_hub(lambda: ModelHub(models, root).lpips())
 
 
 def load_identity_net(models: ModelsConfig, root: str) -> nn.Module:
-    _fetch(models, "identity", root)
-    return ModelHub(models, root).identity().eval().requires_grad_(False)
+    return _through_hub(lambda: ModelHub(models, root).identity())
 
 
 def frozen(module: nn.Module) -> nn.Module:
