@@ -220,9 +220,13 @@ def test_cli_grid_with_reference_inverted_once_then_reused(tiny_models, local_ro
     assert main(args + ["--reference", str(reference)]) == 0
     captured = capsys.readouterr()
     assert "inverted and stored" in captured.err
+    assert "stylize 2 faces" in captured.err and "1/1" in captured.err        # the progress bar, on stderr
     grid = decode_png(storage.read_bytes(f"{out}/cartoon_grid.png"))
-    # rows = inputs; columns = input | general | multimodal x 2 | reference
-    assert grid.shape == (len(inputs) * (SIZE + 2) + 2, 5 * (SIZE + 2) + 2, 3)
+    # rows = inputs under a header naming the columns: input | general | multi 1 | multi 2 | reference
+    from fstrain.stylize.images import LABEL_STRIP
+    assert grid.shape == (LABEL_STRIP + len(inputs) * (SIZE + 2) + 2, 5 * (SIZE + 2) + 2, 3)
+    header = grid[:LABEL_STRIP]
+    assert header.min() < 100 and header.max() == 255                       # dark label text on white
     ref_id = reference_id(reference.read_bytes())
     assert storage.exists(storage.join(local_root, "references", "cartoon", f"{ref_id}.npz"))
 

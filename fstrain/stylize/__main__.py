@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     stylizer = load_stylizer(config, root=args.root, styles=styles, generator_uris=overrides, device=args.device)
     size = next(iter(stylizer.generators.values())).size
     inputs = list_inputs(args.input)
-    faces = torch.cat([pil_to_tensor(read_image(uri)[0], size) for uri in inputs]).to(args.device)
+    from tqdm import tqdm   # on stderr; TQDM_DISABLE=1 silences it
+
+    faces = torch.cat([pil_to_tensor(read_image(uri)[0], size)
+                       for uri in tqdm(inputs, desc="read faces", unit="image", leave=False)]).to(args.device)
     w_plus = stylizer.encode(faces)
 
     reference_tensor, ref_id = None, args.reference_id
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     store = ReferenceStore(args.root)
     lpips = None
 
-    for style in styles:
+    for style in tqdm(styles, desc=f"stylize {len(inputs)} faces", unit="style"):
         row_cells = [to_uint8(faces), to_uint8(stylizer.general(w_plus, style))]
         multimodal = stylizer.multimodal(w_plus, style, k, psi, n, seed)
         row_cells += [to_uint8(multimodal[:, i]) for i in range(n)]
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             row_cells.append(to_uint8(stylizer.reference(w_plus, style, code, k)))
         grid = [[column[i] for column in row_cells] for i in range(len(inputs))]
         out_uri = storage.join(args.out, f"{style}_grid.png")
-        storage.write_bytes(out_uri, png_bytes(image_grid(grid)))
+        labels = ["input", "general", *(f"multi {i + 1}" for i in range(n)), *(["reference"] if ref_id else [])]
+        storage.write_bytes(out_uri, png_bytes(image_grid(grid, column_labels=labels)))
         print(f"[{style}] wrote {out_uri} ({len(inputs)} inputs; columns: input | general | multimodal x {n}"
               f"{' | reference' if ref_id else ''})")
     return 0
