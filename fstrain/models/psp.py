@@ -101,7 +101,8 @@ class GradualStyleEncoder(nn.Module):
     def _upsample_add(top: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
         return F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=True) + lateral
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c1, c2, c3): the body's outputs at the fine, middle and coarse taps."""
         x = self.input_layer(x)
         taps = []
         for i, unit in enumerate(self.body):
@@ -109,6 +110,10 @@ class GradualStyleEncoder(nn.Module):
             if i in self.taps:
                 taps.append(x)
         c1, c2, c3 = taps
+        return c1, c2, c3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1, c2, c3 = self.feature_maps(x)
         latents = [self.styles[j](c3) for j in range(min(COARSE_END, self.n_styles))]
         p2 = self._upsample_add(c3, self.latlayer1(c2))
         latents += [self.styles[j](p2) for j in range(COARSE_END, min(MIDDLE_END, self.n_styles))]
@@ -122,13 +127,7 @@ class Encoder4Editing(GradualStyleEncoder):
     for i >= 1, F_i = c3 / p2 / p1 for the coarse / middle / fine layers (e4e at inference: every offset on)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_layer(x)
-        taps = []
-        for i, unit in enumerate(self.body):
-            x = unit(x)
-            if i in self.taps:
-                taps.append(x)
-        c1, c2, c3 = taps
+        c1, c2, c3 = self.feature_maps(x)
         base = self.styles[0](c3)
         codes = [base]
         features = c3
