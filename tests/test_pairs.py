@@ -294,7 +294,8 @@ def test_retrained_baseline_rebuilds_its_pairs_and_says_why(local_root, tiny_mod
     rebuilt = make_pairs(config, style=STYLE, root=local_root, run_id=RUN, log=lines.append)
     assert lines == [f"pairs for {STYLE} rebuilt: baseline generator changed ({old_sha[:8]}… → {new_sha[:8]}…) "
                      f"[level2/shard-000000.tar]"]
-    assert rebuilt["samples"] == {"1": 0, "2": 2} and rebuilt["rebuilt"] == [lines[0][len("pairs for cartoon rebuilt: "):]]
+    assert rebuilt["samples_written"] == {"1": 0, "2": 2} and rebuilt["samples"] == {"1": 2, "2": 2}
+    assert rebuilt["rebuilt"] == [lines[0][len("pairs for cartoon rebuilt: "):]]
     assert storage.read_bytes(level2) != kept and storage.read_bytes(level1) == level1_bytes
     assert storage.read_json(layout.shard_provenance(level2))["inputs"]["baseline_generator"] == new_sha
     assert rebuilt["sha256"]["level2"] != first["sha256"]["level2"]
