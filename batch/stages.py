@@ -320,6 +320,8 @@ class StylizeActor:
         if len(rows) == 0:
             return out
         start = time.perf_counter()
+        from kernels.ops import announcements   # the kernel routing lines this process met
+
         try:
             from fstrain.stylize.images import from_uint8, to_uint8
 
@@ -347,7 +349,7 @@ class StylizeActor:
         for position, i in enumerate(rows):
             info = _info(out["info"][i])
             info["timings"]["stylize"] = per_row
-            info["worker"] = self.worker
+            info["worker"] = {**self.worker, "kernels": announcements()}   # the driver prints these once per job
             if similarity:
                 info["identity"] = {"net": spec.identity_uri, "kind": self.identity.kind, "similarity": {
                     style: round(float(values[position]), 4) for style, values in similarity.items()}}

@@ -269,7 +269,9 @@ def run_pipeline(spec: JobSpec, items: list[dict[str, str]], args: argparse.Name
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(stages.stylize, fn_constructor_args=(spec,), batch_size=args.batch_size,
                             batch_format="numpy", compute=gpu_pool, max_restarts=args.actor_retries,
-                            max_task_retries=args.actor_retries, **actor_resources(args, ray))
+                            max_task_retries=args.actor_retries, **actor_resources(args, ray),
+                            # each actor would log the kernel routing line; the driver prints it once instead
+                            runtime_env={"env_vars": {"KERNELS_ROUTE_LOG": "quiet"}})
     ds = ds.map_batches(stages.upload, fn_constructor_args=(spec,), batch_size=args.cpu_batch_size,
                         batch_format="numpy", compute=cpu_pool, num_cpus=1)
     rows = []
@@ -363,6 +365,8 @@ def run_job(args: argparse.Namespace, stages: Stages = Stages()) -> dict[str, An
             new_records[item["key"]] = manifest.error_record(
                 item["key"], item["uri"], "pipeline", "no result came back from the pipeline",
                 "rerun with the same --job-id", spec.job_id)
+    for line in sorted({line for r in new_records.values() for line in r.worker.get("kernels", [])}):
+        print(f"[batch] kernels (stylize workers): {line}", file=sys.stderr)
     new_by_input: dict[str, list[manifest.Record]] = {}
     for key, record in new_records.items():
         new_by_input.setdefault(key if key in listed else photo_key(key), []).append(record)

@@ -256,7 +256,7 @@ def test_missing_style_generator_names_uri(tmp_path, tiny_models, capsys):
 # --------------------------------------------------------------------------------------------- Ray Data jobs
 @pytest.mark.slow
 def test_s3_job_accounts_for_every_input_survives_crash_and_resumes(s3_server, s3_root, tiny_models, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, capfd):
     inputs, out, root = (storage.join(s3_root, p) for p in ("photos", "stylized", "pipeline"))
     expected = write_batch_inputs(inputs)         # 60 synthetic photos/scenes: 8 bad, 3 gray (no skin colour)
     assert len(expected.keys) == 60 and len(expected.keys_with("error")) == 11
@@ -272,6 +272,13 @@ def test_s3_job_accounts_for_every_input_survives_crash_and_resumes(s3_server, s
               Stages(stylize=CrashOnceStylizeActor))
     assert rc == 3  # some inputs are errors
     assert not storage.exists(marker), "the stylize actor never reached the crash hook"
+    # The kernel routing line once for the job, from the driver (two actor processes ran: the crashed one and its
+    # restart; each used to log one line per op).
+    said = capfd.readouterr()
+    lines = [line for line in (said.out + said.err).splitlines() if "using reference" in line or
+             "using the reference ops" in line]
+    assert lines == ["[batch] kernels (stylize workers): using the reference ops (tensors on cpu; the CUDA kernels "
+                     "need a GPU)"], lines
     records, summary = manifest.read_manifest(out)
 
     # Nothing lost: exactly one line per input, ok + error = inputs.
@@ -400,6 +407,10 @@ def test_stages_in_process_reference_mode_matches_stylizer(tmp_path, tiny_models
     stylized = actor(prepared)
     result = stages.EncodeUpload(spec)(stylized)
     assert result["status"].tolist() == ["error", "ok", "ok", "ok"]
+    import json
+    workers = [json.loads(r)["worker"] for r in result["record"][1:]]   # what the driver prints once per job
+    assert all(w["kernels"] == ["using the reference ops (tensors on cpu; the CUDA kernels need a GPU)"]
+               for w in workers), workers
 
     stylizer = actor.stylizer
     aligned = from_uint8(np.stack([stages.centre_square(p, tiny_models.size) for p in faces]))
