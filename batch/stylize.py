@@ -26,9 +26,10 @@ from batch.faces import DETECTOR_CHOICES
 from batch.stages import (FACE_CHOICES, IMAGE_EXTENSIONS, MODES, OUTPUT_FORMATS, EncodeUpload, JobSpec, PrepareFaces,
                           StylizeActor, photo_key)
 from fstrain import layout
+from fstrain.cli import EXIT_ITEM_ERRORS, add_debug_flag
 from fstrain.data import storage
 
-EXIT_SOME_ERRORS = 3
+EXIT_SOME_ERRORS = EXIT_ITEM_ERRORS   # 3 under fstrain.cli's rule: finished, with per-item errors in the manifest
 # Non-secret settings forwarded to workers started by a local Ray instance (credentials stay in the AWS chain).
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "CUDA_HOME",
                  "FSTRAIN_MODEL_CACHE")
@@ -100,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "same identity in each style); the gallery shows them and sorts by the error")
     parser.add_argument("--ray-address", default=None, help="default: $RAY_ADDRESS, else a local instance")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -385,12 +387,43 @@ def run_job(args: argparse.Namespace, stages: Stages = Stages()) -> dict[str, An
     return summary
 
 
+def preflight_checks(args: argparse.Namespace) -> None:
+    """Flags, the input, the output and the Ray address, before a photo is read or a task scheduled (exit 2)."""
+    from fstrain import preflight
+    from fstrain.config import check_value
+    from fstrain.settings import AtLeast1, Count, Fraction
+
+    for flag, value, allowed in (("--layer", args.layer, Count), ("--samples", args.samples, AtLeast1),
+                                 ("--psi", args.psi, Fraction), ("--seed", args.seed, Count),
+                                 ("--batch-size", args.batch_size, AtLeast1),
+                                 ("--cpu-batch-size", args.cpu_batch_size, AtLeast1),
+                                 ("--min-actors", args.min_actors, AtLeast1), ("--max-actors", args.max_actors, AtLeast1),
+                                 ("--cpu-actors", args.cpu_actors, AtLeast1), ("--actor-retries", args.actor_retries, Count),
+                                 ("--gallery-rows", args.gallery_rows, Count)):
+        if value is not None:
+            check_value(value, allowed, flag)
+    preflight.input_exists(args.input, "--input")
+    preflight.storage_usable(args.output, "--output", write=True)
+    if args.ray_address:
+        preflight.ray_reachable(args.ray_address, "--ray-address")
+    elif os.environ.get("RAY_ADDRESS"):
+        preflight.ray_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+
+
 def main(argv: list[str] | None = None, stages: Stages = Stages()) -> int:
     args = parse_args(argv)
+    preflight_checks(args)
     summary = run_job(args, stages)
     print(json.dumps(summary))
     return 0 if summary["error"] == 0 else EXIT_SOME_ERRORS
 
 
+def console() -> int:
+    """The `fstrain-batch` console script (same flags as `python -m batch.stylize`)."""
+    from fstrain.cli import run_command
+
+    return run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

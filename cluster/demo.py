@@ -214,14 +214,19 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fstrain import preflight
+    from fstrain.cli import add_debug_flag
+
     parser = argparse.ArgumentParser(prog="python -m cluster.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(DEFAULT_ROOT),
                         help="storage root: a local folder (default ./demo-out) or s3://bucket/prefix")
     parser.add_argument("--images", type=int, default=24, help="style images per style")
     parser.add_argument("--photos", type=int, default=12, help="photos to batch-stylize")
     parser.add_argument("--state-dir", default=None, help="where the local Ray head keeps its state")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     root = args.root if "://" in args.root else str(Path(args.root).resolve())
+    preflight.storage_usable(root, "--root", write=True)     # a missing bucket or bad credentials: exit 2 now
     state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="fsd-", dir="/tmp"))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
@@ -233,4 +238,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fstrain.cli import run_command
+
+    sys.exit(run_command(main))

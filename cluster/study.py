@@ -394,6 +394,8 @@ def run_study(study: StudyConfig, pipeline: PipelineConfig, *, root: str, out: s
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from fstrain.cli import add_debug_flag
+
     parser = argparse.ArgumentParser(prog="python -m cluster.study", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="study YAML, e.g. configs/study.yaml")
     parser.add_argument("--root", required=True, help="storage root holding models/ and datasets/ (dir or s3://)")
@@ -402,10 +404,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--styles", help="comma-separated subset of the styles")
     parser.add_argument("--quick", action="store_true",
                         help="one seed, the config's quick sizes (few steps, few identities); own run ids")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fstrain import preflight
+    from fstrain.cli import UsageError
+
     args = parse_args(argv)
     try:
         study = load_study_config(args.config)
@@ -424,8 +430,15 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(styles) - set(pipeline.styles))
         if unknown:
             raise ConfigError(f"{args.config}: styles {unknown} are not in the pipeline's styles {pipeline.styles}")
+        # Preflight: storage, the models every cell reads, the Ray cluster named; before any cell is scheduled.
+        preflight.storage_usable(args.root, "--root", write=True)
+        preflight.storage_usable(args.out, "--out", write=True)
         instrument_identities(study, pipeline, args.root)
-    except (ConfigError, storage.StorageError) as exc:
+        preflight.models_exist(pipeline, args.root, ["base_generator", "encoder_wplus", "lpips_backbone"],
+                               study.pipeline)
+        if os.environ.get("RAY_ADDRESS"):
+            preflight.ray_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+    except (ConfigError, UsageError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     command = " ".join(["python -m cluster.study", *(argv if argv is not None else sys.argv[1:])])
@@ -435,4 +448,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fstrain.cli import run_command
+
+    sys.exit(run_command(main))

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 from typing import Any, Sequence
 
 from cluster.pipeline import Stage, StageContext, StageInputs, Summary, run_styles
-from fstrain import layout, provenance
+from fstrain import layout, preflight, provenance
+from fstrain.cli import EXIT_USAGE, UsageError, add_debug_flag, run_command
 from fstrain.config import ConfigError, load_config
 from fstrain.data import storage
 from fstrain.settings import PipelineConfig
@@ -164,10 +166,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", help="storage root (local dir or s3://bucket/prefix); default: the config's root")
     parser.add_argument("--styles", help="comma-separated subset of the config's styles")
     parser.add_argument("--run-id", help="default: <config name>-<hash of the config>, so a resubmission resumes")
+    parser.add_argument("--local", action="store_true",
+                        help="start a Ray on this machine; without it the job runs on $RAY_ADDRESS (set by `ray job "
+                             "submit`) and refuses to start when none is given")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
+def ray_target(local: bool) -> str:
+    """Where the DAG will run, said before anything is scheduled: never a silent local Ray in place of a cluster."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if local:
+        return "a local Ray on this machine (--local)"
+    if address:
+        preflight.ray_reachable(address, "RAY_ADDRESS")
+        return f"the Ray cluster at {address} (RAY_ADDRESS)"
+    if ray.is_initialized():                       # a caller that connected itself (tests, notebooks)
+        return f"the connected Ray at {ray.get_runtime_context().gcs_address}"
+    raise UsageError("no Ray cluster given: submit with `ray job submit --address http://HEAD:8265 ... -- python -m "
+                     "cluster.train ...`,\nor set RAY_ADDRESS, or pass --local to start a Ray on this machine")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fstrain.pairs.build import level_networks
     from fstrain.train.__main__ import default_run_id
 
     args = parse_args(argv)
@@ -179,15 +202,29 @@ def main(argv: list[str] | None = None) -> int:
         styles = [s.strip() for s in args.styles.split(",") if s.strip()] if args.styles else config.styles
         unknown = sorted(set(styles) - set(config.styles))
         if unknown:
-            raise ConfigError(f"{args.config}: styles {unknown} are not in the config's styles {config.styles}")
+            close = difflib.get_close_matches(unknown[0], config.styles, n=1)
+            raise ConfigError(f"{args.config}: styles {unknown} are not in the config's styles {config.styles}"
+                              f"{f' (did you mean {close[0]!r}?)' if close else ''}")
+        # Preflight: storage, every style's dataset, the models the DAG reads, the Ray cluster; before any task.
+        preflight.storage_usable(root, "--root", write=True)
+        for style in styles:
+            preflight.dataset_exists(root, style, flag="--styles")
+        levels = sorted(set(config.pairs.levels) | {config.train.pair_level})
+        keys = {"base_generator", "lpips_backbone", *level_networks(config, levels, configured_only=True)}
+        preflight.models_exist(config, root, sorted(keys), args.config)
         run_id = args.run_id or default_run_id(args.config)
-    except (ConfigError, storage.StorageError) as exc:
+        target = ray_target(args.local)
+    except (ConfigError, UsageError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"training styles {', '.join(styles)} as run {run_id} under {root}", flush=True)
+        return EXIT_USAGE
+    print(f"training styles {', '.join(styles)} as run {run_id} under {root} on {target}", flush=True)
+    if args.local:
+        import ray
+
+        ray.init(address="local")
     summary = train_styles(config, root=root, run_id=run_id, styles=styles)
     return 0 if summary.ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -79,7 +79,7 @@ def dispatch(commands: dict[str, str], prog: str, argv: Sequence[str] | None = N
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: {prog} {{{names}}} [args]   ({prog} COMMAND --help for one command's flags)\n"
               f"exit status: 0 done, 1 the work failed, 2 usage or configuration error, "
-              f"3 finished with per-item errors (batch)")
+              f"3 finished with per-item errors (batch)", file=sys.stdout if argv else sys.stderr)
         return EXIT_OK if argv else EXIT_USAGE
     if argv[0] not in commands:
         import difflib

@@ -105,7 +105,7 @@ def ray_reachable(address: str, source: str) -> None:
                          f"start the cluster or fix {source}") from None
 
 
-def dataset_exists(root: str, style: str) -> None:
+def dataset_exists(root: str, style: str, flag: str = "--style") -> None:
     """`<root>/datasets/<style>/` holds shards; otherwise name the styles that do (with a did-you-mean)."""
     import difflib
 
@@ -120,9 +120,9 @@ def dataset_exists(root: str, style: str) -> None:
     except storage.StorageError as exc:
         raise UsageError(f"--root: {exc}\n{_what_to_do(exc)}") from None
     close = difflib.get_close_matches(style, found, n=1)
-    hint = (f"did you mean --style {close[0]}? " if close else "") + \
+    hint = (f"did you mean {close[0]!r}? " if close else "") + \
         (f"datasets here: {', '.join(found)}" if found else "no datasets here yet")
-    raise UsageError(f"--style {style}: no dataset at {prefix} ({hint})\n"
+    raise UsageError(f"{flag} {style}: no dataset at {prefix} ({hint})\n"
                      f"ingest one first: python -m fstrain.ingest IMAGES {root} --style {style} --size N")
 
 
