@@ -224,8 +224,10 @@ def test_cli_writes_levels_1_and_3(local_root, tiny_models, tmp_path, capsys):
         "pairs:\n  batch_size: 2\n")
     run = ["--style", STYLE, "--root", local_root, "--run-id", RUN]
     assert main([str(config_path), *run, "--levels", "1,3"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["samples"] == {"1": 2, "3": 2}
+    assert f"pairs {STYLE} images paired: 2image" in captured.err, captured.err    # the per-image progress bar
     assert storage.exists(layout.pairs_contact_sheet(local_root, RUN, STYLE))
     # Level 2 when the run has no baseline G*: a clear message and a non-zero exit, nothing written.
     assert run_command(main, [str(config_path), *run, "--levels", "2"]) == 2     # usage error, fstrain.cli

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     preflight.dataset_exists(args.root, args.style)
     preflight.models_exist(config, args.root, level_networks(config, levels, configured_only=True), args.config)
     bar = tqdm(desc=f"pairs {args.style}", unit="shard")
+    images = tqdm(desc=f"pairs {args.style} images paired", unit="image")   # moves within a long shard
 
     def progress(done: int, total: int, info: dict) -> None:
         bar.total = total
@@ -62,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = make_pairs(config, style=args.style, root=args.root, run_id=args.run_id, levels=args.levels,
                              baseline_generator_uri=args.baseline, progress=progress, device=args.device,
-                             log=lambda line: print(line, file=sys.stderr, flush=True))
+                             log=lambda line: print(line, file=sys.stderr, flush=True), images_done=images.update)
     except (PairsError, MissingWeightsError, ChecksumError, WeightsMismatchError) as exc:
         raise UsageError(str(exc)) from None    # a missing G*, a pin that does not match, a model of another size
     finally:
+        images.close()
         bar.close()
     print(json.dumps(summary, indent=2))
     return 0

@@ -248,7 +248,7 @@ def _batches(items: list, size: int) -> Iterable[list]:
 def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[int] | str | None = None,
                baseline_generator_uri: str | None = None, progress: Progress | None = None,
                device: str | torch.device | None = None, models: PairModels | None = None,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, images_done: Callable[[int], None] | None = None) -> dict:
     """Build (or finish, or rebuild) the pair shards of `style` in run `run_id` for `levels`; returns a summary
     dict (also saved as JSON).
 
@@ -256,7 +256,8 @@ def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[i
     whose provenance record matches the current inputs is reused; a missing one is built; a stale one is rebuilt
     and `log` says why; an output whose dataset shard is gone is deleted. A shard whose levels are all reusable is
     not even decoded. `models` may be passed pre-loaded (tests, or a caller that builds pairs for several runs);
-    their recorded hashes then stand for the files. Summary counts (`samples`, `l_sem_initial_mean`/
+    their recorded hashes then stand for the files. `images_done(n)` is called after each batch of n style images
+    is paired (a shard of a thousand level-2 optimisations takes a while; `progress` only ticks per shard). Summary counts (`samples`, `l_sem_initial_mean`/
     `l_sem_final_mean`, `skipped_samples`) describe every output shard, reused or written (a reused shard's
     figures come from its provenance record), so a rerun that reuses everything keeps the same summary;
     `samples_written` counts this call's work. Style images that do not decode are listed in `skipped_samples`
@@ -339,6 +340,8 @@ def make_pairs(config, *, style: str, root: str, run_id: str, levels: Iterable[i
                                        lr=config.pairs.lr)
                 for lvl, samples in made.items():
                     per_level[lvl].extend(samples)
+                if images_done is not None:
+                    images_done(len(batch))
             for lvl, samples in per_level.items():
                 # The shard first, then its record: a crash in between leaves a shard without (or with an older)
                 # record, which the next run rebuilds.
