@@ -21,12 +21,11 @@ from typing import Any, Iterable
 
 import torch
 
-from fstrain.models.registry import CheckpointError
+from fstrain.models.errors import EXPECTED, CheckpointError, refused_message  # noqa: F401 (EXPECTED re-exported)
 
 TORCH_ZIP = "torch-zip"
 TORCH_LEGACY = "torch-legacy"
 PICKLE = "pickle"
-EXPECTED = "a PyTorch checkpoint (.pt/.pth) or an NVIDIA stylegan2-ada-pytorch network pickle (.pkl)"
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # torch's legacy stream opens with the pickled int 0x1950a86a20f9469cfc6c (LONG1, 10 bytes little endian).
@@ -63,11 +62,6 @@ def sniff(source: Source, uri: str) -> str:
 def _blocked_global(message: str) -> str | None:
     found = re.search(r"GLOBAL ([\w.]+)", message)
     return found.group(1) if found else None
-
-
-def refused_message(uri: str, what: str) -> str:
-    return (f"{uri}: refused: the file asks to run or build '{what}', which no supported model format contains; "
-            f"nothing from it was executed. Expected {EXPECTED} holding only tensors, numbers and dicts.")
 
 
 def _read_torch(source: Source, uri: str, safe_globals: Iterable[Any], kind: str) -> Any:

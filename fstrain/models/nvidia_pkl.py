@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from fstrain.models.registry import CheckpointError
+from fstrain.models.errors import CheckpointError, refused_message
 
 FORMAT_NAME = "nvidia-stylegan2-ada-pkl"
 NETWORK_KEYS = {"g_ema": "G_ema", "g": "G"}
@@ -139,7 +139,6 @@ class _SafeUnpickler(pickle.Unpickler):
                 f"{self.uri}: a TensorFlow-era StyleGAN pickle (dnnlib.tflib); only PyTorch network pickles of "
                 f"stylegan2-ada-pytorch are read. Use NVIDIA's PyTorch release of the network (stylegan2-ada-pytorch "
                 f"pretrained .pkl) or rosinality's convert_weight.py output (.pt).")
-        from fstrain.models.formats import refused_message
         raise CheckpointError(refused_message(self.uri, f"{module}.{name}"))
 
     def persistent_load(self, pid: Any) -> Any:
@@ -334,8 +333,8 @@ def discriminator_state(net: NetworkRecord, uri: str) -> tuple[dict[str, torch.T
 def loaded_from_pickle(content: Any, uri: str, which: str = "g_ema", load_discriminator: bool = True,
                        map_location: str | torch.device = "cpu"):
     """A `checkpoints.LoadedGenerator` from an unpickled network pickle (see module docstring for the mapping)."""
-    from fstrain.models.checkpoints import (MEAN_LATENT_SAMPLES, LoadedGenerator, infer_discriminator_architecture,
-                                            infer_generator_architecture, load_state_strict)
+    from fstrain.models.architecture import (MEAN_LATENT_SAMPLES, LoadedGenerator, infer_discriminator_architecture,
+                                             infer_generator_architecture, load_state_strict)
     from fstrain.models.stylegan2 import Discriminator, Generator
 
     net = _network(content, uri, which)

@@ -17,28 +17,16 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator
 
 import torch
 
+from fstrain.models.architecture import state_dict_mismatch
+from fstrain.models.errors import (CheckpointError, ChecksumError, MissingWeightsError,  # noqa: F401 (re-exported)
+                                   WeightsMismatchError)
+
 CACHE_ENV = "FSTRAIN_MODEL_CACHE"
 REMOTE_SCHEMES = ("s3://",)
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A weights file named in config does not exist; the message names the URI and how to supply it."""
-
-
-class ChecksumError(ValueError):
-    """A weights file does not have the sha256 its config pins."""
-
-
-class WeightsMismatchError(ValueError):
-    """A weights file loaded but its keys or shapes do not fit the network; the message names the keys."""
-
-
-class CheckpointError(WeightsMismatchError, RuntimeError):
-    """A model file is unreadable, unsafe, of an unsupported kind or does not fit; one line naming file and fix."""
 
 
 @dataclass
@@ -174,7 +162,7 @@ def _download(uri: str, target: Path, sha256: str | None) -> None:
 def load_torch(uri: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None,
                safe_globals: Iterable[Any] = ()) -> Any:
     """fetch + read with torch.load(weights_only=True, map_location='cpu'); one-line errors naming the URI."""
-    from fstrain.models.formats import read_weights  # formats imports this module's errors
+    from fstrain.models.formats import read_weights
     path = fetch(uri, sha256, cache_dir)
     return read_weights(path, str(uri), safe_globals)[1]
 
@@ -208,22 +196,6 @@ def save_torch(obj: Any, uri: str | os.PathLike) -> str:
 
 def save_json(data: Any, uri: str | os.PathLike) -> str:
     return write_bytes_atomic(json.dumps(data, indent=2, sort_keys=True).encode("utf-8"), uri)
-
-
-def state_dict_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-                        ignore_missing: Iterable[str] = ()) -> str | None:
-    """Every missing, unexpected and wrongly shaped key (the first six spelled out), or None when `state` fits."""
-    ignore = tuple(ignore_missing)
-    missing = [k for k in expected if k not in state and not (ignore and k.endswith(ignore))]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = [f"missing key '{k}' (expected shape {tuple(expected[k].shape)})" for k in missing]
-    problems += [f"unexpected key '{k}' (shape {tuple(state[k].shape)})" for k in unexpected]
-    problems += [f"shape mismatch for '{k}': file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-                 for k in mismatched]
-    if not problems:
-        return None
-    return "; ".join(problems[:6]) + (f"; ... {len(problems) - 6} more" if len(problems) > 6 else "")
 
 
 def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], uri: str, what: str,
