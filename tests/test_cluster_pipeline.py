@@ -8,6 +8,7 @@ import pytest
 from cluster.pipeline import Stage, format_duration, progress_line, run_styles
 from fstrain import layout
 from fstrain.data import storage
+from fstrain.provenance import sha256_uri
 from support.ray_cluster import CountingStage, expected_value, kill_when_pid_file_appears
 
 CPU = {"num_cpus": 1}
@@ -128,6 +129,40 @@ def test_a_changed_earlier_product_reruns_the_later_stages_and_says_why(ray_loca
     old = first.styles["cartoon"].stages[0].output["sha256"]["value"]
     new = third.styles["cartoon"].stages[0].output["sha256"]["value"]
     assert f"[cartoon] styled rerun: baseline.value changed ({old[:8]}… → {new[:8]}…)" in lines
+
+
+def test_an_input_that_cannot_be_read_fails_its_style_only_and_a_changed_one_reruns_the_stage(ray_local, tmp_path):
+    """Stage.inputs (the files no earlier stage made) are recorded in the marker; a changed one reruns the stage
+    saying why, and one that cannot be read fails that style's stage while the other styles finish."""
+    root, lines = str(tmp_path / "root"), []
+    base = tmp_path / "base.bin"
+    base.write_bytes(b"first")
+
+    def base_identity(root: str, run_id: str, style: str) -> dict:
+        if style == "anime":
+            raise FileNotFoundError("models.base_generator: /nowhere/g.pt: weights file not found")
+        return {"base_generator": sha256_uri(str(base))}
+
+    stages = [Stage("baseline", CountingStage(steps=2), inputs=base_identity),
+              Stage("styled", CountingStage(steps=2, publish=True))]
+    first = run_styles(["cartoon", "anime"], stages, root=root, run_id="r6", resources_per_style=CPU,
+                       log=lines.append)
+    assert first.styles["cartoon"].status == "ok"
+    anime = first.styles["anime"]
+    assert (anime.status, anime.failed_stage) == ("failed", "baseline")
+    assert anime.error == "FileNotFoundError: models.base_generator: /nowhere/g.pt: weights file not found"
+    assert [r.status for r in anime.stages] == ["failed", "not_run"]
+    old = sha256_uri(str(base))
+    marker = storage.read_json(layout.stage_marker(layout.stage_work(root, "r6", "cartoon", "baseline")))
+    assert marker["inputs"] == {"base_generator": old}
+
+    base.write_bytes(b"second")
+    lines.clear()
+    again = run_styles(["cartoon"], stages, root=root, run_id="r6", resources_per_style=CPU, log=lines.append)
+    # baseline reran; its product came out the same (CountingStage ignores the file), so styled was reused.
+    assert [r.status for r in again.styles["cartoon"].stages] == ["ok", "skipped"]
+    new = sha256_uri(str(base))
+    assert f"[cartoon] baseline rerun: base generator changed ({old[:8]}… → {new[:8]}…)" in lines
 
 
 def test_progress_line_and_durations():
