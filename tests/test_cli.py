@@ -19,9 +19,11 @@ from support.s3_server import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """`python -m ARGS` from the repo root; `env` values override the environment, None removes a variable."""
+    environ = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, **(env or {})})
+                          env={k: v for k, v in environ.items() if v is not None})
 
 
 def refusal(proc: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -120,8 +122,8 @@ def test_a_misspelt_input_does_not_exist_rather_than_holding_no_images(pipeline_
 
 
 def test_unreachable_storage_is_refused_before_any_image_is_read(s3_server, pipeline_root, tmp_path):
-    """A missing bucket (ingest, cluster.train) and a wrong endpoint: exit 2 before the first image, where the
-    old ingest read every image and then died with a 57-line traceback."""
+    """A missing bucket (ingest, cluster.train), a wrong endpoint, no credentials: exit 2 before the first image,
+    where the old ingest read every image and then died with a 57-line traceback."""
     root, config = pipeline_root
     bucket = f"no-such-bucket-{os.getpid()}"
     src = str(root.parent / "cartoon-images")
@@ -137,6 +139,12 @@ def test_unreachable_storage_is_refused_before_any_image_is_read(s3_server, pipe
     message = refusal(run("fstrain.ingest", src, f"s3://{dest}/root", "--style", "cartoon", "--size", "32",
                           "--no-progress", env=wrong_endpoint))
     assert "cannot connect to S3 endpoint" in message and "AWS_ENDPOINT_URL" in message, message
+    no_credentials = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_PROFILE": None,
+                      "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+                      "AWS_EC2_METADATA_DISABLED": "true"}
+    message = refusal(run("fstrain.ingest", src, f"s3://{dest}/root", "--style", "cartoon", "--size", "32",
+                          "--no-progress", env=no_credentials))
+    assert "no AWS credentials found" in message and "check the credentials" in message, message
     assert s3_server.client().list_objects_v2(Bucket=dest).get("KeyCount", 0) == 0
     assert not any(b["Name"] == bucket for b in s3_server.client().list_buckets()["Buckets"])
 
