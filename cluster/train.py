@@ -1,7 +1,7 @@
 """One Ray job trains every style at once.
 
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m cluster.train configs/five_styles.yaml
-    python -m cluster.train CONFIG [--root URI] [--styles a,b,...] [--run-id ID]     # local Ray when none is up
+    python -m cluster.train CONFIG [--root URI] [--styles a,b,...] [--run-id ID] [--local]   # --local: Ray here
 
 For every style, in parallel, the paper's DAG (folders from fstrain.layout; each holds its stage's stage.json):
     baseline   G* = fine-tune(G), adversarial loss only          <root>/runs/<run>/<style>/baseline/
