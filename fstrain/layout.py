@@ -25,6 +25,7 @@ STAGE_MARKER = "stage.json"
 MODELS = "models"
 MODEL_MANIFEST = "models.json"
 LATEST = "latest.json"
+GENERATOR = "generator.pt"
 DEMO_MARKER = "demo-root.json"
 SHARD_PROVENANCE_SUFFIX = ".provenance.json"
 
@@ -117,7 +118,7 @@ def latest(run_dir: str) -> str:
 
 
 def final_generator(run_dir: str) -> str:
-    return storage.join(run_dir, "final", "generator.pt")
+    return storage.join(run_dir, "final", GENERATOR)
 
 
 def metrics_log(run_dir: str) -> str:
@@ -144,7 +145,25 @@ def published_style(root: str, style: str) -> str:
 
 
 def published_generator(root: str, style: str) -> str:
-    return storage.join(published_style(root, style), "generator.pt")
+    return storage.join(published_style(root, style), GENERATOR)
+
+
+def published_styles(root: str) -> list[str]:
+    """Styles with a published G' under <root>/styles/."""
+    prefix = styles(root)
+    return sorted({storage.basename(storage.dirname(uri)) for uri in storage.list_uris(prefix, suffixes=GENERATOR)
+                   if storage.dirname(storage.dirname(uri)).rstrip("/") == prefix.rstrip("/")})
+
+
+def run_styles(root: str, run_id: str, modes) -> list[str]:
+    """Styles of a run with at least one mode folder (one of `modes`) holding a latest.json or a final G."""
+    prefix = run(root, run_id)
+    found = set()
+    for uri in storage.list_uris(prefix, suffixes=(LATEST, GENERATOR)):
+        parts = uri[len(prefix):].strip("/").split("/")
+        if len(parts) >= 3 and parts[1] in modes:
+            found.add(parts[0])
+    return sorted(found)
 
 
 def references(root: str, style: str) -> str:

@@ -43,13 +43,7 @@ def style_dir(root: str, run_id: str, style: str) -> str:
 
 def find_styles(root: str, run_id: str) -> list[str]:
     """Styles with at least one mode directory holding a latest.json or a final generator."""
-    prefix = layout.run(root, run_id)
-    styles = set()
-    for uri in storage.list_uris(prefix, suffixes=("latest.json", "generator.pt")):
-        parts = uri[len(prefix):].strip("/").split("/")
-        if len(parts) >= 3 and parts[1] in MODES:
-            styles.add(parts[0])
-    return sorted(styles)
+    return layout.run_styles(root, run_id, MODES)
 
 
 def mode_run(root: str, run_id: str, style: str, mode: str) -> ModeRun:
