@@ -17,7 +17,7 @@ its layout) instead of downloading their thumbnails again; only rows made by thi
 from __future__ import annotations
 
 import html
-import json
+import sys
 from typing import Any, Iterable
 from urllib.parse import quote
 
@@ -107,6 +107,10 @@ def write_gallery(spec: JobSpec, records: list[manifest.Record], remade: Iterabl
     wanted = set(spec.thumbnail_keys)
     shown = [r for r in sorted(records, key=lambda r: r.key) if r.key in wanted and r.status == manifest.OK]
     truth_errors = _truth_errors(spec, shown, truth) if truth else {}
+    if truth and shown and not truth_errors:
+        print(f"[batch] --truth {truth}: no picture <style>/<key> there for any shown input (e.g. "
+              f"{storage.join(truth, spec.styles[0], shown[0].key)}); the gallery has no ground-truth column",
+              file=sys.stderr)
     truth_styles = [s for s in spec.styles if any(style == s for _, style in truth_errors)]
     picture_columns = ["input", *spec.styles, *(f"truth-{s}" for s in truth_styles)]
     labels = {"input": "input (aligned)", **{s: s for s in spec.styles},

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import http.server
 import shutil
 import sys
@@ -44,7 +45,6 @@ def build_sample_gallery(folder: Path) -> Path:
     from batch import manifest, stages
     from batch.gallery import write_gallery
     from batch.stylize import list_inputs
-    from fstrain.data import storage
     from fstrain.data.synthetic import generate
     from fstrain.models.init import init_models
 
@@ -67,7 +67,7 @@ def build_sample_gallery(folder: Path) -> Path:
     batch = {"key": np.array([i["key"] for i in items], dtype=object),
              "uri": np.array([i["uri"] for i in items], dtype=object)}
     result = stages.EncodeUpload(spec)(stages.StylizeActor(spec)(stages.PrepareFaces(spec)(batch)))
-    records = [manifest.Record.from_json(__import__("json").loads(row)) for row in result["record"]]
+    records = [manifest.Record.from_json(json.loads(row)) for row in result["record"]]
     broken = photos / "not-a-photo.png"           # one error row, as a real job has
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     records.append(manifest.error_record(broken.name, str(broken), "decode", "truncated PNG",

@@ -76,6 +76,13 @@ def test_gallery_links_are_relative_columns_labelled_and_thumbnails_shown_large(
     assert "bad.png" in page.split("<h2>Errors")[1]
 
 
+def test_truth_folder_without_matching_pictures_is_said_not_silently_dropped(tmp_path, capsys):
+    spec, records, _ = _job(tmp_path)
+    page = Path(write_gallery(spec, records, truth=str(tmp_path / "elsewhere"))["html"]).read_text()
+    assert "ground truth" not in page
+    assert f"--truth {tmp_path / 'elsewhere'}: no picture <style>/<key> there" in capsys.readouterr().err
+
+
 def test_rerun_reuses_the_contact_sheet_instead_of_downloading_thumbnails(tmp_path, monkeypatch):
     spec, records, _ = _job(tmp_path)
     sheet = write_gallery(spec, records)["contact_sheet"]
