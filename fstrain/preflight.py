@@ -21,16 +21,6 @@ from fstrain.data import storage
 RAY_CONNECT_TIMEOUT_S = 5.0
 
 
-def _what_to_do(exc: storage.StorageError) -> str:
-    if isinstance(exc, storage.NoSuchBucketError):
-        return "create the bucket or fix the URI"
-    if isinstance(exc, storage.AccessDeniedError):
-        return "check the credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID) and the bucket policy"
-    if exc.transient:
-        return "check AWS_ENDPOINT_URL and that the storage service is up"
-    return "fix the URI"
-
-
 def storage_usable(uri: str, flag: str, *, write: bool) -> bool:
     """The folder/prefix can be listed (and written when `write`); returns whether anything is there yet."""
     try:
@@ -38,8 +28,7 @@ def storage_usable(uri: str, flag: str, *, write: bool) -> bool:
     except storage.NotFoundError:
         raise UsageError(f"{flag} {uri}: does not exist; check the path") from None
     except storage.StorageError as exc:
-        raise UsageError(f"{flag}: {exc}\n{'cannot write there' if write else 'cannot read there'}: "
-                         f"{_what_to_do(exc)}") from None
+        raise UsageError(f"{flag}: {exc}") from None    # storage's messages say what to do
 
 
 def input_exists(uri: str, flag: str) -> None:
@@ -73,7 +62,7 @@ def models_exist(config, root: str, keys: Iterable[str], config_path: str) -> No
         try:
             found = storage.exists(uri)
         except storage.StorageError as exc:
-            raise UsageError(f"{config_path}: models.{key}: {exc}\n{_what_to_do(exc)}") from None
+            raise UsageError(f"{config_path}: models.{key}: {exc}") from None
         if not found:
             raise UsageError(f"{config_path}: models.{key}: {uri} does not exist; fix models.{key} (relative paths are "
                              f"under --root {root}) or create the models (python -m fstrain.models.init)")
@@ -118,7 +107,7 @@ def dataset_exists(root: str, style: str, flag: str = "--style") -> None:
         found = sorted({storage.basename(storage.dirname(uri)) for uri in
                         storage.list_uris(storage.dirname(prefix), suffixes=".tar")})
     except storage.StorageError as exc:
-        raise UsageError(f"--root: {exc}\n{_what_to_do(exc)}") from None
+        raise UsageError(f"--root: {exc}") from None
     close = difflib.get_close_matches(style, found, n=1)
     hint = (f"did you mean {close[0]!r}? " if close else "") + \
         (f"datasets here: {', '.join(found)}" if found else "no datasets here yet")
@@ -140,7 +129,7 @@ def published_generators_exist(root: str, styles: Iterable[str], overrides: dict
         try:
             found = storage.exists(uri)
         except storage.StorageError as exc:
-            raise UsageError(f"{flag}: {exc}\n{_what_to_do(exc)}") from None
+            raise UsageError(f"{flag}: {exc}") from None
         if found:
             continue
         if style in overrides:

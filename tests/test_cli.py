@@ -129,7 +129,7 @@ def test_unreachable_storage_is_refused_before_any_image_is_read(s3_server, pipe
     src = str(root.parent / "cartoon-images")
     proc = run("fstrain.ingest", src, f"s3://{bucket}/root", "--style", "cartoon", "--size", "32", "--no-progress")
     message = refusal(proc)
-    assert f"no such bucket '{bucket}'" in message and "create the bucket or fix the URI" in message, message
+    assert f"no such bucket '{bucket}'" in message and "create it or fix the URI" in message, message
     assert "ok," not in proc.stdout                    # no summary: not one image was processed
     proc = run("cluster.train", config, "--root", f"s3://{bucket}/root", "--styles", "cartoon", "--local")
     assert f"no such bucket '{bucket}'" in refusal(proc)
@@ -144,7 +144,7 @@ def test_unreachable_storage_is_refused_before_any_image_is_read(s3_server, pipe
                       "AWS_EC2_METADATA_DISABLED": "true"}
     message = refusal(run("fstrain.ingest", src, f"s3://{dest}/root", "--style", "cartoon", "--size", "32",
                           "--no-progress", env=no_credentials))
-    assert "no AWS credentials found" in message and "check the credentials" in message, message
+    assert "no AWS credentials found" in message and "AWS_ACCESS_KEY_ID" in message, message
     assert s3_server.client().list_objects_v2(Bucket=dest).get("KeyCount", 0) == 0
     assert not any(b["Name"] == bucket for b in s3_server.client().list_buckets()["Buckets"])
 
