@@ -10,11 +10,13 @@ do. Storage access itself is `fstrain.data.storage.check_access`; model URIs res
 """
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from typing import Iterable
 from urllib.parse import urlparse
 
+from fstrain import layout
 from fstrain.cli import UsageError
 from fstrain.data import storage
 
@@ -96,10 +98,6 @@ def ray_reachable(address: str, source: str) -> None:
 
 def dataset_exists(root: str, style: str, flag: str = "--style") -> None:
     """`<root>/datasets/<style>/` holds shards; otherwise name the styles that do (with a did-you-mean)."""
-    import difflib
-
-    from fstrain import layout
-
     prefix = layout.dataset(root, style)
     try:
         if storage.list_uris(prefix, suffixes=".tar"):
@@ -119,10 +117,6 @@ def published_generators_exist(root: str, styles: Iterable[str], overrides: dict
                                flag: str = "--styles") -> None:
     """Each style has a G' (`--generator STYLE=URI`, else `<root>/styles/<style>/generator.pt`); an unknown style
     gets a did-you-mean among the published ones."""
-    import difflib
-
-    from fstrain import layout
-
     overrides = overrides or {}
     for style in styles:
         uri = overrides.get(style) or layout.published_generator(root, style)
@@ -135,8 +129,7 @@ def published_generators_exist(root: str, styles: Iterable[str], overrides: dict
         if style in overrides:
             raise UsageError(f"--generator {style}={uri}: does not exist; fix the URI")
         try:
-            published = sorted({storage.basename(storage.dirname(u)) for u in
-                                storage.list_uris(storage.join(root, "styles"), suffixes="generator.pt")})
+            published = layout.published_styles(root)
         except storage.StorageError:
             published = []
         close = difflib.get_close_matches(style, published, n=1)
