@@ -25,7 +25,7 @@ from batch import manifest
 from batch.faces import DETECTOR_CHOICES
 from batch.stages import (FACE_CHOICES, IMAGE_EXTENSIONS, MODES, OUTPUT_FORMATS, EncodeUpload, JobSpec, PrepareFaces,
                           StylizeActor, photo_key)
-from fstrain import layout
+from fstrain import layout, preflight
 from fstrain.cli import EXIT_ITEM_ERRORS, add_debug_flag
 from fstrain.data import storage
 
@@ -130,10 +130,9 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
         raise SystemExit("--root is needed to find <root>/styles/<style>/generator.pt (or pass --generator "
                          "STYLE=URI for every style)")
     generators = {s: overrides.get(s) or layout.published_generator(root, s) for s in styles}
-    for label, uri in [("W+ encoder", encoder), *[(f"G' of style {s!r}", u) for s, u in generators.items()]]:
-        if not storage.exists(uri):
-            hint = "publish it with cluster.train" if label.startswith("G'") else "fix models.encoder_wplus"
-            raise SystemExit(f"{uri}: {label} not found; {hint} or pass the right URI")
+    if not storage.exists(encoder):
+        raise SystemExit(f"{encoder}: W+ encoder not found; fix models.encoder_wplus or pass the right URI")
+    preflight.published_generators_exist(root, styles, overrides)      # names the URI, with a did-you-mean
     if args.mode == "reference":
         if not args.reference:
             raise SystemExit("--mode reference needs --reference ID (a code stored under <root>/references/)")
@@ -389,7 +388,6 @@ def run_job(args: argparse.Namespace, stages: Stages = Stages()) -> dict[str, An
 
 def preflight_checks(args: argparse.Namespace) -> None:
     """Flags, the input, the output and the Ray address, before a photo is read or a task scheduled (exit 2)."""
-    from fstrain import preflight
     from fstrain.config import check_value
     from fstrain.settings import AtLeast1, Count, Fraction
 

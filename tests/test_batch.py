@@ -19,6 +19,7 @@ from PIL import Image
 from batch import manifest
 from batch.stages import JobSpec, latents_uri, output_uri, thumbnail_uri
 from batch.stylize import Stages, list_inputs, main
+from fstrain.cli import UsageError
 from fstrain.data import storage
 from support.batch_faults import CrashOnceStylizeActor, crash_marker
 from support.batch_inputs import box_iou, write_batch_inputs
@@ -247,9 +248,10 @@ def test_missing_detector_fails_fast_with_instructions(tmp_path, tiny_models):
 
 def test_missing_style_generator_names_uri(tmp_path, tiny_models, capsys):
     root = str(tmp_path / "root")
-    publish_styles(tiny_models, root, styles=("cartoon",))
-    with pytest.raises(SystemExit, match=r"styles/anime/generator.pt: G' of style 'anime' not found"):
-        main(["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--styles", "cartoon,anime",
+    publish_styles(tiny_models, root, styles=("cartoon", "anime"))
+    with pytest.raises(UsageError, match=r"style 'animee' has no published G' at .*styles/animee/generator.pt "
+                                         r"\(did you mean 'anime'\? published: anime, cartoon\)"):
+        main(["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--styles", "cartoon,animee",
               "--root", root, "--encoder", tiny_models.encoder_wplus, "--aligned"])
 
 
