@@ -2,15 +2,16 @@
 
     python -m cluster.demo [--root DIR|s3://bucket/prefix] [--images N] [--photos N] [--state-dir DIR]
 
-1. pretrains tiny 32 px base models on the synthetic world's photos (fstrain.world.autoencoder; reused from
-   `<root>/models/` when a previous demo left the same ones there) and writes five small style datasets drawn from
+1. installs the synthetic world's 64 px instruments into `<root>/models/` (assets/world64: base G and D, pSp
+   encoders, identity net, LPIPS trunk, evaluation nets, made by `python -m fstrain.world.pretrain` and committed
+   with a manifest; checked against it, copied only when changed) and writes five small style datasets drawn from
    the synthetic portrait world, ingested into WebDataset shards (fstrain.ingest);
 2. starts a local Ray head (loopback only, its own auth token) — cluster.local;
 3. submits `python -m cluster.train configs/demo_five_styles.yaml` with `ray job submit`: five styles at once;
 4. writes aligned synthetic photos and submits `python -m batch.stylize` over them into all five styles;
 5. prints the gallery (HTML + contact-sheet PNG) and the run summary.
 
-The models are tiny (32 px) and were trained for a few minutes on synthetic cartoon-like photos, never on real
+The models are small (64 px) and were trained on a 2-core CPU on the synthetic world's images, never on real
 faces: the pictures show what each stage does to a face of that world, not what a real style looks like. For
 real results use configs/five_styles.yaml with the official weights (README: "Real checkpoints").
 """
@@ -35,6 +36,8 @@ TINY_MODEL_ARGS = {"size": 32, "style_dim": 512, "n_mlp": 2, "channel_multiplier
                    "encoder_depth": "tiny", "identity": "tiny", "lpips_net": "alex", "seed": 0}
 RUN_ID = "demo"
 DEFAULT_ROOT = REPO_ROOT / "demo-out"
+WORLD_MODELS = REPO_ROOT / "assets" / "world64"   # fstrain.world.pretrain's folder, committed with manifest.json
+DEMO_IMAGE_SIZE = 64                               # the world models' size (configs/demo_five_styles.yaml data.image_size)
 DEMO_MARKER = layout.DEMO_MARKER   # the demo deletes its derived outputs only under a root carrying this
 
 
@@ -65,10 +68,43 @@ def claim_demo_root(root: str) -> None:
 
 def notice(pretrained_seconds: float) -> str:
     """What the demo's pictures are (and are not), for the first and last lines of its output."""
-    return (f"NOTE: the demo's base models are tiny (32 px) networks pretrained for {pretrained_seconds:.0f} s on the "
-            f"synthetic world's\nphotos (fstrain.world.autoencoder), never on real faces; the pictures show what the "
-            f"method does in that\nworld, not what a real style looks like. Real runs: configs/five_styles.yaml "
-            f"with the official weights\n(see README, 'Real checkpoints').")
+    return (f"NOTE: the demo's base models are the synthetic world's 64 px instruments ({WORLD_MODELS.name}, "
+            f"pretrained for {pretrained_seconds / 60:.0f} min\non a 2-core CPU by fstrain.world.pretrain), never on "
+            f"real faces; the pictures show what the method does in that\nworld, not what a real style looks like. "
+            f"Real runs: configs/five_styles.yaml with the official weights\n(see README, 'Real checkpoints').")
+
+
+class WorldModelsError(RuntimeError):
+    """The committed world models differ from their manifest (edited, truncated, or a Git LFS pointer)."""
+
+
+def install_world_models(models_uri: str, assets: Path = WORLD_MODELS, *, log=print) -> tuple[bool, float]:
+    """Copy the committed world instruments into `models_uri` after checking each file's sha256 against the
+    folder's manifest; files already there with the same sha256 are kept. Returns (anything copied, the seconds
+    the pretraining command took)."""
+    import hashlib
+
+    from fstrain.world.pretrain import MANIFEST, verify_manifest
+
+    if not (assets / MANIFEST).is_file():
+        raise WorldModelsError(f"{assets / MANIFEST} is missing; the demo's models come from that folder (restore "
+                               f"it from git, or write one with `python -m fstrain.world.pretrain {assets}`)")
+    problems = verify_manifest(assets)
+    if problems:
+        raise WorldModelsError(f"{assets}: {'; '.join(problems)}; restore the folder from git, or regenerate it with "
+                               f"the command in its {MANIFEST}")
+    manifest = json.loads((assets / MANIFEST).read_text())
+    copied = []
+    for name, entry in sorted(manifest["files"].items()):
+        uri = storage.join(models_uri, name)
+        if storage.exists(uri) and hashlib.sha256(storage.read_bytes(uri)).hexdigest() == entry["sha256"]:
+            continue
+        storage.write_bytes(uri, (assets / name).read_bytes())
+        copied.append(name)
+    storage.write_bytes(storage.join(models_uri, MANIFEST), (assets / MANIFEST).read_bytes())
+    log(f"installed {len(copied)} world model files from {assets} into {models_uri}" if copied else
+        f"reusing the world models already in {models_uri} (same sha256 as {assets.name}/{MANIFEST})")
+    return bool(copied), float(manifest["total_seconds"])
 
 
 def ensure_pretrained_models(models_uri: str, settings=None, *, log=print) -> tuple[bool, float]:
@@ -123,9 +159,9 @@ def prepare_world(root: str, *, images_per_style: int, image_size: int = 32, sty
                   pretrained: bool = False, log=print) -> float | None:
     """Tiny models under `<root>/models/` and one ingested dataset per style under `<root>/datasets/`.
 
-    pretrained=False: random models (fstrain.models.init; fast, for tests). pretrained=True: models pretrained on
-    synthetic photos (fstrain.world.autoencoder), reused when already there; outputs of earlier demos made from
-    other base models are removed. Returns the pretraining seconds (None for random models).
+    pretrained=False: random models (fstrain.models.init; fast, for tests). pretrained=True: the committed world
+    instruments (install_world_models; pass image_size=DEMO_IMAGE_SIZE), reused when already there; outputs of
+    earlier demos made from other base models are removed. Returns the pretraining seconds (None for random models).
     """
     from fstrain.ingest import ingest
     from fstrain.models.init import init_models
@@ -133,7 +169,7 @@ def prepare_world(root: str, *, images_per_style: int, image_size: int = 32, sty
     models_uri = layout.models(root)
     seconds = None
     if pretrained:
-        trained_now, seconds = ensure_pretrained_models(models_uri, log=log)
+        trained_now, seconds = install_world_models(models_uri, log=log)
         if trained_now:
             claim_demo_root(root)   # never delete outputs under a root the demo does not own
             remove_derived_outputs(root, log=log)
@@ -180,7 +216,8 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
 
     started = time.time()
     claim_demo_root(root)
-    pretrained_s = prepare_world(root, images_per_style=images_per_style, pretrained=True, log=log)
+    pretrained_s = prepare_world(root, images_per_style=images_per_style, image_size=DEMO_IMAGE_SIZE, pretrained=True,
+                                 log=log)
     log(notice(pretrained_s))
     photos_uri = layout.demo_photos(root)
     write_photos(photos_uri, count=photos, size=64)
@@ -231,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         result = run_demo(root, images_per_style=args.images, photos=args.photos, state_dir=state_dir)
-    except DemoRootError as exc:
+    except (DemoRootError, WorldModelsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if all(status == "ok" for status in result["styles"].values()) else 1

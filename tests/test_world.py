@@ -3,6 +3,7 @@ command end to end at a tiny budget (every instrument beats its random-weights r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,10 +86,16 @@ def test_lpips_heads_beyond_float16_range_survive_saving_and_broken_heads_are_re
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
-    """The pretraining command itself at a tiny budget (32 px), without the autoencoder reference."""
+    """The pretraining command itself at a tiny budget (32 px), without the autoencoder reference. One torch
+    thread, restored afterwards: the run's small ops are no slower so, and a busy second core cannot stall them."""
     from fstrain.world.pretrain import main
     out = tmp_path_factory.mktemp("world")
-    main([str(out), "--budget-min", "1", "--size", "32", "--reference-autoencoder", "none"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([str(out), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none"])
+    finally:
+        torch.set_num_threads(threads)
     return out, json.loads((out / "instruments.json").read_text())
 
 
@@ -164,3 +171,45 @@ def test_lpips_heads_are_rescaled_to_the_target_distance_between_people():
     assert info["mean_distance_before"] < 1e-2 and info["pairs"] == 6
     x, y = data.tensor()[[0, 2, 4, 6, 8, 10]], data.tensor()[[12, 14, 16, 18, 20, 22]]
     assert float(model(x, y).mean()) == pytest.approx(TARGET_DISTANCE, rel=1e-4)
+
+
+# ---------------------------------------------------------------- the committed folder (assets/world64)
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "world64"
+
+
+def test_shipped_world_instruments_match_their_manifest_load_and_work_on_heldout_people():
+    """The folder `make demo` installs: intact (every sha256), loadable by the project loaders, made by the
+    pretraining command at 64 px, and its nets do their job on people none of them saw."""
+    from fstrain.models.checkpoints import load_generator
+    from fstrain.models.identity import load_identity
+    from fstrain.world.identity import embed, verify
+    _check_folder(ASSETS)
+    manifest = json.loads((ASSETS / "manifest.json").read_text())
+    assert manifest["command"].startswith("python -m fstrain.world.pretrain ") and manifest["size"] == 64
+    assert sum(entry["bytes"] for entry in manifest["files"].values()) <= 30 * 2 ** 20
+    photos = render_identities(HELDOUT, 8, 3, "photo", 64, pose="jitter")
+    scores = verify(embed(load_identity(str(ASSETS / "identity.pth")), photos.tensor()), photos.identity_index, 0)
+    assert scores["mean_positive_cosine"] > scores["mean_negative_cosine"] + 0.3, scores
+    g = load_generator(str(ASSETS / "generator.pt")).generator
+    with torch.no_grad():
+        faces = g([torch.randn(8, g.style_dim, generator=torch.Generator().manual_seed(0))], randomize_noise=False)[0]
+    assert faces.shape == (8, 3, 64, 64) and float(faces.std(0).mean()) > 0.05      # different faces, not one blob
+
+
+def test_demo_installs_the_shipped_folder_once_and_refuses_a_changed_copy(tmp_path):
+    import shutil
+    from cluster.demo import WorldModelsError, install_world_models
+    lines: list[str] = []
+    models = tmp_path / "root" / "models"
+    assert install_world_models(str(models), log=lines.append)[0]
+    assert (models / "generator.pt").read_bytes() == (ASSETS / "generator.pt").read_bytes()
+    _check_folder(models)                                         # the copy loads as the original does
+    changed, seconds = install_world_models(str(models), log=lines.append)
+    assert not changed and "reusing" in lines[-1] and seconds > 60
+    broken = tmp_path / "assets"
+    shutil.copytree(ASSETS, broken)
+    (broken / "identity.pth").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")   # an LFS pointer
+    with pytest.raises(WorldModelsError, match=r"identity\.pth: sha256 .* restore the folder from git"):
+        install_world_models(str(tmp_path / "other"), broken)
+    assert not (tmp_path / "other").exists()

@@ -77,6 +77,7 @@ class PretrainSettings:
     lr: float = 6e-3
     mapping_lr: float = 3.0             # on EqualLinear's stored weights (lr_mul 0.01): effectively 0.03
     layer_spread_weight: float = 0.05   # phase 1: penalty on |w+_l - mean_l w+_l|^2
+    edge_weight: float = 0.0            # phase 1: L1 between the images' pixel differences (pixel_loss)
 
     def init_args(self) -> dict[str, Any]:
         return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
@@ -134,9 +135,16 @@ def _batches(n: int, batch_size: int, steps: int, rng: torch.Generator):
         position += batch_size
 
 
-def _pixel_loss(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 at full and half resolution (the half-resolution term weights colour and layout over edges)."""
-    return (rendered - target).abs().mean() + (F.avg_pool2d(rendered, 2) - F.avg_pool2d(target, 2)).abs().mean()
+def pixel_loss(rendered: torch.Tensor, target: torch.Tensor, edge_weight: float = 0.0) -> torch.Tensor:
+    """L1 at full and half resolution (the half-resolution term weights colour and layout over edges), plus
+    `edge_weight` x L1 between horizontal and vertical pixel differences: a blurred eye or glasses rim misses its
+    edges entirely, which plain L1 on a few pixels hardly notices."""
+    loss = (rendered - target).abs().mean() + (F.avg_pool2d(rendered, 2) - F.avg_pool2d(target, 2)).abs().mean()
+    if edge_weight > 0:
+        diff = rendered - target
+        loss = loss + edge_weight * ((diff[..., 1:, :] - diff[..., :-1, :]).abs().mean()
+                                     + (diff[..., :, 1:] - diff[..., :, :-1]).abs().mean())
+    return loss
 
 
 def _synthesis_parameters(g: Generator) -> list[torch.nn.Parameter]:
@@ -170,7 +178,14 @@ def train_autoencoder(encoder: PSPEncoder, g: Generator, photos: torch.Tensor, s
     g.train()
     params = list(encoder.parameters()) + _synthesis_parameters(g)
     optim = torch.optim.Adam(params, lr=s.lr, betas=(0.9, 0.99))
-    schedule = _cosine(optim, s.autoencoder_steps)
+    started = time.perf_counter()
+    # Progress is the larger of the step and time fractions, so a run cut by its deadline (a slow or shared CPU)
+    # has still decayed its learning rate rather than stopping at full rate.
+    progress = (lambda step: step / s.autoencoder_steps) if deadline is None else (
+        lambda step: max(step / s.autoencoder_steps,
+                         (time.perf_counter() - started) / max(deadline - started, 1e-3)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optim,
+                                                 lambda step: 0.5 * (1 + math.cos(math.pi * min(progress(step), 1))))
     step = 0
     for step, idx in enumerate(_batches(len(photos), s.batch_size, s.autoencoder_steps, rng), 1):
         x = photos[idx]
@@ -183,8 +198,8 @@ def train_autoencoder(encoder: PSPEncoder, g: Generator, photos: torch.Tensor, s
         half = len(x) // 2
         codes = torch.cat([w_plus[:half], w_mean[half:].expand_as(w_plus[half:])])
         rendered = g.synthesis(codes)
-        pixel = _pixel_loss(rendered[:half], x[:half])
-        pixel_w = _pixel_loss(rendered[half:], x[half:])
+        pixel = pixel_loss(rendered[:half], x[:half], s.edge_weight)
+        pixel_w = pixel_loss(rendered[half:], x[half:], s.edge_weight)
         loss = pixel + pixel_w + s.layer_spread_weight * spread
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -253,7 +268,7 @@ def train_zplus_encoder(encoder_z: PSPEncoder, encoder_w: PSPEncoder, g: Generat
             target = encoder_w(x)
         w_plus = g.get_latent(encoder_z(x))
         latent = (w_plus - target).pow(2).mean()
-        pixel = _pixel_loss(g.synthesis(w_plus), x)
+        pixel = pixel_loss(g.synthesis(w_plus), x)
         loss = latent + pixel
         optim.zero_grad(set_to_none=True)
         loss.backward()

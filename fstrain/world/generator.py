@@ -63,14 +63,17 @@ class GeneratorSettings:
     style_dim: int = 512
     n_mlp: int = 4
     channel_multiplier: int = 1
-    channel_max: int = 32
+    channel_max: int = 16           # 16 runs ~3x faster than 32 on 2 CPU cores: more steps in the same budget
     batch_size: int = 16
     identities: int = 2048          # TRAIN identities rendered ...
     views_per_identity: int = 2     # ... in this many views each (expression, gaze, light, background vary)
-    warm_fraction: float = 0.3      # share of the training budget spent on the autoencoder warm start
+    warm_fraction: float = 0.6      # share of the training budget spent on the autoencoder warm start
     plan_margin: float = 0.8        # planned steps use this share of the budget (speed varies on a shared CPU)
     mapping_steps: int = 300
     lr: float = 0.002
+    d_lr_multiplier: float = 2.0    # D's lr = lr x this (a D that learns faster tells G sooner what blur looks like)
+    reconstruction_weight: float = 1.0  # > 0: the adversarial phase keeps the warm start's pixel loss (below)
+    edge_weight: float = 2.0        # pixel loss's edge term (fstrain.world.autoencoder.pixel_loss), both phases
     r1_gamma: float = 0.5           # small: 64 px images (StyleGAN2-ADA's heuristic gives ~0.05-1 here)
     d_reg_every: int = 16
     path_length_weight: float = 0.0  # rosinality: 2 every 4 steps; off by default (doubles the G step on CPU)
@@ -138,16 +141,27 @@ def _path_length_penalty(g: Generator, s: GeneratorSettings, mean_path: torch.Te
 
 
 class AdversarialTrainer:
-    """rosinality's training loop, on CPU, for one G/D pair (and g_ema)."""
+    """rosinality's training loop, on CPU, for one G/D pair (and g_ema).
 
-    def __init__(self, g: Generator, d: Discriminator, s: GeneratorSettings, rng: torch.Generator):
+    With `encoder` and `s.reconstruction_weight` > 0, half of G's step renders G.synthesis(E_w+(x)) for real photos
+    x instead of G(z): those reconstructions get the adversarial loss and the warm start's pixel loss (as VQGAN
+    trains its decoder), and E_w+ keeps training with G. The pixel loss pins G's layout to real faces while D's
+    gradient removes the blur, which a short CPU run of the plain GAN objective does not manage alone.
+    """
+
+    def __init__(self, g: Generator, d: Discriminator, s: GeneratorSettings, rng: torch.Generator,
+                 encoder: PSPEncoder | None = None):
         self.g, self.d, self.s, self.rng = g, d, s, rng
+        self.encoder = encoder if s.reconstruction_weight > 0 else None
         self.g_ema = copy.deepcopy(g).eval()
         _set_trainable(self.g_ema, False)
         g_ratio = lazy_regularization_ratio(s.g_reg_every) if s.path_length_weight > 0 else 1.0
         d_ratio = lazy_regularization_ratio(s.d_reg_every)
         self.g_optim = torch.optim.Adam(g.parameters(), lr=s.lr * g_ratio, betas=(0.0, 0.99 ** g_ratio))
-        self.d_optim = torch.optim.Adam(d.parameters(), lr=s.lr * d_ratio, betas=(0.0, 0.99 ** d_ratio))
+        self.d_optim = torch.optim.Adam(d.parameters(), lr=s.lr * s.d_lr_multiplier * d_ratio,
+                                        betas=(0.0, 0.99 ** d_ratio))
+        self.e_optim = (torch.optim.Adam(self.encoder.parameters(), lr=s.lr, betas=(0.9, 0.99))
+                        if self.encoder is not None else None)
         self.ema_decay = 0.5 ** (s.batch_size / s.ema_half_life_images)
         self.mean_path = torch.zeros(())
         self.step_count = 0
@@ -178,12 +192,28 @@ class AdversarialTrainer:
         # G: non-saturating loss through D.
         _set_trainable(g, True)
         _set_trainable(d, False)
-        styles = _latents(g, s.batch_size, s.mixing, rng)
-        fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
-        g_loss = generator_adversarial_loss(d(fake))
+        if self.encoder is None:
+            styles = _latents(g, s.batch_size, s.mixing, rng)
+            fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
+            g_loss = generator_adversarial_loss(d(fake))
+            total = g_loss
+        else:
+            half = s.batch_size // 2
+            styles = _latents(g, s.batch_size - half, s.mixing, rng)
+            fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
+            photos = real[:half]
+            self.encoder.train()
+            rebuilt = g.synthesis(self.encoder(photos), randomize_noise=True)
+            g_loss = generator_adversarial_loss(d(torch.cat([fake, rebuilt])))
+            pixel = autoencoder.pixel_loss(rebuilt, photos, s.edge_weight)
+            total = g_loss + s.reconstruction_weight * pixel
+            self.e_optim.zero_grad(set_to_none=True)
+            figures["pixel"] = float(pixel.detach())
         self.g_optim.zero_grad(set_to_none=True)
-        g_loss.backward()
+        total.backward()
         self.g_optim.step()
+        if self.e_optim is not None:
+            self.e_optim.step()
         figures["g_loss"] = float(g_loss.detach())
         if s.path_length_weight > 0 and self.step_count % s.g_reg_every == 0:
             penalty, self.mean_path = _path_length_penalty(g, s, self.mean_path, rng)
@@ -219,7 +249,7 @@ def plan_steps(s: GeneratorSettings, photos: torch.Tensor, budget_s: float, seed
         warm = autoencoder.PretrainSettings(size=s.size, batch_size=s.batch_size, autoencoder_steps=1)
         warm_s = _seconds_per_call(lambda: autoencoder.train_autoencoder(encoder, g, photos, warm, rng,
                                                                          lambda line: None))
-        trainer = AdversarialTrainer(g, d, s, rng)
+        trainer = AdversarialTrainer(g, d, s, rng, encoder)
         gan_s = _seconds_per_call(lambda: trainer.step(_real_batch(photos, s, rng)), repeats=3)
         gan_s *= 1 + 0.5 / max(s.d_reg_every, 1)        # the lazy R1 step costs about half a D step
     spend = max(budget_s * s.plan_margin, 1.0)
@@ -279,8 +309,10 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
     started = time.perf_counter()
     s = dataclasses.replace(settings or GeneratorSettings(), size=size)
     if warm_steps is None or gan_steps is None:
-        # A tiny budget cannot use thousands of photos; rendering them would eat it (~10 ms a photo).
-        s = dataclasses.replace(s, identities=min(s.identities, max(32, int(budget_s * 3))))
+        # A tiny budget cannot use thousands of photos (rendering them would eat it, ~10 ms a photo), nor 300
+        # mapping steps (~30 ms each): both shrink with the budget (full size from ~20 minutes on).
+        s = dataclasses.replace(s, identities=min(s.identities, max(32, int(budget_s * 3))),
+                                mapping_steps=min(s.mapping_steps, max(25, int(budget_s / 4))))
     base = str(out_dir).rstrip("/")
     photos = training_photos(s)
     render_s = time.perf_counter() - started
@@ -313,7 +345,7 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
         warm = autoencoder.PretrainSettings(size=s.size, style_dim=s.style_dim, n_mlp=s.n_mlp,
                                             channel_multiplier=s.channel_multiplier, channel_max=s.channel_max,
                                             seed=seed, batch_size=s.batch_size, autoencoder_steps=warm_steps,
-                                            mapping_steps=s.mapping_steps)
+                                            mapping_steps=s.mapping_steps, edge_weight=s.edge_weight)
         if warm_steps > 0:
             warm_steps = autoencoder.train_autoencoder(encoder, g, photos, warm, rng, log,
                                                        deadline=warm_deadline if enforce_budget else None)
@@ -327,7 +359,7 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
         phase = time.perf_counter()
         g.train()
         d.train()
-        trainer = AdversarialTrainer(g, d, s, rng)
+        trainer = AdversarialTrainer(g, d, s, rng, encoder)
         history: list[dict[str, float]] = []
         log_every = max(gan_steps // 10, 1)
         grid_every = max(gan_steps // progress_grids, 1) if progress_grids > 0 else 0
@@ -339,9 +371,10 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
             if step % log_every == 0 or step == gan_steps or out_of_time:
                 recent = history[-log_every:]
                 mean = {k: sum(h[k] for h in recent if k in h) / max(sum(k in h for h in recent), 1)
-                        for k in ("d_loss", "g_loss", "real_logit", "fake_logit")}
+                        for k in ("d_loss", "g_loss", "real_logit", "fake_logit", "pixel")}
                 log(f"  adversarial {step}/{gan_steps}  D loss {mean['d_loss']:.3f}  G loss {mean['g_loss']:.3f}  "
                     f"D(real) {mean['real_logit']:+.2f}  D(fake) {mean['fake_logit']:+.2f}  "
+                    + (f"pixel L1 {mean['pixel']:.4f}  " if trainer.encoder is not None else "") +
                     f"{(time.perf_counter() - phase) / step:.2f} s/step" + ("  (time budget reached)" if out_of_time
                                                                            else ""))
             if out_of_time:

@@ -51,8 +51,9 @@ WARNING = ("WORLD instruments from fstrain.world.pretrain: trained on synthetic 
 Log = Callable[[str], None]
 
 # Share of the total budget per stage (the remaining time is re-split over the remaining stages as they run).
-SHARES = {"identity": 0.07, "perceptual": 0.08, "generator": 0.38, "encoders": 0.17, "reader": 0.12,
-          "eval_identity": 0.06, "report": 0.12}
+# G gets the most: its samples are what the demo shows, and on CPU it is the furthest from done.
+SHARES = {"identity": 0.06, "perceptual": 0.06, "generator": 0.45, "encoders": 0.12, "reader": 0.13,
+          "eval_identity": 0.05, "report": 0.13}
 FILES = {"identity": "identity.pth", "lpips_backbone": "lpips_alex_backbone.pth", "generator": "generator.pt",
          "encoder_wplus": "encoder_wplus.pt", "encoder_zplus": "encoder_zplus.pt",
          "eval_features": "eval_features.pth", "eval_identity": "eval_identity.pth"}
@@ -133,6 +134,21 @@ def _half_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fp16 for weights; BatchNorm statistics and integer buffers stay as they are."""
     return {k: v.half() if v.is_floating_point() and not k.endswith(("running_mean", "running_var")) else v
             for k, v in state.items()}
+
+
+# Float16 halves the folder (the issue's 30 MB for shipping it): the generator's g/d/g_ema and the encoders' weights.
+# Every loader copies into float32 modules, so the report below already measures the rounded weights.
+HALVED_FILES = ("generator", "encoder_wplus", "encoder_zplus")
+
+
+def halve_checkpoint(path: Path) -> None:
+    """Rewrite a rosinality training checkpoint ({"g", "d", "g_ema", ...}) or a pSp checkpoint ({"state_dict",
+    ...}) with float16 weights; latent_avg, opts and args stay as they are."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("g", "d", "g_ema", "state_dict"):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint[key] = _half_state(checkpoint[key])
+    save_torch(checkpoint, str(path))
 
 
 def save_identity_half(path: Path, net: nn.Module) -> None:
@@ -439,6 +455,10 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
                                                          seed=seed + 300, file=FILES["eval_identity"],
                                                          n_ids=plan.eval_identity_ids,
                                                          views=plan.eval_identity_views))
+    for key in HALVED_FILES:
+        halve_checkpoint(out / FILES[key])
+    from fstrain.world.generator import WARM_ENCODER_FILE
+    (out / WARM_ENCODER_FILE).unlink(missing_ok=True)    # consumed: the encoders stage started E_w+ from it
     reference_info: dict[str, Any] = {}
 
     def report_stage(budget: float) -> dict[str, Any]:
