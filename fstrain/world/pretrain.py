@@ -20,7 +20,9 @@ and the *evaluation* instruments, trained on other identities, with other seeds 
 Identities: TRAIN / EVAL / HELDOUT of `fstrain.world.splits`. Each stage gets a share of the budget (unused time
 passes on to later stages) and prints its time. Rendering and data sizes shrink with the budget, so a tiny budget
 gives a quick end-to-end run (tests). The 32 px autoencoder warm start (fstrain.world.autoencoder, the demo's
-current base model) is trained too (or read from --reference-autoencoder) as the FID reference G must beat.
+base model before assets/world64) is trained too (or read from --reference-autoencoder) as the FID reference G
+must beat. G and the encoders are stored in float16 before the report, so the report measures the shipped files;
+the generator's warm-start encoder is deleted once the encoders stage has started from it.
 
 !! World instruments, not real ones: they know the synthetic world only. Real runs use FFHQ StyleGAN2, pSp,
 !! ArcFace, LPIPS (ImageNet) and Inception weights through the same config keys (README, "Real checkpoints").
