@@ -187,16 +187,104 @@ def prepare_world(root: str, *, images_per_style: int, image_size: int = 32, sty
     return seconds
 
 
-def write_photos(dest: str, *, count: int, size: int, seed: int = 7) -> None:
-    """Aligned synthetic photos (PNG) under `dest`, the input folder/prefix of the batch job."""
-    import io
+PHOTO_SEED = 7    # the world seed of the demo's photos (style datasets use 1000+; the instruments 15001..15003)
 
+
+def write_photos(dest: str, *, count: int, size: int, seed: int = PHOTO_SEED) -> None:
+    """Aligned synthetic photos (PNG) under `dest`, the input folder/prefix of the batch job."""
+    from fstrain.data.images import encode_png
     from fstrain.data.synthetic import generate
 
     for key, image, _ in generate("photo", count, size, seed):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        storage.write_bytes(storage.join(dest, f"{key}.png"), buf.getvalue())
+        storage.write_bytes(storage.join(dest, f"{key}.png"), encode_png(image))
+
+
+def write_truths(dest: str, *, count: int, size: int, styles=STYLES, seed: int = PHOTO_SEED) -> None:
+    """The ground truth of every photo `write_photos` writes with the same count and seed: the world's render of
+    the same person in the same view in each style, as `<dest>/<style>/<photo key>` (batch.stylize --truth)."""
+    from fstrain.data.images import encode_png
+    from fstrain.data.synthetic import generate
+
+    for style in styles:
+        for key, image, _ in generate(style, count, size, seed):
+            storage.write_bytes(storage.join(dest, style, f"{key}.png"), encode_png(image))
+
+
+FIDELITY_ROWS = (("baseline G*", "baseline"), ("SC&PC G'", "sc+pc"))   # (label, fine-tune folder of the run)
+
+
+def _read_images(uris: list[str], size: int):
+    import numpy as np
+
+    from fstrain.data.images import decode_pixels
+    from fstrain.world.splits import to_tensor
+
+    return to_tensor(np.stack([decode_pixels(storage.read_bytes(uri), uri, size) for uri in uris]))
+
+
+def ground_truth_fidelity(config, *, root: str, run_id: str, photos_uri: str, truth_uri: str, styles=STYLES,
+                          batch_size: int = 16) -> dict:
+    """Per style and row of FIDELITY_ROWS: G(E(photo)) of the run's fine-tune against the photo's ground truth,
+    measured by fstrain.study.evaluation with the evaluation nets of `<root>/models` (fstrain.study.instruments).
+    Returns {"instruments": [labels], "styles": {style: {label: {gt_perceptual, gt_attribute, ...}}}}."""
+    import torch
+
+    from fstrain.models.hub import ModelHub
+    from fstrain.study.evaluation import ground_truth_fidelity as measure, stylize_all
+    from fstrain.study.instruments import load_instruments
+    from fstrain.study.settings import StudyEvaluationConfig
+
+    device = torch.device("cpu")
+    hub = ModelHub(config.models, root)
+    encoder = hub.encoder("encoder_wplus", device)
+    instruments = load_instruments(StudyEvaluationConfig(feature_net="none"), config, root, device)
+    photo_uris = storage.list_uris(photos_uri, suffixes=".png")
+    if not photo_uris:
+        raise FileNotFoundError(f"no photos (*.png) under {photos_uri}")
+    keys = [uri[len(photos_uri.rstrip("/")) + 1:] for uri in photo_uris]
+    table: dict = {"instruments": [label["label"] for label in instruments.describe()], "photos": len(keys),
+                   "styles": {}}
+    for style in styles:
+        rows = {}
+        for label, mode in FIDELITY_ROWS:
+            g = hub.generator_at(layout.final_generator(layout.mode_run(root, run_id, style, mode)),
+                                 load_discriminator=False).generator.eval()
+            photos = _read_images(photo_uris, g.size)
+            truths = _read_images([storage.join(truth_uri, style, key) for key in keys], g.size)
+            outputs, _ = stylize_all(encoder, g, photos, batch_size, device)
+            row = measure(outputs, truths, instruments, batch_size, device)
+            row.pop("gt_attribute_per_attribute", None)
+            rows[label] = row
+        table["styles"][style] = rows
+    return table
+
+
+def fidelity_lines(table: dict) -> list[str]:
+    """The summary's table: per style, GT perceptual distance and GT attribute error of each row, and which row is
+    lower on each (as measured; lower = closer to the true stylized person)."""
+    (base_label, _), (ours_label, _) = FIDELITY_ROWS
+    has_attributes = any(row["gt_attribute"] is not None for rows in table["styles"].values() for row in rows.values())
+    lines = [f"ground-truth fidelity on the {table['photos']} demo photos (lower = closer to the world's render of "
+             f"the same person in the style):",
+             f"  {'style':<13} {'row':<12} {'GT perceptual':>13} {'GT attribute err':>16}"]
+
+    def lower(metric: str, rows: dict) -> str:
+        a, b = rows[base_label][metric], rows[ours_label][metric]
+        if a is None or b is None:
+            return "n/a"
+        return "tie" if a == b else (ours_label if b < a else base_label)
+
+    for style, rows in table["styles"].items():
+        for label in (base_label, ours_label):
+            row = rows[label]
+            attribute = "n/a" if row["gt_attribute"] is None else f"{row['gt_attribute']:.4f}"
+            lines.append(f"  {style:<13} {label:<12} {row['gt_perceptual']:>13.4f} {attribute:>16}")
+        lines.append(f"  {'':<13} lower: perceptual {lower('gt_perceptual', rows)}"
+                     + (f", attribute {lower('gt_attribute', rows)}" if has_attributes else ""))
+    if not has_attributes:
+        lines.append("  (no attribute reader in the models folder's models.json: GT attribute error not measured)")
+    lines.append("  instruments: " + "; ".join(table["instruments"]))
+    return lines
 
 
 def submit(cluster, entrypoint: list[str], *, log=print, timeout_s: float = 1800) -> None:
@@ -211,6 +299,13 @@ def submit(cluster, entrypoint: list[str], *, log=print, timeout_s: float = 1800
         raise RuntimeError(f"ray job `{' '.join(entrypoint)}` failed (exit {done.returncode}); its log is above")
 
 
+def batch_entrypoint(root: str, photos_uri: str, truth_uri: str, out_uri: str) -> list[str]:
+    """The demo's batch job: every photo into every style, the gallery with each style's ground truth."""
+    return ["python", "-m", "batch.stylize", "--input", photos_uri, "--output", out_uri, "--styles", ",".join(STYLES),
+            "--root", root, "--config", str(DEMO_CONFIG.relative_to(REPO_ROOT)), "--aligned", "--job-id", RUN_ID,
+            "--truth", truth_uri]
+
+
 def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, log=print) -> dict:
     from cluster.local import local_head
 
@@ -220,22 +315,29 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
                                  log=log)
     log(notice(pretrained_s))
     photos_uri = layout.demo_photos(root)
-    write_photos(photos_uri, count=photos, size=64)
-    log(f"wrote {photos} aligned synthetic photos to {photos_uri}")
+    write_photos(photos_uri, count=photos, size=DEMO_IMAGE_SIZE)
+    truth_uri = layout.demo_truth(root)
+    write_truths(truth_uri, count=photos, size=DEMO_IMAGE_SIZE)
+    log(f"wrote {photos} aligned synthetic photos to {photos_uri} and their ground truth in each style to {truth_uri}")
     out_uri = layout.demo_stylized(root)
     with local_head(state_dir, num_cpus=4) as cluster:
         log(f"local Ray head at {cluster.dashboard_url} (loopback only)")
         submit(cluster, ["python", "-m", "cluster.train", str(DEMO_CONFIG.relative_to(REPO_ROOT)),
                          "--root", root, "--run-id", RUN_ID], log=log)
-        submit(cluster, ["python", "-m", "batch.stylize", "--input", photos_uri, "--output", out_uri,
-                         "--styles", ",".join(STYLES), "--root", root, "--config",
-                         str(DEMO_CONFIG.relative_to(REPO_ROOT)), "--aligned", "--job-id", RUN_ID], log=log)
+        submit(cluster, batch_entrypoint(root, photos_uri, truth_uri, out_uri), log=log)
     summary = storage.read_json(layout.run_summary(root, RUN_ID))
+    from fstrain.config import load_config
+    from fstrain.settings import PipelineConfig
+
+    trained = [style for style in STYLES if summary["styles"].get(style, {}).get("status") == "ok"]
+    fidelity = ground_truth_fidelity(load_config(str(DEMO_CONFIG), PipelineConfig), root=root, run_id=RUN_ID,
+                                     photos_uri=photos_uri, truth_uri=truth_uri, styles=trained)
+    storage.write_json(layout.demo_fidelity(root), fidelity)
     result = {"root": root, "summary": layout.run_summary(root, RUN_ID),
               "gallery_html": storage.join(out_uri, "gallery.html"),
               "contact_sheet": storage.join(out_uri, "contact_sheet.png"),
               "manifest": storage.join(out_uri, "manifest.jsonl"),
-              "batch_summary": storage.join(out_uri, "summary.json"),
+              "batch_summary": storage.join(out_uri, "summary.json"), "fidelity": layout.demo_fidelity(root),
               "styles": {s: v["status"] for s, v in summary["styles"].items()},
               "pretrain_s": pretrained_s, "wall_s": round(time.time() - started, 1)}
     log("")
@@ -244,7 +346,10 @@ def run_demo(root: str, *, images_per_style: int, photos: int, state_dir: Path, 
     for style, status in result["styles"].items():
         log(f"  {style:<13} {status:<7} {summary['styles'][style].get('published_uri')}")
     log(f"manifest:      {result['manifest']} (one line per photo; counts in {result['batch_summary']})")
-    log(f"gallery:       {result['gallery_html']}")
+    for line in fidelity_lines(fidelity):
+        log(line)
+    log(f"fidelity:      {result['fidelity']}")
+    log(f"gallery:       {result['gallery_html']} (with each style's ground-truth column)")
     log(f"contact sheet: {result['contact_sheet']}")
     log(f"demo finished in {result['wall_s']} s")
     return result

@@ -186,6 +186,17 @@ def demo_photos(root: str) -> str:
     return storage.join(root, "inputs", "photos")
 
 
+def demo_truth(root: str) -> str:
+    """`inputs/truth/<style>/<photo key>`: the world's render of each demo photo's person, same view, in the style
+    (batch.stylize --truth reads this layout)."""
+    return storage.join(root, "inputs", "truth")
+
+
+def demo_fidelity(root: str) -> str:
+    """The demo's ground-truth fidelity table (baseline G* vs SC&PC G' per style), as cluster.demo printed it."""
+    return storage.join(root, "ground_truth_fidelity.json")
+
+
 def demo_stylized(root: str) -> str:
     """The demo's batch output folder (inside it, batch.stylize's own layout)."""
     return storage.join(root, "stylized")

@@ -126,22 +126,32 @@ def measure_generator(g: nn.Module, *, base: nn.Module, encoder: nn.Module, imag
         row["fid"] = frechet_distance_between(
             feature_statistics(instruments.extractor, outputs, batch_size, device), reference_stats)
     row["perceptual"] = _mean_lpips(instruments.lpips, images.photos, outputs, batch_size, device)
-    row["gt_perceptual"] = _mean_lpips(instruments.lpips, outputs, images.truths, batch_size, device)
     if is_base:
         row["semantic"] = 0.0    # d_sem(G, G) = 0 by definition
     else:
         row["semantic"] = semantic_distance(base, g, instruments.lpips, instruments.identity, lambda_id=lambda_id,
                                             num_samples=semantic_samples, seed=seed, batch_size=batch_size).total
+    row.update(ground_truth_fidelity(outputs, images.truths, instruments, batch_size, device))
+    return row, outputs
+
+
+@torch.no_grad()
+def ground_truth_fidelity(outputs: torch.Tensor, truths: torch.Tensor, instruments: Instruments, batch_size: int,
+                          device: torch.device) -> dict[str, Any]:
+    """How close each stylized photo is to the world's render of the same person in the style: gt_perceptual,
+    and where the instruments have the nets, gt_identity, retrieval_top1 and gt_attribute (None otherwise)."""
+    row: dict[str, Any] = {"gt_perceptual": _mean_lpips(instruments.lpips, outputs, truths, batch_size, device),
+                           "gt_identity": None, "retrieval_top1": None, "gt_attribute": None}
     if instruments.identity is not None:
         out_emb = _embed(instruments.identity, outputs, batch_size, device)
-        truth_emb = _embed(instruments.identity, images.truths, batch_size, device)
+        truth_emb = _embed(instruments.identity, truths, batch_size, device)
         row["gt_identity"] = float(identity_distance(out_emb, truth_emb).double().mean())
         row["retrieval_top1"] = retrieval_top1(out_emb, truth_emb)
     if instruments.attributes is not None:
-        errors = attribute_error(instruments.attributes, outputs.to(device), images.truths.to(device))
+        errors = attribute_error(instruments.attributes, outputs.to(device), truths.to(device))
         row["gt_attribute"] = errors["mean"]
         row["gt_attribute_per_attribute"] = errors
-    return row, outputs
+    return row
 
 
 def parameter_count(module: nn.Module) -> int:
