@@ -242,7 +242,9 @@ def ground_truth_fidelity(config, *, root: str, run_id: str, photos_uri: str, tr
     if not photo_uris:
         raise FileNotFoundError(f"no photos (*.png) under {photos_uri}")
     keys = [uri[len(photos_uri.rstrip("/")) + 1:] for uri in photo_uris]
-    table: dict = {"instruments": [label["label"] for label in instruments.describe()], "photos": len(keys),
+    used = ("perceptual net", "attribute reader")      # the two nets this table's numbers come from
+    table: dict = {"instruments": [i["label"] for i in instruments.describe() if i["role"] in used],
+                   "photos": len(keys),
                    "styles": {}}
     for style in styles:
         rows = {}

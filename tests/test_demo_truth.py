@@ -138,4 +138,5 @@ def test_summary_table_has_baseline_and_scpc_rows_per_style_recomputed_from_the_
             assert re.search(rf"{style}\s+{re.escape(label)}\s+{rows[label]['gt_perceptual']:.4f}\s+n/a", text)
         lower = min(rows, key=lambda label: rows[label]["gt_perceptual"])
         assert f"lower: perceptual {lower}" in text
-    assert "GT attribute error not measured" in text and "instruments: " in text
+    assert "GT attribute error not measured" in text and "instruments: perceptual net: " in text
+    assert "FID" not in text
