@@ -374,9 +374,9 @@ def run_cells(cells: dict[str, Cell], *, root: str, resources: dict[str, Any], m
 def run_study(study: StudyConfig, pipeline: PipelineConfig, *, root: str, out: str, styles: list[str],
               quick: bool, command: str = "", log: Callable[[str], None] = print) -> dict:
     """Train and evaluate every cell, then write the report; returns the report's JSON record."""
-    from fstrain.study.report import write_report
+    from fstrain.study.report import git_commit, write_report
 
-    started = time.time()
+    started, commit = time.time(), git_commit()
     cells = build_cells(study, pipeline, root=root, styles=styles, quick=quick)
     log(f"study {study.name}: {len(study.seeds)} seed(s) x {len(styles)} style(s), {len(cells)} cells under {root}")
     run_cells(cells, root=root, resources=style_resources(pipeline), max_retries=pipeline.cluster.max_retries,
@@ -385,7 +385,8 @@ def run_study(study: StudyConfig, pipeline: PipelineConfig, *, root: str, out: s
                           "run_id": c.run_id, "folder": c.folder} for key, c in cells.items()}
     evaluations = [c.record["output"] for c in cells.values() if c.stage == "evaluate" and c.record.get("output")]
     record = write_report(out, study=study, evaluations=evaluations, cells=cell_summary, root=root, quick=quick,
-                          wall_s=time.time() - started, pipeline=pipeline, command=command)
+                          wall_s=time.time() - started, pipeline=pipeline, command=command,
+                          commit=commit)
     failed = [k for k, c in cells.items() if c.status in ("failed", "not run")]
     log(f"report: {storage.join(out, 'study.md')} ({len(evaluations)} evaluated seed/style cells"
         f"{', ' + str(len(failed)) + ' cells failed or not run' if failed else ''}; "

@@ -142,6 +142,19 @@ def test_quick_study_trains_every_row_evaluates_against_ground_truth_and_reruns_
     again = json.loads(Path(out, "study.json").read_text())
     assert again["aggregate"] == record["aggregate"]
 
+    # A study that asks for no pair-level table makes no pair-level claim; the commit given at the start is kept.
+    import dataclasses
+    from fstrain.config import load_config
+    from fstrain.settings import PipelineConfig
+    from fstrain.study.report import write_report
+    from fstrain.study.settings import load_study_config, quick_variant
+    study = dataclasses.replace(quick_variant(load_study_config(str(config))), pair_levels=[])
+    no_levels = write_report(str(tmp_path / "no-levels"), study=study, evaluations=record["evaluations"],
+                             cells=record["cells"], root=root, quick=True, wall_s=1.0,
+                             pipeline=load_config(study.pipeline, PipelineConfig), commit="c0ffee")
+    assert no_levels["best_pair_level"] == {} and no_levels["commit"] == "c0ffee"
+    assert "Pair level" not in Path(tmp_path, "no-levels", "study.md").read_text()
+
 
 def test_auto_instruments_are_the_listed_evaluation_nets_else_the_pipelines_labelled(tiny_models, tmp_path):
     import dataclasses

@@ -158,13 +158,17 @@ def picture_grid(record: dict, toonify_rows: Sequence[str]) -> tuple[Image.Image
 # ---------------------------------------------------------------- the report
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """HEAD of the checkout this code runs from, '+modified' when its tracked files differ (read at the study's
+    start: commits landing during a long run must not be credited with it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here, timeout=30).returncode == 1
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (head + ("+modified" if dirty else "")) if head else "unknown"
 
 
 def _machine() -> str:
@@ -254,7 +258,7 @@ def markdown(record: dict) -> str:
             lines += ["", "Paper (FID / semantic): " + "; ".join(f"{ROW_LABELS[r]} {paper[r][0]:.2f} / "
                                                                  f"{paper[r][1]:.3f}" for r in ROWS)]
         levels = sorted(r for r in rows if r.startswith("sc+pc@"))
-        if levels:
+        if levels and record["study"]["pair_levels"]:
             lines += ["", f"Pair level (SC&PC trained on level-L pairs; default level "
                           f"{record['default_pair_level'].get(style)}):", "", header, rule]
             for row in levels:
@@ -325,7 +329,7 @@ def verdict(checks: list[dict], stats: dict, seeds: int) -> list[str]:
 
 
 def write_report(out: str, *, study, evaluations: list[dict], cells: dict, root: str, quick: bool, wall_s: float,
-                 pipeline, command: str | None = None) -> dict:
+                 pipeline, command: str | None = None, commit: str | None = None) -> dict:
     """Write study.json, study.md, the bar charts and the picture grids under `out`; return the JSON record."""
     import sys
     stats = aggregate(evaluations)
@@ -334,7 +338,7 @@ def write_report(out: str, *, study, evaluations: list[dict], cells: dict, root:
     checks = paper_ordering_check(stats)
     default_levels = {e["style"]: e["default_pair_level"] for e in evaluations}
     best_level = {}
-    for style, rows in stats.items():
+    for style, rows in stats.items() if study.pair_levels else ():     # no pair-level table asked for: no claim
         levels = [(rows[r]["gt_perceptual"]["mean"], r) for r in rows if r.startswith("sc+pc@")
                   and rows[r]["gt_perceptual"]["mean"] is not None]
         if levels:
@@ -350,7 +354,7 @@ def write_report(out: str, *, study, evaluations: list[dict], cells: dict, root:
     record = {
         "study": config_to_dict(study), "pipeline": config_to_dict(pipeline), "root": root, "quick": quick,
         "command": command or " ".join(["python -m cluster.study", *sys.argv[1:]]),
-        "commit": _git_commit(), "machine": _machine(), "wall_s": wall_s,
+        "commit": commit or git_commit(), "machine": _machine(), "wall_s": wall_s,
         "compute_s": sum(c["run_s"] or 0.0 for c in cells.values()),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seeds": sorted({e["seed"] for e in evaluations}), "styles": styles,
