@@ -311,7 +311,13 @@ def test_read_survives_a_fault_within_the_retry_policy(s3_root, via_proxy, kind,
     storage.write_bytes(uri, payload)
     via_proxy.add(kind, method="GET", path_contains="IMG #3.jpg", times=2)   # two failures, third try succeeds
     assert storage.read_bytes(uri) == payload
-    assert via_proxy.kinds_injected() == [kind, kind]
+    if kind == "reset-after":
+        # The whole body is sent before the reset: whether the client reads it before the RST lands is a race, so
+        # the first GET may already succeed (one fault fired) or fail twice and succeed on the third try.
+        assert via_proxy.kinds_injected() in ([kind], [kind, kind])
+    else:
+        assert via_proxy.kinds_injected() == [kind, kind]
+    via_proxy.clear()
     via_proxy.add(kind, method="GET", path_contains="IMG #3.jpg", times=1)
     target = storage.download_file(uri, tmp_path / "copy.jpg")
     with open(target, "rb") as f:
