@@ -82,8 +82,7 @@ def install_world_models(models_uri: str, assets: Path = WORLD_MODELS, *, log=pr
     """Copy the committed world instruments into `models_uri` after checking each file's sha256 against the
     folder's manifest; files already there with the same sha256 are kept. Returns (anything copied, the seconds
     the pretraining command took)."""
-    import hashlib
-
+    from fstrain.provenance import sha256_uri
     from fstrain.world.pretrain import MANIFEST, verify_manifest
 
     if not (assets / MANIFEST).is_file():
@@ -97,7 +96,7 @@ def install_world_models(models_uri: str, assets: Path = WORLD_MODELS, *, log=pr
     copied = []
     for name, entry in sorted(manifest["files"].items()):
         uri = storage.join(models_uri, name)
-        if storage.exists(uri) and hashlib.sha256(storage.read_bytes(uri)).hexdigest() == entry["sha256"]:
+        if storage.exists(uri) and sha256_uri(uri) == entry["sha256"]:
             continue
         storage.write_bytes(uri, (assets / name).read_bytes())
         copied.append(name)
@@ -127,11 +126,11 @@ def ensure_pretrained_models(models_uri: str, settings=None, *, log=print) -> tu
 
 
 def _files_intact(models_uri: str, manifest: dict) -> bool:
-    import hashlib
+    from fstrain.provenance import sha256_uri
 
     for entry in manifest.get("models", {}).values():
         uri = storage.join(models_uri, entry["file"])
-        if not storage.exists(uri) or hashlib.sha256(storage.read_bytes(uri)).hexdigest() != entry["sha256"]:
+        if not storage.exists(uri) or sha256_uri(uri) != entry["sha256"]:
             return False
     return True
 
