@@ -245,14 +245,17 @@ def ground_truth_fidelity(config, *, root: str, run_id: str, photos_uri: str, tr
     table: dict = {"instruments": [i["label"] for i in instruments.describe() if i["role"] in used],
                    "photos": len(keys),
                    "styles": {}}
+    photos_at: dict = {}     # generator size -> photos, decoded once rather than per style and row
     for style in styles:
-        rows = {}
+        rows, truths = {}, None
         for label, mode in FIDELITY_ROWS:
             g = hub.generator_at(layout.final_generator(layout.mode_run(root, run_id, style, mode)),
                                  load_discriminator=False).generator.eval()
-            photos = _read_images(photo_uris, g.size)
-            truths = _read_images([storage.join(truth_uri, style, key) for key in keys], g.size)
-            outputs, _ = stylize_all(encoder, g, photos, batch_size, device)
+            if g.size not in photos_at:
+                photos_at[g.size] = _read_images(photo_uris, g.size)
+            if truths is None or truths.shape[-1] != g.size:
+                truths = _read_images([storage.join(truth_uri, style, key) for key in keys], g.size)
+            outputs, _ = stylize_all(encoder, g, photos_at[g.size], batch_size, device)
             row = measure(outputs, truths, instruments, batch_size, device)
             row.pop("gt_attribute_per_attribute", None)
             rows[label] = row
