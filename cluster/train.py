@@ -209,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         preflight.storage_usable(root, "--root", write=True)
         for style in styles:
             preflight.dataset_exists(root, style, flag="--styles")
-        levels = sorted(set(config.pairs.levels) | {config.train.pair_level})
-        keys = {"base_generator", "lpips_backbone", *level_networks(config, levels, configured_only=True)}
+        keys = {"base_generator", "lpips_backbone", *level_networks(config, pair_levels(config), configured_only=True)}
         preflight.models_exist(config, root, sorted(keys), args.config)
         run_id = args.run_id or default_run_id(args.config)
         target = ray_target(args.local)
