@@ -23,7 +23,7 @@ from torch import nn
 
 from fstrain.models.identity import IdentityEncoder, IResNet, IRSEBackbone
 from fstrain.world.splits import IdentitySet, WorldBatch, render_identities
-from fstrain.world.training import BudgetSchedule, Log, batches, set_lr
+from fstrain.world.training import BudgetSchedule, Log, batches, recent_mean, train_budgeted
 
 ARCHITECTURES = ("iresnet", "irse")
 
@@ -82,28 +82,18 @@ def train_identity_net(data: WorldBatch, s: IdentityNetSettings, seed: int, budg
     params = list(net.parameters()) + list(head.parameters())
     optim = torch.optim.AdamW([p for p in params if p.requires_grad], lr=s.lr, weight_decay=5e-4)
     schedule = BudgetSchedule(budget_s, s.max_steps, min_steps=5)
-    gen = torch.Generator().manual_seed(seed)
     net.train()
-    losses = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for idx in batches(len(images), s.batch_size, gen):
-            # Margin warm-up: no margin for the first tenth, so the class centres spread out before it bites.
-            head.margin = s.margin * min(1.0, schedule.progress() / 0.1)
-            set_lr(optim, s.lr, schedule.factor())
-            loss = head(net.backbone(_crop(net, images[idx])), labels[idx])
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            losses.append(float(loss.detach()))
-            if schedule.due():
-                log(f"  {name} step {schedule.step}  arcface loss {np.mean(losses[-50:]):.3f}  "
-                    f"({schedule.elapsed():.0f} s)")
-            if not schedule.advance():
-                break
+
+    def compute(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        # Margin warm-up: no margin for the first tenth, so the class centres spread out before it bites.
+        head.margin = s.margin * min(1.0, schedule.progress() / 0.1)
+        return head(net.backbone(_crop(net, images[idx])), labels[idx]), {}
+
+    order = batches(len(images), s.batch_size, torch.Generator().manual_seed(seed))
+    history = train_budgeted(optim, s.lr, schedule, order, compute, seed, log, f"{name} (arcface loss)")
     net.eval()
     info = {"arch": s.arch, "identities": classes, "images": len(images), "steps": schedule.step,
-            "seconds": round(schedule.elapsed(), 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
+            "seconds": round(schedule.elapsed(), 1), "final_loss": round(recent_mean(history["loss"]), 4),
             "seed": seed, "settings": {k: v for k, v in s.__dict__.items()}}
     return net, info
 

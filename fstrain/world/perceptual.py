@@ -21,6 +21,7 @@ under `lpips_lin.*` keys, which `fstrain.models.perceptual.load_lpips` uses when
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from fstrain.models.perceptual import EMBEDDED_HEADS_PREFIX, trunk_key_map
 from fstrain.models.registry import save_json, save_torch
 from fstrain.world.reading import HEADS, batch_targets, head_loss, head_widths, index_targets
 from fstrain.world.splits import IdentitySet, WorldBatch, to_tensor, view_of
-from fstrain.world.training import BudgetSchedule, Log, set_lr
+from fstrain.world.training import BudgetSchedule, Log, recent_mean, train_budgeted
 
 CATEGORICAL = ("hair_style", "bangs", "glasses", "glasses_round")
 VIEW_WEIGHT = 0.3        # a full change of view counts about as much as moving 15 % of the way to another person
@@ -100,38 +101,28 @@ def train_trunk(data: WorldBatch, s: PerceptualSettings, seed: int, budget_s: fl
     optim = torch.optim.AdamW(params, lr=s.lr, weight_decay=1e-4)
     schedule = BudgetSchedule(budget_s, s.max_steps, min_steps=5)
     rng = np.random.default_rng(seed)
-    losses, margins = [], []
     reader.train()
     model.lins.eval()     # their dropout stays off: the distance the trunk is trained on is the one it is used with
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        while True:
-            anchors, partners = _pair_batch(groups, s.batch_size // 2, rng)
-            idx = torch.from_numpy(np.concatenate([anchors, partners]))
-            set_lr(optim, s.lr, schedule.factor())
-            outs = reader.layers(images[idx])
-            loss = head_loss(reader.read(outs), index_targets(target, idx))
-            # The LPIPS distance itself (uniform heads): the same person in another view (partner) must be nearer
-            # than the next anchor, another person in the same domain.
-            n = len(anchors)
-            first = [o[:n] for o in outs]
-            near = lpips_distance(model, first, [o[n:] for o in outs])
-            far = lpips_distance(model, first, [o[:n].roll(1, 0) for o in outs])
-            loss = loss + s.triplet_weight * F.relu(s.triplet_margin + near - far).div(far.detach().mean() + 1e-6).mean()
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            losses.append(float(loss.detach()))
-            margins.append(float((near < far).float().mean()))
-            if schedule.due():
-                log(f"  perceptual trunk step {schedule.step}  loss {np.mean(losses[-50:]):.3f}  same person "
-                    f"nearer {np.mean(margins[-50:]):.2f}  ({schedule.elapsed():.0f} s)")
-            if not schedule.advance():
-                break
+
+    def compute(_: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        anchors, partners = _pair_batch(groups, s.batch_size // 2, rng)
+        idx = torch.from_numpy(np.concatenate([anchors, partners]))
+        outs = reader.layers(images[idx])
+        loss = head_loss(reader.read(outs), index_targets(target, idx))
+        # The LPIPS distance itself (uniform heads): the same person in another view (partner) must be nearer
+        # than the next anchor, another person in the same domain.
+        n = len(anchors)
+        first = [o[:n] for o in outs]
+        near = lpips_distance(model, first, [o[n:] for o in outs])
+        far = lpips_distance(model, first, [o[:n].roll(1, 0) for o in outs])
+        loss = loss + s.triplet_weight * F.relu(s.triplet_margin + near - far).div(far.detach().mean() + 1e-6).mean()
+        return loss, {"same person nearer": float((near < far).float().mean())}
+
+    history = train_budgeted(optim, s.lr, schedule, itertools.repeat(None), compute, seed, log, "perceptual trunk")
     model.eval().requires_grad_(False)
     info = {"images": len(images), "steps": schedule.step, "seconds": round(schedule.elapsed(), 1),
-            "final_loss": round(float(np.mean(losses[-50:])), 4),
-            "final_same_person_nearer": round(float(np.mean(margins[-50:])), 4), "seed": seed,
+            "final_loss": round(recent_mean(history["loss"]), 4),
+            "final_same_person_nearer": round(recent_mean(history["same person nearer"]), 4), "seed": seed,
             "heads_trained_on": sorted(HEADS)}
     return model, info
 

@@ -19,7 +19,7 @@ from fstrain.models.reader import ImageReader
 from fstrain.world.attributes import CATEGORIES, IDENTITY_COLOUR_DOMAINS, colour_error
 from fstrain.world.reading import batch_targets, head_loss, head_widths, index_targets
 from fstrain.world.splits import IdentitySet, WorldBatch, render_batch
-from fstrain.world.training import BudgetSchedule, Log, batches, set_lr
+from fstrain.world.training import BudgetSchedule, Log, batches, recent_mean, train_budgeted
 
 
 @dataclass
@@ -43,26 +43,14 @@ def train_reader(data: WorldBatch, s: ReaderSettings, seed: int, budget_s: float
     images, target = data.tensor(), batch_targets(data)
     optim = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=1e-4)
     schedule = BudgetSchedule(budget_s, s.max_steps, min_steps=5)
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
     net.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for idx in batches(len(images), s.batch_size, gen):
-            set_lr(optim, s.lr, schedule.factor())
-            loss = head_loss(net(images[idx]), index_targets(target, idx))
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            losses.append(float(loss.detach()))
-            if schedule.due():
-                log(f"  reader step {schedule.step}  reading loss {np.mean(losses[-50:]):.3f}"
-                    f"  ({schedule.elapsed():.0f} s)")
-            if not schedule.advance():
-                break
+    order = batches(len(images), s.batch_size, torch.Generator().manual_seed(seed))
+    history = train_budgeted(optim, s.lr, schedule, order,
+                             lambda idx: (head_loss(net(images[idx]), index_targets(target, idx)), {}),
+                             seed, log, "reader (reading loss)")
     net.eval().requires_grad_(False)
     info = {"images": len(images), "steps": schedule.step, "seconds": round(schedule.elapsed(), 1),
-            "final_reading_loss": round(float(np.mean(losses[-50:])), 4), "seed": seed,
+            "final_reading_loss": round(recent_mean(history["loss"]), 4), "seed": seed,
             "widths": list(s.widths)}
     return net, info
 

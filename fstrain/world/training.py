@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -61,3 +61,37 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tor
 def set_lr(optim: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
     for group in optim.param_groups:
         group["lr"] = base_lr * factor
+
+
+def train_budgeted(optim: torch.optim.Optimizer, base_lr: float, schedule: BudgetSchedule, batch_source: Iterable,
+                   compute: Callable[[Any], tuple[torch.Tensor, dict[str, float]]], seed: int, log: Log,
+                   name: str) -> dict[str, list[float]]:
+    """The loop every world instrument trains with: for each item of `batch_source`, set the scheduled learning
+    rate, take one optimiser step on `compute(item)` -> (loss, extra figures), log the running means about every
+    30 s, and stop when `schedule` says so. Torch's global RNG is seeded with `seed` inside and restored after
+    (dropout, augmentation). Returns every step's figures: {"loss": [...], <extra>: [...]}."""
+    history: dict[str, list[float]] = {"loss": []}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for item in batch_source:
+            set_lr(optim, base_lr, schedule.factor())
+            loss, figures = compute(item)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            history["loss"].append(float(loss.detach()))
+            for key, value in figures.items():
+                history.setdefault(key, []).append(float(value))
+            if schedule.due():
+                log(f"  {name} step {schedule.step}  " + "  ".join(f"{key} {recent_mean(values):.3f}"
+                                                                 for key, values in history.items())
+                    + f"  ({schedule.elapsed():.0f} s)")
+            if not schedule.advance():
+                break
+    return history
+
+
+def recent_mean(values: list[float], last: int = 50) -> float:
+    """Mean of the last `last` values (the figure a training log and a training record report)."""
+    tail = values[-last:]
+    return sum(tail) / max(len(tail), 1)
