@@ -23,7 +23,7 @@ from fstrain.world.splits import HELDOUT, render_identities
 
 SIZE = 16
 TINY = GeneratorSettings(n_mlp=2, channel_max=16, batch_size=8, identities=48, views_per_identity=1,
-                         mapping_steps=20)
+                         latent_pool=64, mapping_steps=20)
 TINY_ENCODERS = EncoderSettings(batch_size=8, identities=48, views_per_identity=1)
 
 
@@ -144,8 +144,10 @@ def test_encoders_train_against_the_generator_and_load_with_the_psp_loaders(worl
         untrained_w = float(loss(x, g.synthesis(fresh_w(x)))["l2"])
         trained_z = float(loss(x, g.synthesis(g.get_latent(e_z(x))))["l2"])
         untrained_z = float(loss(x, g.synthesis(g.get_latent(fresh_z(x))))["l2"])
-    assert trained_w < 0.5 * untrained_w, (trained_w, untrained_w)
-    assert trained_z < 0.5 * untrained_z, (trained_z, untrained_z)
+    # Both untrained encoders render about the average face (E_w+ starts from latent_avg; G's mapping was fitted
+    # from the codes' mean, fstrain.world.generator._start_at), so "far better" is 30 % below the average face.
+    assert trained_w < 0.7 * untrained_w, (trained_w, untrained_w)
+    assert trained_z < 0.7 * untrained_z, (trained_z, untrained_z)
 
 
 def test_warm_start_keeps_the_codes_under_a_different_latent_average(world_generator):

@@ -2,16 +2,20 @@
 
     train_generator(out_dir, size=64, seed=0, budget_s=1500)
 
-Two phases, both on photos of the TRAIN identities (fstrain.world.splits; held-out identities are never seen):
+Two phases, on photos of the TRAIN identities (fstrain.world.splits; held-out identities are never seen) and on a
+pool of photos drawn through the world's Gaussian latent u (fstrain.data.synthetic.params_from_normal: u ~ N(0, I)
+selects a world person and view, so z = (u, fresh normals) is an ordinary N(0, I) draw with a known rendering):
 
 1. warm start  (fstrain.world.autoencoder) G's synthesis network and a throw-away pSp encoder trained as an
-               autoencoder, then G's mapping regressed onto the Gaussian of the encoder's codes: random G(z)
-               already look like blurry portraits, so the short adversarial phase below refines instead of
-               discovering faces from noise.
+               autoencoder (pixel loss weighted up on eyes, brows and mouth), then G's mapping regressed so that
+               mapping(z) for the pool's z is the encoder's code of that z's photo (`fit_mapping_to_pairs`):
+               random G(z) already look like blurry world portraits, so the short adversarial phase below
+               refines instead of discovering faces from noise.
 2. adversarial the StyleGAN2 objective (rosinality's train.py): non-saturating logistic loss, R1 on reals with
-               lazy regularisation (every `d_reg_every` D steps, Adam betas/lr rescaled), style mixing, an EMA
+               lazy regularisation (every `d_reg_every` D steps, Adam betas/lr rescaled), optional style mixing, an EMA
                copy g_ema, optional path-length regularisation. D starts from scratch here and is saved, so the
-               fine-tune starts from a trained D as the paper's does.
+               fine-tune starts from a trained D as the paper's does. G's step also keeps the warm start's pixel
+               loss on encoder reconstructions and on the pool's G(z) against their photos (AdversarialTrainer).
 
 Output (out_dir, a folder or s3:// prefix):
     generator.pt (+ .json)   rosinality TRAINING layout {"g", "d", "g_ema", "latent_avg", "args"} (`args` a plain
@@ -48,7 +52,7 @@ from fstrain.models.psp import PSPEncoder, build_encoder, save_encoder
 from fstrain.models.stylegan2 import Discriminator, Generator
 from fstrain.stylize.images import image_grid, to_uint8
 from fstrain.world import autoencoder
-from fstrain.world.splits import TRAIN, render_identities
+from fstrain.world.splits import TRAIN, render_identities, render_latent_pool
 
 Log = Callable[[str], None]
 GENERATOR_FILE = "generator.pt"
@@ -69,7 +73,9 @@ class GeneratorSettings:
     views_per_identity: int = 2     # ... in this many views each (expression, gaze, light, background vary)
     warm_fraction: float = 0.6      # share of the training budget spent on the autoencoder warm start
     plan_margin: float = 0.8        # planned steps use this share of the budget (speed varies on a shared CPU)
-    mapping_steps: int = 300
+    latent_pool: int = 8192         # photos drawn through the world's Gaussian latent (see `world_z`)
+    mapping_steps: int = 3000       # ~20 ms each: u -> code is a curved function (hair style, glasses are discrete)
+    feature_weight: float = 3.0     # pixel-loss weight of the eye/brow band and mouth (autoencoder.face_weight_map)
     lr: float = 0.002
     d_lr_multiplier: float = 2.0    # D's lr = lr x this (a D that learns faster tells G sooner what blur looks like)
     reconstruction_weight: float = 1.0  # > 0: the adversarial phase keeps the warm start's pixel loss (below)
@@ -78,7 +84,8 @@ class GeneratorSettings:
     d_reg_every: int = 16
     path_length_weight: float = 0.0  # rosinality: 2 every 4 steps; off by default (doubles the G step on CPU)
     g_reg_every: int = 4
-    mixing: float = 0.9
+    mixing: float = 0.0             # rosinality: 0.9. Off: the pixel loss of the pool's G(z) has no target for a
+                                    # mixed code, and a D shown mixed fakes that G's step never makes is fooled by none
     ema_half_life_images: float = 2000.0
     xflip: bool = True
 
@@ -106,6 +113,57 @@ def _real_batch(photos: torch.Tensor, settings: GeneratorSettings, rng: torch.Ge
         flip = torch.rand(len(x), generator=rng) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
     return x
+
+
+def world_z(latents: torch.Tensor, style_dim: int, rng: torch.Generator) -> torch.Tensor:
+    """z whose first LATENT_DRAWS coordinates are the world latents u (fstrain.data.synthetic.params_from_normal)
+    and the rest fresh N(0, 1): distributed exactly as z ~ N(0, I), so G(z) for random z is a G(world_z(u))."""
+    z = torch.randn(len(latents), style_dim, generator=rng)
+    z[:, :latents.shape[1]] = latents
+    return z
+
+
+@torch.no_grad()
+def _start_at(mapping: nn.Sequential, codes: torch.Tensor, rng: torch.Generator) -> None:
+    """Rescale the mapping's last layer (EqualLinear + leaky ReLU(0.2) x sqrt 2) so that, for random z, its
+    pre-activations have the mean and spread of the codes' pre-activations: the regression then starts on the
+    codes' scale (as pSp starts from latent_avg) instead of wherever a random MLP points (about ten times the
+    codes' spread), and converges in far fewer steps while mapping(z) still varies with z."""
+    last = mapping[-1]
+    hidden = mapping[:-1](torch.randn(1024, codes.shape[1], generator=rng))
+    pre = torch.nn.functional.linear(hidden, last.weight * last.scale)
+    target = torch.where(codes >= 0, codes, codes / 0.2) / math.sqrt(2)
+    gain = float(target.std(0).mean() / pre.std(0).mean().clamp_min(1e-8))
+    last.weight.mul_(gain)
+    last.bias.copy_((target.mean(0) - gain * pre.mean(0)) / last.lr_mul)
+
+
+def fit_mapping_to_pairs(g: Generator, latents: torch.Tensor, codes: torch.Tensor, steps: int, lr: float,
+                         rng: torch.Generator, log: Log, batch_size: int = 256) -> float:
+    """G's mapping regressed so that mapping(world_z(u)) = the warm-start encoder's code of u's photo.
+
+    Random z then land where the encoder puts world photos, on the codes' own (curved) manifold, rather than on a
+    Gaussian fitted to it, whose off-manifold points render as faces with impossible colours. Returns the final
+    MSE relative to the codes' total variance.
+    """
+    mapping = g.style
+    _start_at(mapping, codes, rng)
+    mapping.train()
+    optim = torch.optim.Adam(mapping.parameters(), lr=lr, betas=(0.9, 0.99))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    scale = float(codes.var(0).sum())
+    loss = torch.zeros(())
+    for step in range(1, steps + 1):
+        idx = torch.randint(len(latents), (min(batch_size, len(latents)),), generator=rng)
+        loss = (mapping(world_z(latents[idx], g.style_dim, rng)) - codes[idx]).pow(2).sum(1).mean() / scale
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        schedule.step()
+        if step % max(steps // 6, 1) == 0 or step == steps:
+            log(f"  mapping {step}/{steps}  relative MSE to the paired codes {float(loss.detach()):.4f}")
+    mapping.eval()
+    return float(loss.detach())
 
 
 # ---------------------------------------------------------------- the adversarial step
@@ -146,13 +204,17 @@ class AdversarialTrainer:
     With `encoder` and `s.reconstruction_weight` > 0, half of G's step renders G.synthesis(E_w+(x)) for real photos
     x instead of G(z): those reconstructions get the adversarial loss and the warm start's pixel loss (as VQGAN
     trains its decoder), and E_w+ keeps training with G. The pixel loss pins G's layout to real faces while D's
-    gradient removes the blur, which a short CPU run of the plain GAN objective does not manage alone.
+    gradient removes the blur, which a short CPU run of the plain GAN objective does not manage alone. With a
+    `pool` of (world latent u, photo) pairs the other half renders G(world_z(u)) and gets the pixel loss to its
+    photo as well, so random samples, not only reconstructions, are pinned to world faces.
     """
 
     def __init__(self, g: Generator, d: Discriminator, s: GeneratorSettings, rng: torch.Generator,
-                 encoder: PSPEncoder | None = None):
+                 encoder: PSPEncoder | None = None, pool: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.g, self.d, self.s, self.rng = g, d, s, rng
         self.encoder = encoder if s.reconstruction_weight > 0 else None
+        self.pool = pool if s.reconstruction_weight > 0 else None
+        self.weight = autoencoder.face_weight_map(s.size, s.feature_weight)
         self.g_ema = copy.deepcopy(g).eval()
         _set_trainable(self.g_ema, False)
         g_ratio = lazy_regularization_ratio(s.g_reg_every) if s.path_length_weight > 0 else 1.0
@@ -199,14 +261,21 @@ class AdversarialTrainer:
             total = g_loss
         else:
             half = s.batch_size // 2
-            styles = _latents(g, s.batch_size - half, s.mixing, rng)
-            fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
+            if self.pool is None:
+                styles = _latents(g, s.batch_size - half, s.mixing, rng)
+                fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
+            else:   # z drawn through the world's latent: each sample has its own rendering as a target
+                pool_latents, pool_photos = self.pool
+                idx = torch.randint(len(pool_latents), (s.batch_size - half,), generator=rng)
+                fake = g([world_z(pool_latents[idx], g.style_dim, rng)])[0]
+                paired = autoencoder.pixel_loss(fake, pool_photos[idx], s.edge_weight, self.weight)
+                figures["pixel_paired"] = float(paired.detach())
             photos = real[:half]
             self.encoder.train()
             rebuilt = g.synthesis(self.encoder(photos), randomize_noise=True)
             g_loss = generator_adversarial_loss(d(torch.cat([fake, rebuilt])))
-            pixel = autoencoder.pixel_loss(rebuilt, photos, s.edge_weight)
-            total = g_loss + s.reconstruction_weight * pixel
+            pixel = autoencoder.pixel_loss(rebuilt, photos, s.edge_weight, self.weight)
+            total = g_loss + s.reconstruction_weight * (pixel + (paired if self.pool is not None else 0.0))
             self.e_optim.zero_grad(set_to_none=True)
             figures["pixel"] = float(pixel.detach())
         self.g_optim.zero_grad(set_to_none=True)
@@ -239,17 +308,19 @@ def _seconds_per_call(fn: Callable[[], Any], repeats: int = 2) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def plan_steps(s: GeneratorSettings, photos: torch.Tensor, budget_s: float, seed: int) -> dict[str, float]:
+def plan_steps(s: GeneratorSettings, photos: torch.Tensor, pool: tuple[torch.Tensor, torch.Tensor], budget_s: float,
+               seed: int) -> dict[str, float]:
     """Steps of each phase that fit `budget_s`, from the measured speed of throw-away copies of the models."""
     rng = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         g, d = s.generator(), s.discriminator()
         encoder = PSPEncoder(build_encoder("tiny", g.n_latent, s.style_dim, min(s.size, 64), seed=seed),
                              torch.zeros(g.n_latent, s.style_dim), "w+")
-        warm = autoencoder.PretrainSettings(size=s.size, batch_size=s.batch_size, autoencoder_steps=1)
+        warm = autoencoder.PretrainSettings(size=s.size, batch_size=s.batch_size, autoencoder_steps=1,
+                                            feature_weight=s.feature_weight)
         warm_s = _seconds_per_call(lambda: autoencoder.train_autoencoder(encoder, g, photos, warm, rng,
                                                                          lambda line: None))
-        trainer = AdversarialTrainer(g, d, s, rng, encoder)
+        trainer = AdversarialTrainer(g, d, s, rng, encoder, pool)
         gan_s = _seconds_per_call(lambda: trainer.step(_real_batch(photos, s, rng)), repeats=3)
         gan_s *= 1 + 0.5 / max(s.d_reg_every, 1)        # the lazy R1 step costs about half a D step
     spend = max(budget_s * s.plan_margin, 1.0)
@@ -312,16 +383,19 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
         # A tiny budget cannot use thousands of photos (rendering them would eat it, ~10 ms a photo), nor 300
         # mapping steps (~30 ms each): both shrink with the budget (full size from ~20 minutes on).
         s = dataclasses.replace(s, identities=min(s.identities, max(32, int(budget_s * 3))),
-                                mapping_steps=min(s.mapping_steps, max(25, int(budget_s / 4))))
+                                latent_pool=min(s.latent_pool, max(64, int(budget_s * 8))),
+                                mapping_steps=min(s.mapping_steps, max(25, int(budget_s * 2.5))))
     base = str(out_dir).rstrip("/")
     photos = training_photos(s)
+    pool = render_latent_pool(s.latent_pool, s.size, seed)
     render_s = time.perf_counter() - started
     log(f"world generator: {len(photos)} TRAIN photos ({s.identities} identities x {s.views_per_identity} views, "
-        f"{s.size} px) rendered in {render_s:.0f} s")
+        f"{s.size} px) and {len(pool[0])} photos drawn through the world latent rendered in {render_s:.0f} s")
 
     plan: dict[str, float] = {}
     if warm_steps is None or gan_steps is None:
-        plan = plan_steps(s, photos, budget_s - (time.perf_counter() - started) - s.mapping_steps * 0.02, seed)
+        plan = plan_steps(s, photos, pool, budget_s - (time.perf_counter() - started) - s.mapping_steps * 0.03,
+                          seed)
         log(f"  measured {plan['warm_s_per_step']:.2f} s/step warm start, {plan['gan_s_per_step']:.2f} s/step "
             f"adversarial; planned {plan['warm_steps']} + {plan['gan_steps']} steps")
     enforce_budget = bool(plan)
@@ -345,13 +419,15 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
         warm = autoencoder.PretrainSettings(size=s.size, style_dim=s.style_dim, n_mlp=s.n_mlp,
                                             channel_multiplier=s.channel_multiplier, channel_max=s.channel_max,
                                             seed=seed, batch_size=s.batch_size, autoencoder_steps=warm_steps,
-                                            mapping_steps=s.mapping_steps, edge_weight=s.edge_weight)
+                                            mapping_steps=s.mapping_steps, edge_weight=s.edge_weight,
+                                            feature_weight=s.feature_weight)
         if warm_steps > 0:
             warm_steps = autoencoder.train_autoencoder(encoder, g, photos, warm, rng, log,
                                                        deadline=warm_deadline if enforce_budget else None)
             with torch.no_grad():
-                codes = torch.cat([encoder(photos[i:i + 256]).mean(1) for i in range(0, len(photos), 256)])
-            autoencoder.fit_mapping(g, codes, warm, rng, log)
+                codes = torch.cat([encoder(pool[1][i:i + 256]).mean(1) for i in range(0, len(pool[1]), 256)])
+            figures["mapping_relative_mse"] = round(
+                fit_mapping_to_pairs(g, pool[0], codes, s.mapping_steps, warm.mapping_lr, rng, log), 5)
         figures["warm_seconds"] = round(time.perf_counter() - phase, 1)
         figures["warm_heldin_pixel_l1"] = round(autoencoder.reconstruction_error(encoder, g, photos[:256]), 5)
 
@@ -359,7 +435,7 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
         phase = time.perf_counter()
         g.train()
         d.train()
-        trainer = AdversarialTrainer(g, d, s, rng, encoder)
+        trainer = AdversarialTrainer(g, d, s, rng, encoder, pool)
         history: list[dict[str, float]] = []
         log_every = max(gan_steps // 10, 1)
         grid_every = max(gan_steps // progress_grids, 1) if progress_grids > 0 else 0
@@ -371,10 +447,11 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
             if step % log_every == 0 or step == gan_steps or out_of_time:
                 recent = history[-log_every:]
                 mean = {k: sum(h[k] for h in recent if k in h) / max(sum(k in h for h in recent), 1)
-                        for k in ("d_loss", "g_loss", "real_logit", "fake_logit", "pixel")}
+                        for k in ("d_loss", "g_loss", "real_logit", "fake_logit", "pixel", "pixel_paired")}
                 log(f"  adversarial {step}/{gan_steps}  D loss {mean['d_loss']:.3f}  G loss {mean['g_loss']:.3f}  "
                     f"D(real) {mean['real_logit']:+.2f}  D(fake) {mean['fake_logit']:+.2f}  "
-                    + (f"pixel L1 {mean['pixel']:.4f}  " if trainer.encoder is not None else "") +
+                    + (f"pixel L1 {mean['pixel']:.4f}  " if trainer.encoder is not None else "")
+                    + (f"paired {mean['pixel_paired']:.4f}  " if trainer.pool is not None else "") +
                     f"{(time.perf_counter() - phase) / step:.2f} s/step" + ("  (time budget reached)" if out_of_time
                                                                            else ""))
             if out_of_time:
@@ -396,7 +473,7 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
     seconds = round(time.perf_counter() - started, 1)
     metadata = {"random_init": False, "seed": seed, "world_generator": {
         "settings": dataclasses.asdict(s), "warm_steps": warm_steps, "gan_steps": gan_steps, "seconds": seconds,
-        "photos": len(photos), "identity_set": TRAIN.name, "identity_seed": TRAIN.seed, **figures},
+        "photos": len(photos), "latent_pool_photos": len(pool[0]), "identity_set": TRAIN.name, "identity_seed": TRAIN.seed, **figures},
         "warning": "trained on the synthetic portrait world only (fstrain.world.generator), not on real faces"}
     generator_uri = storage.join(base, GENERATOR_FILE)
     save_training_checkpoint(generator_uri, g, d, g_ema, latent_avg, args, metadata)

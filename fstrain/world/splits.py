@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fstrain.data.synthetic import DOMAINS, Identity, View, identity_rng, render, sample_identity, sample_view, \
-    with_pose
+from fstrain.data.synthetic import DOMAINS, LATENT_DRAWS, Identity, View, identity_rng, params_from_normal, render, \
+    sample_identity, sample_view, with_pose
 
 POSES = ("aligned", "jitter")
 
@@ -176,3 +176,28 @@ def render_domain_per_identity(identity_set: IdentitySet, n_identities: int, vie
     person in several views, for metric learning)."""
     ids, views = grid_indices(n_identities, views_per_identity, first_identity)
     return render_batch(identity_set, ids, views, [domains[k % len(domains)] for k in ids], size, pose)
+
+
+def _render_latents(args: tuple) -> np.ndarray:
+    latents, size = args
+    return np.stack([np.asarray(render(*params_from_normal(u), "photo", size)[0].convert("RGB")) for u in latents])
+
+
+def render_latent_pool(count: int, size: int, seed: int, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` world photos drawn through the world's Gaussian latent (fstrain.data.synthetic.params_from_normal):
+    (u (count, LATENT_DRAWS) float32, photos (count, 3, size, size) in [-1, 1]).
+
+    The people are fresh draws of the world's distribution: with continuous parameters none of them is one of the
+    EVAL or HELDOUT identities. Same result for a seed on every machine and for any `workers`.
+    """
+    latents = np.random.default_rng([seed, 57]).standard_normal((count, LATENT_DRAWS)).astype(np.float32)
+    bounds = np.linspace(0, count, max(workers, 1) * 4 + 1).astype(int)
+    jobs = [(latents[a:b], size) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if workers <= 1 or count < 64:
+        chunks = [_render_latents(job) for job in jobs]
+    else:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            chunks = pool.map(_render_latents, jobs)
+    images = torch.from_numpy(np.concatenate(chunks)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(latents), images.contiguous()

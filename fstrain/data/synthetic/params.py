@@ -9,6 +9,7 @@ landmarks on the FFHQ 5-point template (eyes at y≈240, nose tip ≈314, mouth 
 from __future__ import annotations
 
 import colorsys
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -208,3 +209,62 @@ def identity_rng(seed: int, index: int) -> np.random.Generator:
 
 def view_rng(seed: int, index: int, aligned: bool) -> np.random.Generator:
     return np.random.default_rng([seed, index, 1, int(aligned)])
+
+
+class GaussianDraws:
+    """A stand-in for the numpy Generator that `sample_identity` / `sample_view` draw from, fed by a vector `u`
+    of standard normals: each draw consumes the next entry, through the normal CDF for uniform / integer draws.
+
+    With u ~ N(0, I) the parameters have exactly the world's distribution, and they are a (piecewise) smooth
+    function of u. A generator trained with z = u therefore has the world's own latent space as its Z
+    (fstrain.world.generator): random z are world people, and each z has its rendering as a target.
+    """
+
+    def __init__(self, u: np.ndarray):
+        self.u = np.asarray(u, np.float64).reshape(-1)
+        self.used = 0
+
+    def _next(self) -> float:
+        if self.used >= len(self.u):
+            raise ValueError(f"GaussianDraws: the sampler asked for more than the {len(self.u)} normals given")
+        value = float(self.u[self.used])
+        self.used += 1
+        return value
+
+    def _uniform01(self) -> float:
+        p = 0.5 * (1.0 + math.erf(self._next() / math.sqrt(2.0)))
+        return min(max(p, 1e-12), 1.0 - 1e-12)
+
+    def random(self) -> float:
+        return self._uniform01()
+
+    def uniform(self, low: float = 0.0, high: float = 1.0) -> float:
+        return low + (high - low) * self._uniform01()
+
+    def normal(self, loc: float = 0.0, scale: float = 1.0) -> float:
+        return loc + scale * self._next()
+
+    def integers(self, low: int, high: int | None = None) -> int:
+        low, high = (0, low) if high is None else (low, high)
+        return low + min(int((high - low) * self._uniform01()), high - low - 1)
+
+
+def _draws_used(sample) -> int:
+    draws = GaussianDraws(np.zeros(256))
+    sample(draws)
+    return draws.used
+
+
+IDENTITY_DRAWS: int = _draws_used(lambda d: sample_identity(d, ""))   # type: ignore[arg-type]
+VIEW_DRAWS: int = _draws_used(lambda d: sample_view(d, True))         # type: ignore[arg-type]
+LATENT_DRAWS: int = IDENTITY_DRAWS + VIEW_DRAWS
+
+
+def params_from_normal(u: np.ndarray, identity_id: str = "") -> tuple[Identity, View]:
+    """The aligned (identity, view) that the first LATENT_DRAWS entries of `u` select (see GaussianDraws)."""
+    u = np.asarray(u, np.float64).reshape(-1)
+    if len(u) < LATENT_DRAWS:
+        raise ValueError(f"params_from_normal needs {LATENT_DRAWS} normals, got {len(u)}")
+    identity = sample_identity(GaussianDraws(u[:IDENTITY_DRAWS]), identity_id)  # type: ignore[arg-type]
+    view = sample_view(GaussianDraws(u[IDENTITY_DRAWS:LATENT_DRAWS]), True)      # type: ignore[arg-type]
+    return identity, view
