@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -169,3 +170,47 @@ def test_bad_inputs_name_the_file_and_what_to_do(world_generator, random_nets, t
     with pytest.raises(ValueError, match="features.0.weight"):
         lpips_net_of(random_nets["identity"])
     assert lpips_net_of(random_nets["lpips_backbone"]) == "alex"
+
+
+def test_the_world_latent_draws_the_worlds_own_distribution_and_renders_the_same_person_twice():
+    from collections import Counter
+
+    from fstrain.data.synthetic import HAIR_STYLES, LATENT_DRAWS, identity_rng, params_from_normal, sample_identity
+    from fstrain.world.splits import render_latent_pool
+    rng = np.random.default_rng(0)
+    by_latent = [params_from_normal(rng.standard_normal(LATENT_DRAWS))[0] for _ in range(3000)]
+    by_numpy = [sample_identity(identity_rng(123, k), "") for k in range(3000)]
+    for people in (by_latent, by_numpy):                    # the sampler's own rates: glasses 25 %, bangs 35 %
+        assert abs(np.mean([p.glasses for p in people]) - 0.25) < 0.03
+        assert abs(np.mean([p.bangs for p in people]) - 0.35) < 0.03
+        styles = Counter(p.hair_style for p in people)
+        assert set(styles) == set(HAIR_STYLES) and max(styles.values()) / min(styles.values()) < 1.3
+        widths = [p.face_half_width for p in people]
+        assert 118 <= min(widths) and max(widths) <= 140 and abs(np.mean(widths) - 129) < 0.5
+    with pytest.raises(ValueError, match=f"needs {LATENT_DRAWS} normals"):
+        params_from_normal(np.zeros(LATENT_DRAWS - 1))
+
+    u, photos = render_latent_pool(70, SIZE, seed=5, workers=2)
+    u1, photos1 = render_latent_pool(70, SIZE, seed=5, workers=1)
+    assert u.shape == (70, LATENT_DRAWS) and photos.shape == (70, 3, SIZE, SIZE)
+    assert torch.equal(u, u1) and torch.equal(photos, photos1)            # same pool for any worker count
+    assert not torch.equal(photos[0], photos[1])
+
+
+def test_the_mapping_fit_to_paired_codes_sends_each_world_latent_to_its_photos_code():
+    from fstrain.world.generator import fit_mapping_to_pairs, world_z
+    g = TINY.generator()
+    rng = torch.Generator().manual_seed(0)
+    u = torch.randn(256, 57, generator=rng)
+    # Codes that depend on u non-linearly (a discrete choice, as hair style is), on the codes' usual scale.
+    basis = torch.randn(57, g.style_dim, generator=rng) * 0.05
+    codes = torch.tanh(u @ basis) + 0.3 * (u[:, :1] > 0).float()
+
+    def error() -> float:
+        with torch.no_grad():
+            return float((g.style(world_z(u, g.style_dim, rng)) - codes).pow(2).sum(1).mean() / codes.var(0).sum())
+
+    before = error()
+    final = fit_mapping_to_pairs(g, u, codes, steps=300, lr=3.0, rng=rng, log=lambda line: None)
+    assert final < 0.3 < before, (before, final)
+    assert error() < 0.3                 # fresh normals in z's other coordinates do not matter: u alone decides
