@@ -106,35 +106,6 @@ def install_world_models(models_uri: str, assets: Path = WORLD_MODELS, *, log=pr
     return bool(copied), float(manifest["total_seconds"])
 
 
-def ensure_pretrained_models(models_uri: str, settings=None, *, log=print) -> tuple[bool, float]:
-    """Pretrained tiny models in `models_uri`: reused when its models.json says they were trained with `settings`
-    and every file still has its recorded sha256, else trained now. Returns (trained now, training seconds)."""
-    import dataclasses
-
-    from fstrain.world.autoencoder import PretrainSettings, pretrain_models
-
-    settings = settings or PretrainSettings(**TINY_MODEL_ARGS)
-    manifest_uri = layout.model_manifest(models_uri)
-    if storage.exists(manifest_uri):
-        manifest = storage.read_json(manifest_uri)
-        pretrained = manifest.get("pretrained") or {}
-        if pretrained.get("settings") == dataclasses.asdict(settings) and _files_intact(models_uri, manifest):
-            log(f"reusing the tiny models pretrained earlier ({pretrained['seconds']:.0f} s) in {models_uri}")
-            return False, float(pretrained["seconds"])
-    manifest = pretrain_models(models_uri, settings, log=log)
-    return True, float(manifest["pretrained"]["seconds"])
-
-
-def _files_intact(models_uri: str, manifest: dict) -> bool:
-    from fstrain.provenance import sha256_uri
-
-    for entry in manifest.get("models", {}).values():
-        uri = storage.join(models_uri, entry["file"])
-        if not storage.exists(uri) or sha256_uri(uri) != entry["sha256"]:
-            return False
-    return True
-
-
 def remove_derived_outputs(root: str, *, log=print) -> None:
     """New base models invalidate pairs, runs, published styles and stylized photos of earlier demos (pairs and
     batch outputs are skipped when present, so stale ones would be reused)."""

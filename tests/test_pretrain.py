@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -107,20 +108,18 @@ def test_same_seed_same_weights_and_cli_writes_the_set(tmp_path):
         assert (tmp_path / "cli" / name).exists(), name
 
 
-def test_writes_to_s3_and_the_demo_reuses_what_it_finds_there(s3_root):
-    from cluster.demo import ensure_pretrained_models
+def test_writes_the_model_set_to_s3_and_it_loads_back_from_there(s3_root):
+    from fstrain.data import storage
+    from fstrain.provenance import sha256_uri
 
     tiny = dataclasses.replace(QUICK, autoencoder_steps=4, mapping_steps=2, zplus_steps=2)
     models_uri = f"{s3_root}/models"
-    lines: list[str] = []
-    trained_now, _ = ensure_pretrained_models(models_uri, tiny, log=lines.append)
-    assert trained_now
+    manifest = pretrain_models(models_uri, tiny, count=40, holdout=8, log=lambda line: None)
     assert load_generator(f"{models_uri}/generator.pt").generator.size == 32
     assert load_encoder(f"{models_uri}/encoder_zplus.pt").space == "z+"
-    trained_now, _ = ensure_pretrained_models(models_uri, tiny, log=lines.append)
-    assert not trained_now and "reusing" in lines[-1]
-    # Other settings: trained again, not reused.
-    assert ensure_pretrained_models(models_uri, dataclasses.replace(tiny, zplus_steps=3), log=lines.append)[0]
+    assert storage.read_json(f"{models_uri}/models.json") == json.loads(json.dumps(manifest))
+    for entry in manifest["models"].values():        # every file the manifest names is in the bucket, unchanged
+        assert sha256_uri(f"{models_uri}/{entry['file']}") == entry["sha256"], entry["file"]
 
 
 def test_a_folder_with_too_few_photos_is_an_error_naming_it(tmp_path):
