@@ -161,7 +161,9 @@ def write_gallery(spec: JobSpec, records: list[manifest.Record], remade: Iterabl
             f"<h2>Errors ({len(errors)})</h2><ul>{error_items}</ul>{SORT_SCRIPT}</body></html>")
     written = {"html": storage.join(spec.output, "gallery.html")}
     storage.write_text(written["html"], page)
-    sheet = _write_contact_sheet(spec, shown, picture_columns, labels, existing, remade)
+    # The sheet's header has ~21 characters per 128 px cell: "illustration (ground truth)" would be cut short.
+    sheet_labels = {**labels, "input": "input", **{f"truth-{s}": f"{s} truth" for s in truth_styles}}
+    sheet = _write_contact_sheet(spec, shown, picture_columns, sheet_labels, existing, remade)
     if sheet:
         written["contact_sheet"] = sheet
     return written
