@@ -97,7 +97,8 @@ def test_quick_study_trains_every_row_evaluates_against_ground_truth_and_reruns_
                 "toonify:structure_from_base@8", "toonify:structure_from_style@8"}
     assert set(rows) == expected
     for row in expected:
-        for metric in ("fid", "perceptual", "gt_perceptual", "gt_identity", "gt_attribute", "retrieval_top1"):
+        for metric in ("fid", "perceptual", "gt_perceptual", "gt_features", "gt_identity", "gt_attribute",
+                       "retrieval_top1"):
             assert rows[row][metric]["n"] == 1 and np.isfinite(rows[row][metric]["mean"]), (row, metric)
     assert record["complete"] and record["quick"] and record["seeds"] == [0]
     assert record["default_pair_level"] == {"cartoon": 3}
@@ -199,3 +200,28 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     assert main([str(missing), "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "evaluation.identity" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_ground_truth_fidelity_reads_the_evaluation_feature_net_zero_for_the_truth_itself():
+    """gt_features: 1 - cos of the shipped evaluation feature net's features; 0 when the output is the truth,
+    larger for another person than for the same person in another view."""
+    from fstrain.metrics import load_inception
+    from fstrain.models.perceptual import load_lpips
+    from fstrain.study.evaluation import ground_truth_fidelity
+    from fstrain.study.instruments import Instruments
+    from fstrain.world.splits import HELDOUT, render_identities
+
+    assets = REPO / "assets" / "world64"
+    instruments = Instruments(extractor=load_inception(str(assets / "eval_features.pth")),
+                              lpips=load_lpips(str(assets / "lpips_alex_backbone.pth"), net="alex"),
+                              identity=None, attributes=None)
+    truths = render_identities(HELDOUT, 12, 1, "anime", 64, first_view=1000).tensor()
+    same_people = render_identities(HELDOUT, 12, 1, "anime", 64, first_view=1001).tensor()
+    cpu = torch.device("cpu")
+    itself = ground_truth_fidelity(truths, truths, instruments, 6, cpu)
+    other_view = ground_truth_fidelity(same_people, truths, instruments, 6, cpu)
+    other_people = ground_truth_fidelity(same_people.roll(1, 0), truths, instruments, 6, cpu)
+    assert itself["gt_features"] == pytest.approx(0.0, abs=1e-5)
+    assert itself["gt_perceptual"] == pytest.approx(0.0, abs=1e-5)
+    assert 0 < other_view["gt_features"] < other_people["gt_features"], (other_view, other_people)
+    assert itself["gt_identity"] is None and itself["gt_attribute"] is None       # nets not given: not measured

@@ -9,7 +9,9 @@ noise):
 - fid             Fréchet distance of feature statistics of {out_i} vs the style renders (FID feature net)
 - perceptual      mean LPIPS(x_i, out_i)                                        (as fstrain.evaluate defines it)
 - semantic        d_sem(G, G') of fstrain.metrics.distances, fixed z, LPIPS + lambda_id (1 - cos ID)
-- gt_perceptual   mean LPIPS(out_i, y_i)
+- gt_perceptual   mean LPIPS(out_i, y_i)       (the pipeline's LPIPS unless evaluation.lpips_backbone names another)
+- gt_features     mean 1 - cos(F(out_i), F(y_i)), F the FID feature net's pooled features: a GT distance read by
+                  an evaluation net that no fine-tune was trained against (the world's LPIPS is a training loss)
 - gt_identity     mean 1 - cos(ID(out_i), ID(y_i))
 - gt_attribute    attribute-reader error of out_i against the reader on y_i (fstrain.study.instruments)
 - retrieval_top1  fraction of i whose nearest true render (cosine, identity net) among all y_j is y_i
@@ -33,7 +35,8 @@ from fstrain.metrics import FeatureStatistics, extract_features, frechet_distanc
 from fstrain.study.instruments import Instruments, attribute_error
 from fstrain.stylize.images import encode_png, to_uint8
 
-METRICS = ("fid", "perceptual", "semantic", "gt_perceptual", "gt_identity", "gt_attribute", "retrieval_top1")
+METRICS = ("fid", "perceptual", "semantic", "gt_perceptual", "gt_features", "gt_identity", "gt_attribute",
+           "retrieval_top1")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,10 @@ def _embed(identity: nn.Module, images: torch.Tensor, batch_size: int, device) -
     return torch.cat([identity(x.to(device)).float().cpu() for x in _batches(images, batch_size)])
 
 
+def _features(extractor, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    return torch.cat([extract_features(extractor, x.to(device)).float().cpu() for x in _batches(images, batch_size)])
+
+
 def feature_statistics(extractor, images: torch.Tensor, batch_size: int, device) -> FeatureStatistics:
     stats = FeatureStatistics(extractor.dim)
     for batch in _batches(images, batch_size):
@@ -139,9 +146,14 @@ def measure_generator(g: nn.Module, *, base: nn.Module, encoder: nn.Module, imag
 def ground_truth_fidelity(outputs: torch.Tensor, truths: torch.Tensor, instruments: Instruments, batch_size: int,
                           device: torch.device) -> dict[str, Any]:
     """How close each stylized photo is to the world's render of the same person in the style: gt_perceptual,
-    and where the instruments have the nets, gt_identity, retrieval_top1 and gt_attribute (None otherwise)."""
+    and where the instruments have the nets, gt_features, gt_identity, retrieval_top1 and gt_attribute (None
+    otherwise)."""
     row: dict[str, Any] = {"gt_perceptual": _mean_lpips(instruments.lpips, outputs, truths, batch_size, device),
-                           "gt_identity": None, "retrieval_top1": None, "gt_attribute": None}
+                           "gt_features": None, "gt_identity": None, "retrieval_top1": None, "gt_attribute": None}
+    if instruments.extractor is not None:
+        out_features = _features(instruments.extractor, outputs, batch_size, device)
+        truth_features = _features(instruments.extractor, truths, batch_size, device)
+        row["gt_features"] = float(identity_distance(out_features, truth_features).double().mean())
     if instruments.identity is not None:
         out_emb = _embed(instruments.identity, outputs, batch_size, device)
         truth_emb = _embed(instruments.identity, truths, batch_size, device)
