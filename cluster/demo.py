@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=None, help="where the local Ray head keeps its state")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    root = args.root if "://" in args.root else str(Path(args.root).resolve())
+    root = layout.absolute_root(args.root)
     preflight.storage_usable(root, "--root", write=True)     # a missing bucket or bad credentials: exit 2 now
     state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="fsd-", dir="/tmp"))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

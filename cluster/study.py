@@ -431,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(styles) - set(pipeline.styles))
         if unknown:
             raise ConfigError(f"{args.config}: styles {unknown} are not in the pipeline's styles {pipeline.styles}")
+        args.root, args.out = layout.absolute_root(args.root), layout.absolute_root(args.out)
         # Preflight: storage, the models every cell reads, the Ray cluster named; before any cell is scheduled.
         preflight.storage_usable(args.root, "--root", write=True)
         preflight.storage_usable(args.out, "--out", write=True)

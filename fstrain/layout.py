@@ -205,3 +205,11 @@ def demo_stylized(root: str) -> str:
 def stage_marker(folder: str) -> str:
     """The done-marker of the stage whose outputs live in `folder`."""
     return storage.join(folder, STAGE_MARKER)
+
+
+def absolute_root(root: str) -> str:
+    """A local root made absolute (an `s3://` or other schemed root as given). Entry points call this once: paths
+    built from a relative root ("demo-out/runs/...") would otherwise be re-rooted by the model hub, which reads a
+    relative model URI as relative to the root ("demo-out/demo-out/runs/...")."""
+    import os
+    return root if "://" in root else os.path.abspath(root)

@@ -123,3 +123,21 @@ def test_concurrent_fetches_wait_for_the_first_download(s3_root, tmp_path):
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_run_paths_under_a_relative_root_load_once_the_entry_point_makes_the_root_absolute(tmp_path, monkeypatch):
+    """cluster.study / cluster.demo pass `layout.absolute_root(--root)` on: a run path built from a relative root is
+    itself relative, and the hub would root it a second time (the study's evaluation once failed on
+    demo-out/demo-out/runs/...)."""
+    from fstrain import layout
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    relative = layout.final_generator(layout.mode_run("rel-root", "run1", "anime", "sc+pc"))
+    save_generator(relative, Generator(16, 32, 1, channel_max=8), torch.zeros(32), {"style": "anime"})
+    with pytest.raises(registry.MissingWeightsError, match="rel-root/rel-root/runs"):
+        ModelHub(Models(), "rel-root").generator_at(relative)
+    root = layout.absolute_root("rel-root")
+    assert root == str(tmp_path / "rel-root") and layout.absolute_root("s3://bucket/p") == "s3://bucket/p"
+    loaded = ModelHub(Models(), root).generator_at(layout.final_generator(layout.mode_run(root, "run1", "anime",
+                                                                                          "sc+pc")))
+    assert loaded.generator.size == 16 and loaded.metadata["style"] == "anime"
