@@ -28,7 +28,8 @@ from fstrain.stylize.images import image_grid, png_bytes
 ROWS = ("baseline", "sc", "pc", "sc+pc")
 ROW_LABELS = {"baseline": "baseline", "sc": "+SC", "pc": "+PC", "sc+pc": "+SC&PC", "base G": "G (no fine-tuning)"}
 METRIC_TITLES = {"fid": "FID", "perceptual": "perceptual", "semantic": "semantic", "gt_perceptual": "GT perceptual",
-                 "gt_features": "GT eval-features", "gt_identity": "GT identity", "gt_attribute": "GT attribute err", "retrieval_top1": "retrieval top-1"}
+                 "gt_features": "GT eval-features", "gt_identity": "GT identity", "gt_attribute": "GT attribute err",
+                 "retrieval_top1": "retrieval top-1"}
 HIGHER_IS_BETTER = {"retrieval_top1"}
 GRID_CELL = 112    # px per picture-grid cell at least, so column labels fit
 
@@ -239,7 +240,8 @@ def markdown(record: dict) -> str:
     lines += ["", "Metrics (fstrain.study.evaluation): FID of G'(E(photo)) vs the style's renders; perceptual = "
               "LPIPS(photo, G'(E(photo))); semantic = d_sem(G, G'); GT perceptual = LPIPS(G'(E(photo_i)), truth_i); "
               "GT eval-features = 1 - cos of the FID feature net's features of G'(E(photo_i)) and truth_i (an "
-              "evaluation net, unlike the LPIPS the fine-tunes trained with); GT identity = 1 - cos ID; GT attribute = attribute-reader error vs its reading of the truth; retrieval "
+              "evaluation net, unlike the LPIPS the fine-tunes trained with); GT identity = 1 - cos ID; "
+              "GT attribute = attribute-reader error vs its reading of the truth; retrieval "
               "top-1 = truth_i is the nearest truth (higher is better; all others lower is better). Cells: mean ± std "
               "over seeds.", ""]
     header = "| row | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |"

@@ -473,7 +473,8 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
     seconds = round(time.perf_counter() - started, 1)
     metadata = {"random_init": False, "seed": seed, "world_generator": {
         "settings": dataclasses.asdict(s), "warm_steps": warm_steps, "gan_steps": gan_steps, "seconds": seconds,
-        "photos": len(photos), "latent_pool_photos": len(pool[0]), "identity_set": TRAIN.name, "identity_seed": TRAIN.seed, **figures},
+        "photos": len(photos), "latent_pool_photos": len(pool[0]), "identity_set": TRAIN.name,
+        "identity_seed": TRAIN.seed, **figures},
         "warning": "trained on the synthetic portrait world only (fstrain.world.generator), not on real faces"}
     generator_uri = storage.join(base, GENERATOR_FILE)
     save_training_checkpoint(generator_uri, g, d, g_ema, latent_avg, args, metadata)
