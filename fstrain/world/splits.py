@@ -139,36 +139,6 @@ def render_mixed_domains(identity_set: IdentitySet, n_identities: int, views_per
     return render_batch(identity_set, ids, views, chosen, size, pose)
 
 
-def _render_chunk(args: tuple) -> WorldBatch:
-    name, seed, count, ids, views, domains, size, pose = args
-    return render_batch(IdentitySet(name, seed, count), ids, views, domains, size, pose)
-
-
-def concat(batches: Sequence[WorldBatch]) -> WorldBatch:
-    """One WorldBatch from several of the same identity set."""
-    if not batches:
-        raise ValueError("concat needs at least one batch")
-    return WorldBatch(np.concatenate([b.images for b in batches]), np.concatenate([b.identity_index for b in batches]),
-                      np.concatenate([b.view_index for b in batches]), [d for b in batches for d in b.domain],
-                      [i for b in batches for i in b.identities], [v for b in batches for v in b.views],
-                      [m for b in batches for m in b.metas], batches[0].identity_set)
-
-
-def render_parallel(identity_set: IdentitySet, identity_indices: Sequence[int], view_indices: Sequence[int],
-                    domains: Sequence[str] | str, size: int, pose: str = "aligned", workers: int = 2) -> WorldBatch:
-    """`render_batch` split over `workers` processes (same result as one process, in the same order)."""
-    n = len(identity_indices)
-    domain_list = [domains] * n if isinstance(domains, str) else list(domains)
-    if workers <= 1 or n < 64:
-        return render_batch(identity_set, identity_indices, view_indices, domain_list, size, pose)
-    import multiprocessing
-    bounds = np.linspace(0, n, workers * 4 + 1).astype(int)
-    jobs = [(identity_set.name, identity_set.seed, identity_set.count, list(identity_indices[a:b]),
-             list(view_indices[a:b]), domain_list[a:b], size, pose) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return concat(pool.map(_render_chunk, jobs))
-
-
 def render_domain_per_identity(identity_set: IdentitySet, n_identities: int, views_per_identity: int, size: int,
                                domains: Sequence[str] = DOMAINS, pose: str = "aligned",
                                first_identity: int = 0) -> WorldBatch:
@@ -191,13 +161,12 @@ def render_latent_pool(count: int, size: int, seed: int, workers: int = 2) -> tu
     EVAL or HELDOUT identities. Same result for a seed on every machine and for any `workers`.
     """
     latents = np.random.default_rng([seed, 57]).standard_normal((count, LATENT_DRAWS)).astype(np.float32)
-    bounds = np.linspace(0, count, max(workers, 1) * 4 + 1).astype(int)
-    jobs = [(latents[a:b], size) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     if workers <= 1 or count < 64:
-        chunks = [_render_latents(job) for job in jobs]
+        images = _render_latents((latents, size))
     else:
         import multiprocessing
+        bounds = np.linspace(0, count, workers * 4 + 1).astype(int)    # four chunks a worker: uneven times even out
+        jobs = [(latents[a:b], size) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            chunks = pool.map(_render_latents, jobs)
-    images = torch.from_numpy(np.concatenate(chunks)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return torch.from_numpy(latents), images.contiguous()
+            images = np.concatenate(pool.map(_render_latents, jobs))
+    return torch.from_numpy(latents), to_tensor(images)
