@@ -19,6 +19,7 @@ noise):
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -97,12 +98,9 @@ def _mean_lpips(lpips: nn.Module, a: torch.Tensor, b: torch.Tensor, batch_size: 
 
 
 @torch.no_grad()
-def _embed(identity: nn.Module, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([identity(x.to(device)).float().cpu() for x in _batches(images, batch_size)])
-
-
-def _features(extractor, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([extract_features(extractor, x.to(device)).float().cpu() for x in _batches(images, batch_size)])
+def _embed(net: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """net(images) batch by batch on `device`, as one float32 CPU tensor (identity embeddings, feature vectors)."""
+    return torch.cat([net(x.to(device)).float().cpu() for x in _batches(images, batch_size)])
 
 
 def feature_statistics(extractor, images: torch.Tensor, batch_size: int, device) -> FeatureStatistics:
@@ -151,8 +149,9 @@ def ground_truth_fidelity(outputs: torch.Tensor, truths: torch.Tensor, instrumen
     row: dict[str, Any] = {"gt_perceptual": _mean_lpips(instruments.lpips, outputs, truths, batch_size, device),
                            "gt_features": None, "gt_identity": None, "retrieval_top1": None, "gt_attribute": None}
     if instruments.extractor is not None:
-        out_features = _features(instruments.extractor, outputs, batch_size, device)
-        truth_features = _features(instruments.extractor, truths, batch_size, device)
+        features = functools.partial(extract_features, instruments.extractor)
+        out_features = _embed(features, outputs, batch_size, device)
+        truth_features = _embed(features, truths, batch_size, device)
         row["gt_features"] = float(identity_distance(out_features, truth_features).double().mean())
     if instruments.identity is not None:
         out_emb = _embed(instruments.identity, outputs, batch_size, device)

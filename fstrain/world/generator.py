@@ -12,8 +12,8 @@ selects a world person and view, so z = (u, fresh normals) is an ordinary N(0, I
                random G(z) already look like blurry world portraits, so the short adversarial phase below
                refines instead of discovering faces from noise.
 2. adversarial the StyleGAN2 objective (rosinality's train.py): non-saturating logistic loss, R1 on reals with
-               lazy regularisation (every `d_reg_every` D steps, Adam betas/lr rescaled), optional style mixing, an EMA
-               copy g_ema, optional path-length regularisation. D starts from scratch here and is saved, so the
+               lazy regularisation (every `d_reg_every` D steps, Adam betas/lr rescaled), optional style mixing, an
+               EMA copy g_ema, optional path-length regularisation. D starts from scratch here and is saved, so the
                fine-tune starts from a trained D as the paper's does. G's step also keeps the warm start's pixel
                loss on encoder reconstructions and on the pool's G(z) against their photos (AdversarialTrainer).
 
@@ -261,6 +261,7 @@ class AdversarialTrainer:
             total = g_loss
         else:
             half = s.batch_size // 2
+            paired = torch.zeros(())
             if self.pool is None:
                 styles = _latents(g, s.batch_size - half, s.mixing, rng)
                 fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
@@ -275,7 +276,7 @@ class AdversarialTrainer:
             rebuilt = g.synthesis(self.encoder(photos), randomize_noise=True)
             g_loss = generator_adversarial_loss(d(torch.cat([fake, rebuilt])))
             pixel = autoencoder.pixel_loss(rebuilt, photos, s.edge_weight, self.weight)
-            total = g_loss + s.reconstruction_weight * (pixel + (paired if self.pool is not None else 0.0))
+            total = g_loss + s.reconstruction_weight * (pixel + paired)
             self.e_optim.zero_grad(set_to_none=True)
             figures["pixel"] = float(pixel.detach())
         self.g_optim.zero_grad(set_to_none=True)
@@ -380,8 +381,8 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
     started = time.perf_counter()
     s = dataclasses.replace(settings or GeneratorSettings(), size=size)
     if warm_steps is None or gan_steps is None:
-        # A tiny budget cannot use thousands of photos (rendering them would eat it, ~10 ms a photo), nor 300
-        # mapping steps (~30 ms each): both shrink with the budget (full size from ~20 minutes on).
+        # A tiny budget cannot use thousands of photos (rendering them would eat it, ~10 ms a photo), nor 3000
+        # mapping steps (~20 ms each): all shrink with the budget (full size from ~20 minutes on).
         s = dataclasses.replace(s, identities=min(s.identities, max(32, int(budget_s * 3))),
                                 latent_pool=min(s.latent_pool, max(64, int(budget_s * 8))),
                                 mapping_steps=min(s.mapping_steps, max(25, int(budget_s * 2.5))))
