@@ -44,8 +44,9 @@ def test_layer_swap_takes_low_and_high_layers_from_the_named_models(tiny_models)
 
 
 def _random_evaluation_nets(models: Path) -> None:
-    """A RANDOM world image reader (FID features + attribute heads) and a RANDOM evaluation identity net, listed
-    in models.json's `evaluation` section as fstrain.world.pretrain lists its evaluation nets."""
+    """A RANDOM world image reader (FID features + attribute heads), a RANDOM evaluation identity net and a RANDOM
+    evaluation LPIPS, listed in models.json's `evaluation` section as fstrain.world.pretrain lists its evaluation
+    nets."""
     import shutil
     from fstrain.models.reader import ImageReader, save_reader
 
@@ -54,11 +55,13 @@ def _random_evaluation_nets(models: Path) -> None:
     torch.manual_seed(0)
     save_reader(str(models / "eval_features.pth"), ImageReader((8, 16), heads, input_size=32))
     shutil.copy(models / "identity.pth", models / "eval_identity.pth")
-    for name in ("eval_features.pth", "eval_identity.pth"):
+    shutil.copy(models / "lpips_alex_backbone_RANDOM.pth", models / "eval_lpips.pth")
+    for name in ("eval_features.pth", "eval_identity.pth", "eval_lpips.pth"):
         (models / f"{name}.json").write_text(json.dumps({"random_init": True}))
     manifest = json.loads((models / "models.json").read_text())
     manifest["evaluation"] = {"inception_weights": {"file": "eval_features.pth"},
-                              "identity": {"file": "eval_identity.pth", "kind": "arcface"}}
+                              "identity": {"file": "eval_identity.pth", "kind": "arcface"},
+                              "lpips_backbone": {"file": "eval_lpips.pth", "net": "alex"}}
     (models / "models.json").write_text(json.dumps(manifest))
 
 
@@ -177,6 +180,7 @@ def test_auto_instruments_are_the_listed_evaluation_nets_else_the_pipelines_labe
     listed = resolve_instruments(auto, pipeline, str(root))
     assert listed.feature_net == listed.attribute_reader == str(root / "models" / "eval_features.pth")
     assert listed.identity == str(root / "models" / "eval_identity.pth") and listed.identity_dedicated
+    assert listed.lpips == str(root / "models" / "eval_lpips.pth") and listed.lpips_dedicated
     chosen = resolve_instruments(dataclasses.replace(auto, identity="none", feature_net="models/x.pth"), pipeline,
                                  str(root))
     assert chosen.identity is None and chosen.feature_net == str(root / "models" / "x.pth")

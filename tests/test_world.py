@@ -118,8 +118,11 @@ def test_tiny_pretraining_instruments_beat_their_random_rows_on_heldout_identiti
     assert min(v for k, v in features.items() if k != "photo_vs_photo") > features["photo_vs_photo"]
     g = _table(report, "Base generator")
     assert g["trained G"]["fid"] < g["random G (same architecture)"]["fid"]
-    assert {"identity", "perceptual", "generator", "encoders", "reader", "eval_identity", "report"} <= set(
-        report["stages"]) and all(s["seconds"] > 0 for s in report["stages"].values())
+    assert {"identity", "perceptual", "generator", "encoders", "reader", "eval_identity", "eval_perceptual",
+            "report"} <= set(report["stages"]) and all(s["seconds"] > 0 for s in report["stages"].values())
+    scales = _table(report, "Perceptual net: mean distance")
+    assert set(scales["trained trunk, calibrated heads (shipped)"]["per_domain"]) == {
+        "photo", "cartoon", "anime", "fantasy", "illustration", "impasto"}
 
 
 def test_tiny_pretraining_folder_loads_through_the_project_loaders_and_matches_its_manifest(tiny_world):
@@ -137,6 +140,8 @@ def _check_folder(folder):
     assert verify_manifest(folder) == []
     models = json.loads((folder / "models.json").read_text())
     assert set(models["models"]) == {"base_generator", "encoder_wplus", "encoder_zplus", "identity", "lpips_backbone"}
+    assert set(models["evaluation"]) == {"inception_weights", "identity", "lpips_backbone"}
+    eval_lpips = load_lpips(str(folder / models["evaluation"]["lpips_backbone"]["file"]), net="alex")
     g = load_generator(str(folder / models["models"]["base_generator"]["file"]))
     assert g.discriminator is not None
     assert load_encoder(str(folder / "encoder_wplus.pt")).space == "w+"
@@ -146,6 +151,8 @@ def _check_folder(folder):
     lpips = load_lpips(str(folder / "lpips_alex_backbone.pth"), net="alex")
     x = torch.rand(2, 3, g.generator.size, g.generator.size) * 2 - 1
     assert float(lpips(x, x).abs().max()) < 1e-6 and float(lpips(x, x.flip(0)).min()) > 0
+    assert float(eval_lpips(x, x.flip(0)).min()) > 0
+    assert not torch.allclose(eval_lpips(x, x.flip(0)), lpips(x, x.flip(0)))      # another net, not a copy
     features = load_inception(str(folder / "eval_features.pth"))
     assert features(x).shape == (2, features.dim) and not features.random_init
 
@@ -158,6 +165,60 @@ def test_manifest_check_names_a_changed_file(tiny_world, tmp_path):
     shutil.copytree(out, copy)
     (copy / "identity.pth").write_bytes((copy / "identity.pth").read_bytes() + b"x")
     assert [p.split(":")[0] for p in verify_manifest(copy)] == ["identity.pth"]
+
+
+def test_rerunning_one_stage_keeps_every_other_file_and_records_both_commands(tiny_world, tmp_path, capsys):
+    import shutil
+    from fstrain.world.pretrain import main, verify_manifest
+    out, _ = tiny_world
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "manifest.json").read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([str(copy), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none",
+              "--stages", "eval_perceptual"])
+    finally:
+        torch.set_num_threads(threads)
+    after = json.loads((copy / "manifest.json").read_text())
+    assert verify_manifest(copy) == []
+    changed = {name for name, entry in after["files"].items() if entry != before["files"].get(name)}
+    assert "eval_lpips_alex_backbone.pth" in changed
+    assert not changed & {"generator.pt", "encoder_wplus.pt", "identity.pth", "lpips_alex_backbone.pth",
+                          "eval_features.pth", "eval_identity.pth"}
+    assert after["command"] == before["command"]
+    assert after["reruns"][0]["command"].endswith("--stages eval_perceptual")
+    assert after["reruns"][0]["stages"] == ["eval_perceptual", "report"]
+    report = json.loads((copy / "instruments.json").read_text())
+    assert set(report["stages"]) == set(json.loads((out / "instruments.json").read_text())["stages"])
+    assert "Rerun: `python -m fstrain.world.pretrain" in (copy / "instruments.md").read_text()
+    with pytest.raises(SystemExit, match="same"):
+        main([str(copy), "--size", "64", "--stages", "reader"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([str(tmp_path / "empty"), "--stages", "reader"])
+
+
+def test_calibrated_heads_keep_one_distance_scale_for_every_domain():
+    """2AFC choices are scale-free, so an unconstrained fit may make one domain's people 100x nearer than
+    another's (the first shipped heads did: anime people 0.003 apart, photos 1.4). The balanced fit may not."""
+    from fstrain.world.perceptual import (DOMAINS, calibrate_heads, channel_differences, head_vector,
+                                          make_triplets, new_lpips, parameter_scale)
+    from fstrain.world.splits import TRAIN
+    triplets = make_triplets(TRAIN, 120, 32, 0, parameter_scale(TRAIN, 100))
+    domains = np.asarray(triplets.domain)
+
+    def ratio(model):
+        w = head_vector(model)
+        d = (channel_differences(model, triplets.reference, triplets.first) @ w).numpy()
+        means = [d[domains == k].mean() for k in DOMAINS]
+        return max(means) / min(means)
+
+    free, balanced = new_lpips(0), new_lpips(0)
+    calibrate_heads(free, triplets, 0, steps=300, balance_weight=0.0, log=lambda m: None)
+    info = calibrate_heads(balanced, triplets, 0, steps=300, log=lambda m: None)
+    assert info["domain_balance"] > 0
+    assert ratio(balanced) <= 3 and ratio(balanced) < ratio(free) / 5, (ratio(balanced), ratio(free))   # 2 vs 64
 
 
 def test_lpips_heads_are_rescaled_to_the_target_distance_between_people():
@@ -191,6 +252,8 @@ def test_shipped_world_instruments_match_their_manifest_load_and_work_on_heldout
     photos = render_identities(HELDOUT, 8, 3, "photo", 64, pose="jitter")
     scores = verify(embed(load_identity(str(ASSETS / "identity.pth")), photos.tensor()), photos.identity_index, 0)
     assert scores["mean_positive_cosine"] > scores["mean_negative_cosine"] + 0.3, scores
+    scales = _table(json.loads((ASSETS / "instruments.json").read_text()), "Perceptual net: mean distance")
+    assert scales["trained trunk, calibrated heads (shipped)"]["max_over_min"] <= 3, scales
     g = load_generator(str(ASSETS / "generator.pt")).generator
     with torch.no_grad():
         faces = g([torch.randn(8, g.style_dim, generator=torch.Generator().manual_seed(0))], randomize_noise=False)[0]

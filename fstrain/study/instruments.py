@@ -7,7 +7,8 @@ Each study config key (`evaluation.*`) is a URI, "none", or "auto":
   image reader, whose pooled features are the FID features and whose heads read attributes; `identity` the
   evaluation identity net). Without that section: the pipeline's `evaluate.inception_weights` (FID) and
   `models.identity` (the training-loss identity net, labelled as such); no attribute reader.
-- lpips_backbone "auto": the pipeline's LPIPS net (the world has no separate evaluation perceptual net), labelled.
+- lpips_backbone "auto": the evaluation perceptual net models.json lists (`lpips_backbone` in its evaluation
+  section: a second world LPIPS trained on EVAL identities), else the pipeline's LPIPS net, labelled as such.
 Weights marked random (a `<file>.json` sidecar with `random_init`, or a `models.json` beside them that says so)
 are labelled RANDOM; the report prints every label above its tables.
 
@@ -154,7 +155,7 @@ def resolve_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, ro
 
     feature, feature_dedicated = pick(cfg.feature_net, "inception_weights", pipeline.evaluate.inception_weights)
     identity, identity_dedicated = pick(cfg.identity, "identity", pipeline.models.identity)
-    lpips, lpips_dedicated = pick(cfg.lpips_backbone, None, pipeline.models.lpips_backbone)
+    lpips, lpips_dedicated = pick(cfg.lpips_backbone, "lpips_backbone", pipeline.models.lpips_backbone)
     if lpips is None:
         raise ValueError("evaluation.lpips_backbone cannot be 'none': the perceptual and semantic distances need it")
     reader, _ = pick(cfg.attribute_reader, "inception_weights", "")

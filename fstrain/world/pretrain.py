@@ -1,6 +1,7 @@
 """Train every instrument the method needs on the synthetic world's images only, and report how good each is.
 
     python -m fstrain.world.pretrain OUT [--budget-min 60] [--size 64] [--seed 0] [--reference-autoencoder DIR]
+                                         [--stages perceptual,eval_perceptual]
 
 OUT receives the files `fstrain.models.init` writes, under the same models.json keys, so every config that points
 at a models folder works unchanged (lpips_net: alex):
@@ -10,7 +11,8 @@ at a models folder works unchanged (lpips_net: alex):
     identity.pth                       arcface_torch IResNet trained with an ArcFace margin (the L_ID role)
     lpips_alex_backbone.pth (+ .json)  AlexNet trunk trained on all six domains, with LPIPS heads calibrated on
                                        the world's 2AFC triplets inside the file (the LPIPS role)
-and the *evaluation* instruments, trained on other identities, with other seeds and other architectures:
+and the *evaluation* instruments, trained on other identities, with other seeds (and mostly other architectures):
+    eval_lpips_alex_backbone.pth       a second perceptual net, EVAL identities, another seed (GT perceptual)
     eval_features.pth (+ .json)        image reader: FID features (set evaluate.inception_weights to it) and the
                                        attribute reader's heads
     eval_identity.pth                  pSp IR-SE identity net (evaluation identity similarity)
@@ -23,6 +25,10 @@ gives a quick end-to-end run (tests). The 32 px autoencoder warm start (fstrain.
 base model before assets/world64) is trained too (or read from --reference-autoencoder) as the FID reference G
 must beat. G and the encoders are stored in float16 before the report, so the report measures the shipped files;
 the generator's warm-start encoder is deleted once the encoders stage has started from it.
+
+--stages retrains only the named stages inside an OUT that a full run wrote (same --size and --seed; each stage
+gets its share of --budget-min), then rewrites the report, models.json and manifest; the manifest keeps the full
+run's command and lists every rerun's, so the folder still says exactly how each file was made.
 
 !! World instruments, not real ones: they know the synthetic world only. Real runs use FFHQ StyleGAN2, pSp,
 !! ArcFace, LPIPS (ImageNet) and Inception weights through the same config keys (README, "Real checkpoints").
@@ -54,11 +60,13 @@ Log = Callable[[str], None]
 
 # Share of the total budget per stage (the remaining time is re-split over the remaining stages as they run).
 # G gets the most: its samples are what the demo shows, and on CPU it is the furthest from done.
-SHARES = {"identity": 0.06, "perceptual": 0.06, "generator": 0.45, "encoders": 0.12, "reader": 0.13,
-          "eval_identity": 0.05, "report": 0.13}
+SHARES = {"identity": 0.06, "perceptual": 0.06, "generator": 0.42, "encoders": 0.12, "reader": 0.13,
+          "eval_identity": 0.05, "eval_perceptual": 0.05, "report": 0.11}
+STAGES = tuple(SHARES)
 FILES = {"identity": "identity.pth", "lpips_backbone": "lpips_alex_backbone.pth", "generator": "generator.pt",
          "encoder_wplus": "encoder_wplus.pt", "encoder_zplus": "encoder_zplus.pt",
-         "eval_features": "eval_features.pth", "eval_identity": "eval_identity.pth"}
+         "eval_features": "eval_features.pth", "eval_identity": "eval_identity.pth",
+         "eval_lpips_backbone": "eval_lpips_alex_backbone.pth"}
 
 
 @dataclasses.dataclass
@@ -98,11 +106,12 @@ class Plan:
 class Stages:
     """Splits the budget across stages as they run and records each one's time."""
 
-    def __init__(self, budget_s: float, log: Log):
-        self.budget_s = budget_s
+    def __init__(self, budget_s: float, log: Log, only: tuple[str, ...] = STAGES):
+        # A partial rerun (`only`) gives each of its stages the share it has in a full run of this budget.
+        self.budget_s = budget_s * sum(SHARES[k] for k in only)
         self.started = time.perf_counter()
         self.log = log
-        self.remaining = dict(SHARES)
+        self.remaining = {k: SHARES[k] for k in only}
         self.records: dict[str, dict[str, Any]] = {}
 
     def budget(self, stage: str) -> float:
@@ -140,7 +149,7 @@ def _half_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # Float16 halves the folder (the issue's 30 MB for shipping it): the generator's g/d/g_ema and the encoders' weights.
 # Every loader copies into float32 modules, so the report below already measures the rounded weights.
-HALVED_FILES = ("generator", "encoder_wplus", "encoder_zplus")
+HALVED_FILES = {"generator": ("generator",), "encoders": ("encoder_wplus", "encoder_zplus")}   # stage -> files
 
 
 def halve_checkpoint(path: Path) -> None:
@@ -177,24 +186,29 @@ def stage_identity(out: Path, plan: Plan, budget: float, log: Log, *, arch: str,
     return {**info, "render_seconds": round(render_s, 1), "identity_set": identity_set.name}
 
 
-def stage_perceptual(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
+def stage_perceptual(out: Path, plan: Plan, budget: float, log: Log, *, identity_set, seed: int,
+                     file: str) -> dict[str, Any]:
+    """An LPIPS trunk + domain-balanced calibrated heads on `identity_set` (TRAIN: the training-loss net; EVAL:
+    the evaluation net that grades GT perceptual distances, so no fine-tune is graded by its own loss)."""
     from fstrain.world.perceptual import (PerceptualSettings, calibrate_heads, make_triplets, parameter_scale,
                                           rescale_heads, save_perceptual, train_trunk)
     from fstrain.world.splits import TRAIN, render_domain_per_identity
     t0 = time.perf_counter()
-    data = render_domain_per_identity(TRAIN, plan.perceptual_ids, plan.perceptual_views, plan.size)
-    triplets = make_triplets(TRAIN, plan.triplets, plan.size, plan.seed, parameter_scale(TRAIN))
+    data = render_domain_per_identity(identity_set, plan.perceptual_ids, plan.perceptual_views, plan.size)
+    triplets = make_triplets(identity_set, plan.triplets, plan.size, seed, parameter_scale(TRAIN))
     render_s = time.perf_counter() - t0
-    log(f"  rendered {len(data)} TRAIN images (six domains) and {plan.triplets} 2AFC triplets in {render_s:.0f} s")
-    model, info = train_trunk(data, PerceptualSettings(), plan.seed + 100, max(budget - render_s - 5, 5), log)
-    info["calibration"] = calibrate_heads(model, triplets, plan.seed, log=log)
+    log(f"  rendered {len(data)} {identity_set.name} images (six domains) and {plan.triplets} 2AFC triplets in "
+        f"{render_s:.0f} s")
+    model, info = train_trunk(data, PerceptualSettings(), seed + 100, max(budget - render_s - 5, 5), log)
+    info["calibration"] = calibrate_heads(model, triplets, seed, log=log)
     info["scale"] = rescale_heads(model, data)
     log(f"  heads scaled x{info['scale']['factor']:.3g}: different people of one domain now "
         f"{info['scale']['target']} apart on average (was {info['scale']['mean_distance_before']:.3g})")
-    save_perceptual(str(out / FILES["lpips_backbone"]), model,
-                    {"warning": WARNING, "seed": plan.seed + 100, "heads": "calibrated on world 2AFC triplets",
-                     "trunk_trained_on": "TRAIN identities, six domains"})
-    return {**info, "render_seconds": round(render_s, 1)}
+    save_perceptual(str(out / file), model,
+                    {"warning": WARNING, "seed": seed + 100,
+                     "heads": "calibrated on world 2AFC triplets, one distance scale for all six domains",
+                     "trunk_trained_on": f"{identity_set.name} identities, six domains"})
+    return {**info, "render_seconds": round(render_s, 1), "identity_set": identity_set.name}
 
 
 def stage_reader(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
@@ -298,8 +312,8 @@ def stage_report(out: Path, plan: Plan, budget: float, log: Log, reference: str 
     from fstrain.models.psp import load_encoder
     from fstrain.world import report as R
     from fstrain.world.identity import embed, verify
-    from fstrain.world.perceptual import (make_triplets, new_lpips, parameter_scale, pixel_l2, pixel_two_afc,
-                                          same_person_two_afc, two_afc)
+    from fstrain.world.perceptual import (domain_scales, make_triplets, new_lpips, parameter_scale, pixel_l2,
+                                          pixel_two_afc, same_person_two_afc, two_afc)
     from fstrain.world.reader import attribute_scores, new_reader, ReaderSettings, validation_set
     from fstrain.world.splits import HELDOUT, TRAIN, render_domain_per_identity, render_identities
 
@@ -344,22 +358,26 @@ def stage_report(out: Path, plan: Plan, budget: float, log: Log, reference: str 
                                                 photos.identity_index, plan.seed)
     tables["Identity nets: 1:1 verification on held-out photo pairs"] = rows
 
-    # Perceptual net
+    # Perceptual nets
     lpips = load_lpips(str(out / FILES["lpips_backbone"]), net="alex")
     uniform = copy.deepcopy(lpips)
     for lin in uniform.lins:
         nn.init.ones_(lin.model[-1].weight)
     random_lpips = new_lpips(plan.seed + 9400)
+    perceptual_rows = {"trained trunk, calibrated heads (shipped)": lpips,
+                       "trained trunk, uniform heads": uniform}
+    if (out / FILES["eval_lpips_backbone"]).is_file():
+        perceptual_rows["evaluation net (eval_lpips_alex_backbone.pth)"] = load_lpips(
+            str(out / FILES["eval_lpips_backbone"]), net="alex")
+    perceptual_rows["random trunk, uniform heads"] = random_lpips
     tables["Perceptual net: 2AFC agreement with the world's parameter distance (held-out triplets)"] = {
-        "trained trunk, calibrated heads (shipped)": two_afc(lpips, triplets),
-        "trained trunk, uniform heads": two_afc(uniform, triplets),
-        "random trunk, uniform heads": two_afc(random_lpips, triplets),
-        "pixel L2": pixel_two_afc(triplets)}
+        **{name: two_afc(net, triplets) for name, net in perceptual_rows.items()}, "pixel L2": pixel_two_afc(triplets)}
     tables["Perceptual net: same person in another view nearer than another person (held-out, same domain)"] = {
-        "trained trunk, calibrated heads (shipped)": same_person_two_afc(lpips, people),
-        "trained trunk, uniform heads": same_person_two_afc(uniform, people),
-        "random trunk, uniform heads": same_person_two_afc(random_lpips, people),
+        **{name: same_person_two_afc(net, people) for name, net in perceptual_rows.items()},
         "pixel L2": same_person_two_afc(pixel_l2, people)}
+    tables["Perceptual net: mean distance between different people, per domain (held-out; one scale wanted)"] = {
+        **{name: domain_scales(net, people) for name, net in perceptual_rows.items()},
+        "pixel L2": domain_scales(pixel_l2, people)}
 
     # Generator
     loaded = load_generator(str(out / FILES["generator"]))
@@ -425,6 +443,12 @@ def checks(tables: dict[str, Any]) -> list[dict[str, Any]]:
         if key in worst:
             out.append({"what": f"attribute reader {key} <= 0.10 of the colour range in every domain scored",
                         "met": worst[key][0] <= 0.10, "measured": f"worst {worst[key][0]:.4f} ({worst[key][1]})"})
+    scales = next((v for k, v in tables.items() if k.startswith("Perceptual net: mean distance")), None)
+    if scales:
+        shipped = scales["trained trunk, calibrated heads (shipped)"]
+        out.append({"what": "perceptual net: different people equally far apart in every domain (max / min <= 3)",
+                    "met": shipped["max_over_min"] <= 3,
+                    "measured": f"max / min {shipped['max_over_min']} ({shipped['per_domain']})"})
     enc = next(v for k, v in tables.items() if k.startswith("E_w+"))
     sim = enc["trained E_w+"]["identity_cosine_mean"]
     out.append({"what": "E_w+ reconstruction identity similarity (evaluation identity net) >= 0.7 mean",
@@ -437,30 +461,45 @@ def checks(tables: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, seed: int = 0,
-                   reference: str | None = None, command: str = "", log: Log = print) -> dict[str, Any]:
+                   reference: str | None = None, command: str = "", log: Log = print,
+                   only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every stage (or, with `only`, just those stages in a folder a full run wrote), then the report."""
     from fstrain.world.splits import EVAL, TRAIN
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(torch.get_num_threads(), 2))
+    previous = _previous_report(out, size, seed) if only else None
     plan = Plan.for_budget(budget_min * 60, size, seed)
-    stages = Stages(budget_min * 60, log)
+    wanted = tuple(k for k in STAGES if only is None or k in only or k == "report")
+    stages = Stages(budget_min * 60, log, wanted)
     log(WARNING)
-    log(f"plan: {json.dumps(dataclasses.asdict(plan))}")
-    stages.run("identity", lambda b: stage_identity(out, plan, b, log, arch="iresnet", identity_set=TRAIN,
-                                                    seed=seed + 1, file=FILES["identity"], n_ids=plan.identity_ids,
-                                                    views=plan.identity_views))
-    stages.run("perceptual", lambda b: stage_perceptual(out, plan, b, log))
-    generator_info = stages.run("generator", lambda b: stage_generator(out, plan, b, log))
-    stages.run("encoders", lambda b: stage_encoders(out, plan, b, log, generator_info))
-    stages.run("reader", lambda b: stage_reader(out, plan, b, log))
-    stages.run("eval_identity", lambda b: stage_identity(out, plan, b, log, arch="irse", identity_set=EVAL,
-                                                         seed=seed + 300, file=FILES["eval_identity"],
-                                                         n_ids=plan.eval_identity_ids,
-                                                         views=plan.eval_identity_views))
-    for key in HALVED_FILES:
-        halve_checkpoint(out / FILES[key])
+    log(f"plan: {json.dumps(dataclasses.asdict(plan))}; stages: {', '.join(wanted)}")
+    steps: dict[str, Callable[[float], dict[str, Any]]] = {
+        "identity": lambda b: stage_identity(out, plan, b, log, arch="iresnet", identity_set=TRAIN, seed=seed + 1,
+                                             file=FILES["identity"], n_ids=plan.identity_ids,
+                                             views=plan.identity_views),
+        "perceptual": lambda b: stage_perceptual(out, plan, b, log, identity_set=TRAIN, seed=seed,
+                                                 file=FILES["lpips_backbone"]),
+        "generator": lambda b: stage_generator(out, plan, b, log),
+        "encoders": lambda b: stage_encoders(out, plan, b, log, stages.records.get("generator")
+                                             or (previous or {}).get("stages", {}).get("generator", {})),
+        "reader": lambda b: stage_reader(out, plan, b, log),
+        "eval_identity": lambda b: stage_identity(out, plan, b, log, arch="irse", identity_set=EVAL, seed=seed + 300,
+                                                  file=FILES["eval_identity"], n_ids=plan.eval_identity_ids,
+                                                  views=plan.eval_identity_views),
+        "eval_perceptual": lambda b: stage_perceptual(out, plan, b, log, identity_set=EVAL, seed=seed + 400,
+                                                      file=FILES["eval_lpips_backbone"]),
+    }
+    for stage in wanted:
+        if stage in steps:
+            stages.run(stage, steps[stage])
+    for stage, keys in HALVED_FILES.items():
+        if stage in wanted:
+            for key in keys:
+                halve_checkpoint(out / FILES[key])
     from fstrain.world.generator import WARM_ENCODER_FILE
-    (out / WARM_ENCODER_FILE).unlink(missing_ok=True)    # consumed: the encoders stage started E_w+ from it
+    if "encoders" in wanted:
+        (out / WARM_ENCODER_FILE).unlink(missing_ok=True)    # consumed: the encoders stage started E_w+ from it
     reference_info: dict[str, Any] = {}
 
     def report_stage(budget: float) -> dict[str, Any]:
@@ -473,15 +512,27 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
     stages.records["report"]["note"] = f"incl. reference autoencoder: {reference_info}"
     for name, record in stages.records.items():
         record.setdefault("note", record.get("source", ""))
+    reruns = []
+    if previous is not None:
+        # The stages this call did not run keep the full run's records; the command stays the full run's.
+        kept = {k: {**v, "note": (v.get("note") or "") + " (full run)"} for k, v in previous["stages"].items()
+                if k not in stages.records}
+        stages.records = {k: stages.records.get(k, kept.get(k)) for k in STAGES
+                          if k in stages.records or k in kept}
+        reruns = previous.get("reruns", []) + [{"command": command, "stages": list(wanted),
+                                                "seconds": stages.total(), "machine": machine()}]
+        command, budget_min = previous["command"], previous["budget_seconds"] / 60
     report = {"warning": WARNING, "command": command, "seed": seed, "size": size,
-              "budget_seconds": budget_min * 60, "total_seconds": stages.total(),
-              "machine": machine(), "plan": dataclasses.asdict(plan), "stages": stages.records, "tables": tables,
-              "checks": checks(tables), "notes": NOTES}
+              "budget_seconds": budget_min * 60,
+              "total_seconds": round(sum(r["seconds"] for r in stages.records.values()), 1),
+              "machine": previous["machine"] if previous else machine(), "plan": dataclasses.asdict(plan),
+              "stages": stages.records, "tables": tables, "checks": checks(tables), "notes": NOTES,
+              **({"reruns": reruns} if reruns else {})}
     from fstrain.world.report import write_report
     write_report(out, report)
-    write_models_json(out, plan, command)
+    write_models_json(out, plan, command, reruns)
     write_manifest(out, report)
-    log(f"total {stages.total()} s (budget {budget_min * 60:.0f} s); report: {out / 'instruments.md'}")
+    log(f"total {stages.total()} s (budget {stages.budget_s:.0f} s); report: {out / 'instruments.md'}")
     for stage, record in stages.records.items():
         log(f"  {stage:14s} {record['seconds']:8.1f} s")
     for check in report["checks"]:
@@ -493,14 +544,29 @@ NOTES = [
     "Random-weights rows use the same architecture re-initialised from a fixed seed. Random conv nets already "
     "separate world identities by colour, so the identity nets' random rows sit well above 50 %; the 'chance' row "
     "(random embeddings) is the 50 % line.",
-    "LPIPS heads are CALIBRATED (non-negative 1x1 weights fitted by logistic regression on TRAIN-identity 2AFC "
-    "triplets labelled by parameter distance), stored in the trunk file under lpips_lin.* keys.",
-    "The evaluation nets (eval_features.pth, eval_identity.pth) are trained on EVAL identities with other seeds "
-    "and other architectures than the training-loss nets (identity.pth, lpips_alex_backbone.pth) and G's data.",
+    "LPIPS heads are CALIBRATED (non-negative 1x1 weights fitted by logistic regression on 2AFC triplets labelled "
+    "by parameter distance, plus a penalty that keeps every domain's mean distance on one scale), stored in the "
+    "trunk file under lpips_lin.* keys.",
+    "The evaluation nets (eval_features.pth, eval_identity.pth, eval_lpips_alex_backbone.pth) are trained on EVAL "
+    "identities with other seeds than the training-loss nets (identity.pth, lpips_alex_backbone.pth: TRAIN "
+    "identities); the feature net and the identity net also have other architectures.",
     "Colour errors are mean absolute per-channel errors divided by the channel's range over the held-out images "
     "of that domain. Identity skin colour is not scored in fantasy, identity hair colour not in anime/fantasy: "
     "those domains re-colour them per view (painted colours are scored everywhere).",
 ]
+
+
+def _previous_report(out: Path, size: int, seed: int) -> dict[str, Any]:
+    """The full run's report that a partial rerun (--stages) extends; it must exist and match --size / --seed."""
+    path = out / "instruments.json"
+    if not path.is_file():
+        raise SystemExit(f"error: --stages reruns stages inside a folder a full run wrote; {path} does not exist "
+                         f"(run without --stages first)")
+    previous = json.loads(path.read_text())
+    if (previous.get("size"), previous.get("seed")) != (size, seed):
+        raise SystemExit(f"error: {out} was made with --size {previous.get('size')} --seed {previous.get('seed')}; "
+                         f"a rerun must use the same (got --size {size} --seed {seed})")
+    return previous
 
 
 def machine() -> str:
@@ -509,10 +575,11 @@ def machine() -> str:
            f"Python {sys.version.split()[0]}, torch {torch.__version__}"
 
 
-def write_models_json(out: Path, plan: Plan, command: str) -> dict[str, Any]:
+def write_models_json(out: Path, plan: Plan, command: str, reruns: list[dict] | None = None) -> dict[str, Any]:
     def entry(key: str, **extra: Any) -> dict[str, Any]:
         return {"file": FILES[key], "sha256": sha256_of(out / FILES[key]), **extra}   # file: relative to this folder
     manifest = {"random_init": False, "warning": WARNING, "command": command,
+                **({"reruns": [r["command"] for r in reruns]} if reruns else {}),
                 "args": {"size": plan.size, "seed": plan.seed, "budget_seconds": plan.budget_s, "lpips_net": "alex"},
                 "models": {"base_generator": entry("generator"),
                            "encoder_wplus": entry("encoder_wplus", space="w+"),
@@ -521,7 +588,9 @@ def write_models_json(out: Path, plan: Plan, command: str) -> dict[str, Any]:
                            "lpips_backbone": entry("lpips_backbone", net="alex")},
                 "evaluation": {"inception_weights": entry("eval_features", role="FID features (evaluate."
                                                           "inception_weights) and attribute reader"),
-                               "identity": entry("eval_identity", kind="irse50")}}
+                               "identity": entry("eval_identity", kind="irse50"),
+                               **({"lpips_backbone": entry("eval_lpips_backbone", net="alex")}
+                                  if (out / FILES["eval_lpips_backbone"]).is_file() else {})}}
     (out / "models.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -536,6 +605,7 @@ def write_manifest(out: Path, report: dict[str, Any]) -> dict[str, Any]:
     manifest = {"warning": WARNING, "command": report["command"], "seed": report["seed"], "size": report["size"],
                 "machine": report["machine"], "total_seconds": report["total_seconds"],
                 "budget_seconds": report["budget_seconds"], "report": "instruments.json / instruments.md",
+                **({"reruns": report["reruns"]} if report.get("reruns") else {}),
                 "checks": report["checks"], "files": files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -562,6 +632,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-min", type=float, default=60.0, help="total time budget in minutes (default 60)")
     parser.add_argument("--size", type=int, default=64, help="image / generator size in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stages", default=None,
+                        help=f"comma-separated stages to retrain inside OUT (a folder a full run wrote), then the "
+                             f"report; one of: {', '.join(k for k in STAGES if k != 'report')}")
     parser.add_argument("--reference-autoencoder", default=None,
                         help="folder with the 32 px autoencoder's generator.pt for the FID comparison; 'none' to "
                              "skip it; default: train it now with fstrain.world.autoencoder's defaults")
@@ -570,8 +643,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--budget-min must be positive; got {a.budget_min}")
     if a.size < 16 or a.size & (a.size - 1):
         parser.error(f"--size must be a power of two >= 16; got {a.size}")
+    only = None
+    if a.stages is not None:
+        only = tuple(x.strip() for x in a.stages.split(",") if x.strip())
+        unknown = [x for x in only if x not in STAGES]
+        if unknown or not only:
+            parser.error(f"--stages: unknown stage(s) {unknown or a.stages!r}; choose from {', '.join(STAGES)}")
     command = "python -m fstrain.world.pretrain " + " ".join(argv if argv is not None else sys.argv[1:])
-    pretrain_world(a.out, a.budget_min, a.size, a.seed, a.reference_autoencoder, command)
+    pretrain_world(a.out, a.budget_min, a.size, a.seed, a.reference_autoencoder, command, only=only)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["# World instruments: validation on held-out identities", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
              f"Seed: {report['seed']}, size: {report['size']} px, total time {report['total_seconds']} s "
-             f"(budget {report['budget_seconds']} s)", "", "## Time per instrument", "",
+             f"(budget {report['budget_seconds']} s)", *[f"Rerun: `{r['command']}` (stages {', '.join(r['stages'])}; "
+                                                          f"{r['seconds']} s; {r['machine']})  "
+                                                          for r in report.get("reruns", [])],
+             "", "## Time per instrument", "",
              "| stage | seconds | note |", "|---|---|---|"]
     for stage, info in report["stages"].items():
         lines.append(f"| {stage} | {_fmt(info.get('seconds'))} | {info.get('note', '')} |")
