@@ -156,7 +156,7 @@ def evaluate_seed_style(study: StudyConfig, config: PipelineConfig, *, seed: int
     encoder = hub.encoder("encoder_wplus", device)
     instruments = load_instruments(study.evaluation, config, root, device)
     test = TestSet(style=style, size=base.size, identities=study.test_identities, view=study.test_view,
-                   fid_reference_identities=study.fid_reference_identities)
+                   fid_reference_identities=study.fid_reference_identities, first_identity=study.first_test_identity)
     progress(f"rendering {test.identities} held-out identities (photo + {style}) and "
              f"{test.fid_reference_identities} FID reference renders")
     images = render_test_images(test)
@@ -183,10 +183,12 @@ def evaluate_seed_style(study: StudyConfig, config: PipelineConfig, *, seed: int
                              strips_uri=storage.join(folder, "strips"), grid_identities=study.grid_identities,
                              progress=progress)
     measured["rows"][f"sc+pc@{default_level}"] = dict(measured["rows"]["sc+pc"], same_as="sc+pc")
+    first = test.first_identity
     return {"seed": seed, "style": style, "run_id": run_id, "test_set": dataclasses.asdict(test),
-            "test_identities": f"fstrain.world.splits.HELDOUT 0..{test.identities - 1}, view {test.view}",
-            "fid_reference": f"HELDOUT {test.identities}..{test.identities + test.fid_reference_identities - 1} "
-                             f"in {style}",
+            "test_identities": f"fstrain.world.splits.HELDOUT {first}..{first + test.identities - 1}, "
+                               f"view {test.view}",
+            "fid_reference": f"HELDOUT {first + test.identities}.."
+                             f"{first + test.identities + test.fid_reference_identities - 1} in {style}",
             "instruments": instruments.describe(), "encoder_parameters": parameter_count(encoder),
             "default_pair_level": default_level, "swap_resolutions_valid": valid,
             "generators": {name: final(run_id, name) for name in ROW_MODES}, **measured}

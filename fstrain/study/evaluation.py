@@ -1,9 +1,9 @@
 """Evaluate one style of one seed of the study on held-out world identities: every row of Table 4, the Toonify
 layer swaps, the pair-level variants and the base G, with the evaluation instruments (fstrain.study.instruments).
 
-The test set: identities 0..n-1 of `fstrain.world.splits.HELDOUT` (a world seed no network and no style dataset
-is drawn from), each rendered in view `test_view` as a photo (the input x_i) and in the style (the ground truth
-y_i: the same person, same view, in the target style). FID's reference set: HELDOUT identities n..n+m-1 rendered
+The test set: identities f..f+n-1 of `fstrain.world.splits.HELDOUT` (a world seed no network and no style dataset
+is drawn from; f = `first_identity`, 0 for the published study, another block for a validation run), each rendered in view `test_view` as a photo (the input x_i) and in the style (the ground truth
+y_i: the same person, same view, in the target style). FID's reference set: HELDOUT identities f+n..f+n+m-1 rendered
 in the style. For a generator G' and E = the pipeline's W+ encoder, with out_i = G'(E(x_i)) (general mode, stored
 noise):
 - fid             Fréchet distance of feature statistics of {out_i} vs the style renders (FID feature net)
@@ -48,6 +48,7 @@ class TestSet:
     identities: int
     view: int
     fid_reference_identities: int
+    first_identity: int = 0
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -64,10 +65,10 @@ class TestImages:
 def render_test_images(test: TestSet) -> TestImages:
     from fstrain.world.splits import HELDOUT, render_batch
 
-    ids = list(range(test.identities))
+    ids = list(range(test.first_identity, test.first_identity + test.identities))
     photos = render_batch(HELDOUT, ids, [test.view] * len(ids), "photo", test.size)
     truths = render_batch(HELDOUT, ids, [test.view] * len(ids), test.style, test.size)
-    ref_ids = list(range(test.identities, test.identities + test.fid_reference_identities))
+    ref_ids = list(range(ids[-1] + 1, ids[-1] + 1 + test.fid_reference_identities))
     reference = render_batch(HELDOUT, ref_ids, [test.view] * len(ref_ids), test.style, test.size)
     return TestImages(photos.tensor(), truths.tensor(), reference.tensor(),
                       [identity.identity_id for identity in photos.identities])

@@ -66,6 +66,8 @@ class StudyConfig:
     swap_resolutions: list[int] = field(default_factory=lambda: [8, 16])   # Toonify rows, each in both directions
     test_identities: int = 100                       # held-out identities per style (HELDOUT 0..n-1)
     test_view: int = 0                               # the view of photo and ground truth (same for both)
+    first_test_identity: int = 0                     # HELDOUT index of the first test identity; a validation run
+                                                     # (choosing lambdas, levels) takes another block, e.g. 5000
     fid_reference_identities: int = 100              # HELDOUT identities n..n+m-1 rendered in the style: FID's set
     grid_identities: int = 6                         # rows of the picture grid
     evaluation: StudyEvaluationConfig = field(default_factory=StudyEvaluationConfig)
