@@ -208,7 +208,7 @@ def seed_config(pipeline: PipelineConfig, study: StudyConfig, seed: int, root: s
         train = dataclasses.replace(train, checkpoint_every=min(train.checkpoint_every, train.steps),
                                     sample_every=min(train.sample_every, train.steps))
     levels = sorted(set(pipeline.pairs.levels) | set(study.pair_levels) | set(study.default_pair_level.values())
-                    | {pipeline.train.pair_level})
+                    | {pipeline.train.pair_level} | set(pipeline.train.pair_level_by_style.values()))
     pairs = dataclasses.replace(pipeline.pairs, levels=levels)
     if quick:
         pairs = dataclasses.replace(pairs, optimise_steps=study.quick.pair_optimise_steps)
@@ -250,10 +250,11 @@ def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styl
     for seed in study.seeds:
         run_id = seed_run_id(study, seed)
         for style in styles:
-            default_level = study.default_pair_level.get(style, pipeline.train.pair_level)
+            default_level = study.default_pair_level.get(style, pipeline.train.level_for(style))
             base_config = seed_config(pipeline, study, seed, root, quick=quick)
-            config = dataclasses.replace(base_config, train=dataclasses.replace(base_config.train,
-                                                                                pair_level=default_level))
+            # Every cell of this style names its level in pair_level alone, so the level variants below can set it.
+            config = dataclasses.replace(base_config, train=dataclasses.replace(
+                base_config.train, pair_level=default_level, pair_level_by_style={}))
             prefix = f"s{seed}/{style}"
 
             def mode_folder(run: str, mode: str) -> str:

@@ -47,8 +47,8 @@ def model_inputs(config: PipelineConfig, keys: Sequence[str]) -> StageInputs:
 
 
 def pair_levels(config: PipelineConfig) -> list[int]:
-    """The levels the pairs stage builds: the configured ones and the one the constrained fine-tune trains on."""
-    return sorted(set(config.pairs.levels) | {config.train.pair_level})
+    """The levels the pairs stage builds: the configured ones and those the constrained fine-tunes train on."""
+    return sorted(set(config.pairs.levels) | {config.train.pair_level} | set(config.train.pair_level_by_style.values()))
 
 
 def fine_tune_models(config: PipelineConfig, mode: str) -> list[str]:
@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             close = difflib.get_close_matches(unknown[0], config.styles, n=1)
             raise ConfigError(f"{args.config}: styles {unknown} are not in the config's styles {config.styles}"
                               f"{f' (did you mean {close[0]!r}?)' if close else ''}")
+        strays = sorted(set(config.train.pair_level_by_style) - set(config.styles))
+        if strays:
+            raise ConfigError(f"{args.config}: key 'train.pair_level_by_style': {strays} are not in the config's "
+                              f"styles {config.styles}; name styles of this config (or remove the entry)")
         # Preflight: storage, every style's dataset, the models the DAG reads, the Ray cluster; before any task.
         preflight.storage_usable(root, "--root", write=True)
         for style in styles:

@@ -62,8 +62,14 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"     # GPU only
     gradient_accumulation_steps: AtLeast1 = 1
     pair_level: PairLevel = 3       # which pseudo-pair level L_pair trains on
+    # style -> level, for styles whose best level differs (the method study's pair-level table says which)
+    pair_level_by_style: dict[str, PairLevel] = field(default_factory=dict)
     seed: Count = 0
     sample_grid_size: AtLeast1 = 8  # fixed z per sample grid (G(z) row above G'(z) row)
+
+    def level_for(self, style: str) -> int:
+        """The pseudo-pair level `style`'s L_pair trains on."""
+        return self.pair_level_by_style.get(style, self.pair_level)
 
 
 @dataclass

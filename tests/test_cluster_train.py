@@ -103,6 +103,12 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     assert "no storage root" in capsys.readouterr().err
     assert main([str(TINY), "--root", str(tmp_path), "--styles", "cartoon,watercolour"]) == 2
     assert "watercolour" in capsys.readouterr().err
+    stray = tmp_path / "stray.yaml"
+    stray.write_text(config_text.replace("constrained_mode: baseline", "constrained_mode: sc+pc")
+                     .replace("train:\n", "train:\n  pair_level_by_style: {cartoon: 1, watercolor: 2}\n", 1))
+    assert main([str(stray), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.pair_level_by_style" in err and "watercolor" in err and "Traceback" not in err
 
 
 def test_a_replaced_base_generator_retrains_the_baseline_and_rebuilds_the_pairs(ray_local, tmp_path):
@@ -151,3 +157,12 @@ def test_a_replaced_base_generator_retrains_the_baseline_and_rebuilds_the_pairs(
     assert marker["inputs"]["baseline"] == third["baseline"].output["sha256"]
     published = load_generator(layout.published_generator(root, "cartoon"))
     assert published.metadata["inputs"]["base_generator"] == new
+
+
+def test_pairs_stage_builds_every_level_a_style_trains_on():
+    from cluster.train import pair_levels
+    config = load_config(str(TINY), PipelineConfig)
+    config = dataclasses.replace(config, pairs=dataclasses.replace(config.pairs, levels=[3]),
+                                 train=dataclasses.replace(config.train, pair_level=3,
+                                                           pair_level_by_style={"cartoon": 1}))
+    assert pair_levels(config) == [1, 3]

@@ -343,6 +343,11 @@ def test_missing_and_empty_datasets_name_the_prefix(world):
         run_finetune(tiny_config(), style="emptystyle", mode="baseline", root=str(world), run_id="x", steps=1)
     with pytest.raises(DatasetError, match=r"runs/x/cartoon/pairs/level1.*fstrain.pairs .*--run-id x"):
         run_finetune(tiny_config(pair_level=1), style=STYLE, mode="pc", root=str(world), run_id="x", steps=1)
+    # A style's own level (train.pair_level_by_style) wins over train.pair_level, for that style only.
+    per_style = tiny_config(pair_level=3, pair_level_by_style={STYLE: 2, "anime": 1})
+    assert [per_style.train.level_for(s) for s in (STYLE, "anime", "impasto")] == [2, 1, 3]
+    with pytest.raises(DatasetError, match=r"runs/x/cartoon/pairs/level2"):
+        run_finetune(per_style, style=STYLE, mode="pc", root=str(world), run_id="x", steps=1)
 
 
 def test_missing_model_names_config_key_and_path(world):

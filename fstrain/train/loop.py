@@ -131,7 +131,7 @@ class FineTuneRun:
             how_to_fix=f"Ingest the '{style}' style images first (fstrain.ingest writes <root>/datasets/{style}/).")
         self.pair_stream = None
         if self.use_pair:
-            level = self.tcfg.pair_level
+            level = self.tcfg.level_for(style)
             self.pair_stream = ShardStream(
                 layout.pairs(root, run_id, style, level), pair_decoder(size, n_latent, style_dim),
                 seed=self.tcfg.seed + 1, rank=self.rank, world_size=self.world_size,
@@ -168,7 +168,7 @@ class FineTuneRun:
         dataset = {storage.basename(u): provenance.sha256_uri(u) for u in list_shards(layout.dataset(self.root, self.style))}
         inputs: dict[str, Any] = {"base_generator": self.base.sha256, "dataset": provenance.sha256_json(dataset)}
         if self.use_pair:
-            prefix = layout.pairs(self.root, self.run_id, self.style, self.tcfg.pair_level)
+            prefix = layout.pairs(self.root, self.run_id, self.style, self.tcfg.level_for(self.style))
             records = {storage.basename(u): provenance.read_record(layout.shard_provenance(u))
                        for u in list_shards(prefix)}
             inputs["pairs"] = provenance.sha256_json(records)
@@ -359,7 +359,7 @@ class FineTuneRun:
             "lambda_sem": self.tcfg.lambda_sem if self.use_sem else 0.0,
             "lambda_id": self.tcfg.lambda_id if self.use_sem else 0.0,
             "lambda_pair": self.tcfg.lambda_pair if self.use_pair else 0.0,
-            "pair_level": self.tcfg.pair_level if self.use_pair else None,
+            "pair_level": self.tcfg.level_for(self.style) if self.use_pair else None,
             "base_generator": self.base.uri, "base_generator_sha256": self.base.sha256,
             "seed": self.tcfg.seed, "latent_avg_source": f"mean_latent({MEAN_LATENT_SAMPLES}, seed=0) of g_ema",
             "inputs": {**self.inputs, "settings": {**config_to_dict(self.tcfg), "steps": self.step}},
