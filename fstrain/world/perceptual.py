@@ -289,23 +289,28 @@ def two_afc(model: nn.Module, triplets: Triplets) -> dict[str, Any]:
     return _agreement(d0.numpy(), d1.numpy(), triplets)
 
 
+def people_pairs(data: WorldBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """(images, anchor, partner, other, anchor domains) of `data`: n consecutive identities in two views each,
+    identity k in domain k % 6 (`render_domain_per_identity`); the partner is identity k in its other view, the
+    other person is identity k + 6 (same domain) in the anchor's view index."""
+    ids = data.identity_index - data.identity_index.min()
+    count = int(ids.max()) + 1 - len(DOMAINS)
+    anchor = torch.as_tensor([np.flatnonzero(ids == k)[0] for k in range(count)])
+    partner = torch.as_tensor([np.flatnonzero(ids == k)[1] for k in range(count)])
+    other = torch.as_tensor([np.flatnonzero(ids == k + len(DOMAINS))[0] for k in range(count)])
+    return data.tensor(), anchor, partner, other, np.asarray(data.domain)[anchor.numpy()]
+
+
 @torch.no_grad()
 def same_person_two_afc(metric: Any, data: WorldBatch) -> dict[str, Any]:
     """How often `metric(x, y)` puts the same person in another view nearer than another person (same domain).
 
-    `data`: n consecutive identities in two views each, identity k in domain k % 6 (`render_domain_per_identity`);
-    the other person of identity k is identity k + 6 (same domain), shown in the anchor's view index."""
-    ids = data.identity_index - data.identity_index.min()
-    count = int(ids.max()) + 1 - len(DOMAINS)
-    images = data.tensor()
-    anchor = torch.as_tensor([np.flatnonzero(ids == k)[0] for k in range(count)])
-    partner = torch.as_tensor([np.flatnonzero(ids == k)[1] for k in range(count)])
-    other = torch.as_tensor([np.flatnonzero(ids == k + len(DOMAINS))[0] for k in range(count)])
+    `data` as `people_pairs` reads it."""
+    images, anchor, partner, other, domains = people_pairs(data)
     near = metric(images[anchor], images[partner]).reshape(-1)
     far = metric(images[anchor], images[other]).reshape(-1)
     hits = (near < far).double().numpy()
-    domains = np.asarray(data.domain)[anchor.numpy()]
-    return {"agreement": round(float(hits.mean()), 4), "triplets": count,
+    return {"agreement": round(float(hits.mean()), 4), "triplets": len(anchor),
             "per_domain": {d: round(float(hits[domains == d].mean()), 4) for d in DOMAINS if (domains == d).any()}}
 
 
@@ -367,14 +372,9 @@ def domain_scales(metric: Any, data: WorldBatch) -> dict[str, Any]:
     """Mean `metric` distance between different people of each domain (same view index), and the largest ratio
     between two domains: a loss weight means the same in every style only when that ratio is small.
 
-    `data` as for `same_person_two_afc`: identity k in domain k % 6, so identity k + 6 is another person there."""
-    ids = data.identity_index - data.identity_index.min()
-    count = int(ids.max()) + 1 - len(DOMAINS)
-    images = data.tensor()
-    anchor = torch.as_tensor([np.flatnonzero(ids == k)[0] for k in range(count)])
-    other = torch.as_tensor([np.flatnonzero(ids == k + len(DOMAINS))[0] for k in range(count)])
+    `data` as `people_pairs` reads it."""
+    images, anchor, _, other, domains = people_pairs(data)
     far = metric(images[anchor], images[other]).reshape(-1).double().numpy()
-    domains = np.asarray(data.domain)[anchor.numpy()]
     per = {d: float(far[domains == d].mean()) for d in DOMAINS if (domains == d).any()}
     return {"per_domain": {d: round(v, 4) for d, v in per.items()},
             "max_over_min": round(max(per.values()) / max(min(per.values()), 1e-12), 2)}
