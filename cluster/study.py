@@ -32,7 +32,7 @@ from typing import Any, Callable
 import ray
 
 from cluster.pipeline import ProgressBoard, format_duration, progress_line
-from cluster.train import baseline_stage, pairs_stage, styled_stage, style_resources
+from cluster.train import baseline_stage, pair_levels, pairs_stage, styled_stage, style_resources
 from fstrain import layout
 from fstrain.config import ConfigError, load_config
 from fstrain.data import storage
@@ -207,8 +207,7 @@ def seed_config(pipeline: PipelineConfig, study: StudyConfig, seed: int, root: s
     if quick:
         train = dataclasses.replace(train, checkpoint_every=min(train.checkpoint_every, train.steps),
                                     sample_every=min(train.sample_every, train.steps))
-    levels = sorted(set(pipeline.pairs.levels) | set(study.pair_levels) | set(study.default_pair_level.values())
-                    | {pipeline.train.pair_level} | set(pipeline.train.pair_level_by_style.values()))
+    levels = sorted(set(pair_levels(pipeline)) | set(study.pair_levels) | set(study.default_pair_level.values()))
     pairs = dataclasses.replace(pipeline.pairs, levels=levels)
     if quick:
         pairs = dataclasses.replace(pairs, optimise_steps=study.quick.pair_optimise_steps)

@@ -205,10 +205,6 @@ def main(argv: list[str] | None = None) -> int:
             close = difflib.get_close_matches(unknown[0], config.styles, n=1)
             raise ConfigError(f"{args.config}: styles {unknown} are not in the config's styles {config.styles}"
                               f"{f' (did you mean {close[0]!r}?)' if close else ''}")
-        strays = sorted(set(config.train.pair_level_by_style) - set(config.styles))
-        if strays:
-            raise ConfigError(f"{args.config}: key 'train.pair_level_by_style': {strays} are not in the config's "
-                              f"styles {config.styles}; name styles of this config (or remove the entry)")
         # Preflight: storage, every style's dataset, the models the DAG reads, the Ray cluster; before any task.
         preflight.storage_usable(root, "--root", write=True)
         for style in styles:

@@ -109,7 +109,14 @@ def _build_dataclass(data: Any, cls: type, source: str, prefix: str) -> Any:
             kwargs[name] = _convert(data[name], hints[name], source, key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise _fail(source, key, "missing required value")
-    return cls(**kwargs)
+    instance = cls(**kwargs)
+    # Checks across fields (a schema class may define `config_problems() -> [(key, message)]`), after each
+    # value's own check, so every entry point that loads the config refuses the same mistakes.
+    problems = getattr(instance, "config_problems", lambda: [])()
+    if problems:
+        key, message = problems[0]
+        raise _fail(source, _key(prefix, key), message)
+    return instance
 
 
 _BOUNDS = (("gt", ">", lambda v, b: v > b), ("ge", ">=", lambda v, b: v >= b),

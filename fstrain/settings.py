@@ -132,3 +132,10 @@ class PipelineConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     root: str = ""                 # storage root (local dir or s3://bucket/prefix); a job's --root overrides it
     styles: list[str] = field(default_factory=lambda: ["cartoon", "anime", "fantasy", "illustration", "impasto"])
+
+    def config_problems(self) -> list[tuple[str, str]]:
+        strays = sorted(set(self.train.pair_level_by_style) - set(self.styles))
+        if strays:
+            return [("train.pair_level_by_style", f"{strays} are not in the config's styles {self.styles}; name "
+                                                  f"styles of this config (or remove the entry)")]
+        return []

@@ -122,6 +122,14 @@ styles: [cartoon]
     with pytest.raises(ConfigError, match=r"key 'models\.lpips_backbone': missing required value"):
         config_from_dict({"models": {"base_generator": "g", "encoder_wplus": "e", "encoder_zplus": "z",
                                      "identity": "i"}}, PipelineConfig, source="inline")
+    # Checks across sections run in the loader, so every entry point refuses a per-style level for no style.
+    models = {"base_generator": "g", "encoder_wplus": "e", "encoder_zplus": "z", "identity": "i", "lpips_backbone": "l"}
+    ok = config_from_dict({"models": models, "styles": ["cartoon"], "train": {"pair_level_by_style": {"cartoon": 1}}},
+                          PipelineConfig, source="inline")
+    assert ok.train.level_for("cartoon") == 1 and ok.train.level_for("anime") == 3
+    with pytest.raises(ConfigError, match=r"inline: key 'train\.pair_level_by_style': \['anime'\] are not in"):
+        config_from_dict({"models": models, "styles": ["cartoon"], "train": {"pair_level_by_style": {"anime": 1}}},
+                         PipelineConfig, source="inline")
 
 
 REPO = Path(__file__).resolve().parents[1]
