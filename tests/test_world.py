@@ -199,6 +199,30 @@ def test_rerunning_one_stage_keeps_every_other_file_and_records_both_commands(ti
         main([str(tmp_path / "empty"), "--stages", "reader"])
 
 
+def test_rerunning_the_encoders_stage_continues_from_the_folders_encoder(tiny_world, tmp_path):
+    """A full run deletes the generator's warm-start encoder once E_w+ is trained from it, so a rerun of the
+    encoders stage starts from the folder's E_w+ (not from scratch) and records which file it started from."""
+    import shutil
+    from fstrain.world.generator import WARM_ENCODER_FILE
+    from fstrain.world.pretrain import main, verify_manifest
+    out, _ = tiny_world
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert not (copy / WARM_ENCODER_FILE).exists()
+    before = (copy / "encoder_wplus.pt").read_bytes()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([str(copy), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none",
+              "--stages", "encoders"])
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((copy / "instruments.json").read_text())
+    assert report["stages"]["encoders"]["started_from"] == "encoder_wplus.pt"
+    assert (copy / "encoder_wplus.pt").read_bytes() != before
+    assert verify_manifest(copy) == []
+
+
 def test_calibrated_heads_keep_one_distance_scale_for_every_domain():
     """2AFC choices are scale-free, so an unconstrained fit may make one domain's people 100x nearer than
     another's (the first shipped heads did: anime people 0.003 apart, photos 1.4). The balanced fit may not."""

@@ -50,10 +50,13 @@ def batch_targets(batch: WorldBatch) -> dict[str, torch.Tensor]:
     return out
 
 
-def head_loss(predicted: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
+def head_loss(predicted: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+              weights: dict[str, float] | None = None) -> torch.Tensor:
+    """Weighted sum over HEADS; `weights` replaces HEAD_WEIGHTS (a head it leaves out weighs 1)."""
+    weights = HEAD_WEIGHTS if weights is None else weights
     total = torch.zeros(())
     for name, (kind, _) in HEADS.items():
-        weight = HEAD_WEIGHTS.get(name, 1.0)
+        weight = weights.get(name, 1.0)
         if kind == "class":
             total = total + weight * F.cross_entropy(predicted[name], target[name])
         else:
