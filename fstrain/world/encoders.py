@@ -62,7 +62,7 @@ class EncoderSettings:
     lambda_lpips: float = 0.8        # pSp's FFHQ encoding values
     lambda_id: float = 1.0           # pSp: 0.1. At 0.1 E_w+ kept 0.57 identity similarity (evaluation net) while
                                      # W+ optimisation against the same G reaches 0.93: the encoder, not G, fell
-                                     # short. 0.5 from the shipped E_w+ gave 0.71 and a lower LPIPS too
+                                     # short. Continued from that E_w+: 0.71 at 0.5, 0.72 at 1.0 (shipped)
     lambda_latent: float = 1.0       # E_z+ only: |mapping(E_z+(x)) - E_w+(x)|^2
     wplus_fraction: float = 0.6      # of the training budget
 
