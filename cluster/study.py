@@ -5,15 +5,18 @@ all measured on held-out world identities against the world's ground-truth rende
         python -m cluster.study configs/study.yaml --root s3://bucket/fstrain --out s3://bucket/fstrain/study
     python -m cluster.study CONFIG --root URI --out URI [--seeds 0,1,2] [--styles a,b] [--quick]
 
-Per seed s (run id `<name>-s<s>`) and style, each cell a Ray task with the style's resources (cluster section of
-the pipeline config), started as soon as what it needs is done, so every fine-tune runs in parallel:
+Per seed s (run id `<name>-s<s>-<hash of the seed's pipeline config>`) and style, each cell a Ray task with the
+style's resources (cluster section of the pipeline config), started as soon as what it needs is done, so every
+fine-tune runs in parallel:
     baseline        G* = fine-tune(G), L_adv only            cluster.train's baseline stage
     pairs           pseudo-pairs from G*                      cluster.train's pairs stage (all study levels)
     sc / pc / sc+pc G' from the same base G, data and seed   cluster.train's styled stage, one per mode
-    sc+pc@L         SC&PC on level-L pairs (the pair-level table), run id `<name>-s<s>-level<L>`
+    sc+pc@L         SC&PC on level-L pairs (the pair-level table), run id `<seed run id>-level<L>`
     evaluate        every row + Toonify swaps + base G on held-out identities (fstrain.study.evaluation)
 Each cell leaves `study-cell.json` in its folder (fstrain.layout's folders); a rerun skips a cell whose marker
-exists and whose inputs (the markers it consumed) are unchanged, and fine-tunes resume from their checkpoints.
+exists and whose inputs are unchanged: the markers it consumed, and the sha256 of every model file it reads (a
+retrained encoder or G makes the cells that read it stale; fine-tunes then restart, as cluster.train's do). An
+edited pipeline config gets other run ids, so it never resumes a fine-tune of another config.
 The report (`<out>/study.md`, `study.json`, figures) is written by fstrain.study.report at the end.
 """
 from __future__ import annotations
@@ -32,7 +35,8 @@ from typing import Any, Callable
 import ray
 
 from cluster.pipeline import ProgressBoard, format_duration, progress_line
-from cluster.train import baseline_stage, pair_levels, pairs_stage, styled_stage, style_resources
+from cluster.train import (baseline_stage, fine_tune_models, model_inputs, pair_levels, pairs_stage, styled_stage,
+                           style_resources)
 from fstrain import layout
 from fstrain.config import ConfigError, load_config
 from fstrain.data import storage
@@ -105,13 +109,15 @@ def study_folder(root: str, run_id: str, style: str) -> str:
 
 
 def copy_pairs(source_prefix: str, dest_prefix: str) -> int:
-    """Copy one level's pair shards (and provenance records) into another run; files already there are kept."""
+    """Copy one level's pair shards (and provenance records) into another run; identical files already there are
+    kept, others replaced (rebuilt pairs must not leave the variant training on the old ones)."""
     copied = 0
     for uri in storage.list_uris(source_prefix):
         name = uri[len(source_prefix):].lstrip("/")
         dest = storage.join(dest_prefix, name)
-        if not storage.exists(dest):
-            storage.write_bytes(dest, storage.read_bytes(uri))
+        data = storage.read_bytes(uri)
+        if not storage.exists(dest) or storage.read_bytes(dest) != data:
+            storage.write_bytes(dest, data)
             copied += 1
     return copied
 
@@ -197,8 +203,13 @@ def evaluate_seed_style(study: StudyConfig, config: PipelineConfig, *, seed: int
 # ---------------------------------------------------------------- building the DAG
 
 
-def seed_run_id(study: StudyConfig, seed: int) -> str:
-    return f"{study.name}-s{seed}"
+def seed_run_id(study: StudyConfig, seed: int, config: PipelineConfig) -> str:
+    """`<study name>-s<seed>-<hash>`: the hash is of the seed's pipeline config (step counts, loss weights, model
+    URIs; not the root), so a study rerun with an edited config trains afresh instead of reusing other results."""
+    from fstrain.config import config_to_dict
+    settings = config_to_dict(config)
+    settings.pop("root", None)
+    return f"{study.name}-s{seed}-{_fingerprint(settings)[:8]}"
 
 
 def seed_config(pipeline: PipelineConfig, study: StudyConfig, seed: int, root: str, *, quick: bool) -> PipelineConfig:
@@ -236,21 +247,36 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def models_read(config: PipelineConfig, keys: list[str]) -> str:
+    """A training cell's fingerprint: the sha256 of each `models.<key>` file it reads (cluster.train's stage
+    inputs, through the model hub), so replacing a model file in place makes the cells that read it stale."""
+    return _fingerprint(model_inputs(config, keys)(config.root, "", ""))
+
+
 def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styles: list[str],
                 quick: bool) -> dict[str, Cell]:
     from fstrain.config import config_to_dict
 
+    from fstrain.pairs.build import level_networks
+
     cells: dict[str, Cell] = {}
     instruments = instrument_identities(study, pipeline, root)
+    fingerprints: dict[tuple[str, ...], str] = {}
+
+    def read_models(config: PipelineConfig, keys: list[str]) -> str:   # every seed reads the same model files
+        wanted = tuple(sorted(keys))
+        if wanted not in fingerprints:
+            fingerprints[wanted] = models_read(config, list(wanted))
+        return fingerprints[wanted]
 
     def add(cell: Cell) -> None:
         cells[cell.key] = cell
 
     for seed in study.seeds:
-        run_id = seed_run_id(study, seed)
+        base_config = seed_config(pipeline, study, seed, root, quick=quick)
+        run_id = seed_run_id(study, seed, base_config)
         for style in styles:
             default_level = study.default_pair_level.get(style, pipeline.train.level_for(style))
-            base_config = seed_config(pipeline, study, seed, root, quick=quick)
             # Every cell of this style names its level in pair_level alone, so the level variants below can set it.
             config = dataclasses.replace(base_config, train=dataclasses.replace(
                 base_config.train, pair_level=default_level, pair_level_by_style={}))
@@ -260,14 +286,17 @@ def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styl
                 return layout.mode_run(root, run, style, mode)
 
             add(Cell(f"{prefix}/baseline", seed, style, "baseline", run_id, mode_folder(run_id, "baseline"),
-                     baseline_stage(config)))
+                     baseline_stage(config), fingerprint=read_models(config, fine_tune_models(config, "baseline"))))
             add(Cell(f"{prefix}/pairs", seed, style, "pairs", run_id, layout.pairs(root, run_id, style),
-                     pairs_stage(config), needs=[f"{prefix}/baseline"]))
+                     pairs_stage(config), needs=[f"{prefix}/baseline"],
+                     fingerprint=read_models(config, level_networks(config, pair_levels(config),
+                                                                    configured_only=True))))
             for mode in ("sc", "pc", "sc+pc"):
                 mode_config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
                                                                                       constrained_mode=mode))
                 add(Cell(f"{prefix}/{mode}", seed, style, mode, run_id, mode_folder(run_id, mode),
-                         styled_stage(mode_config), needs=[] if mode == "sc" else [f"{prefix}/pairs"]))
+                         styled_stage(mode_config), needs=[] if mode == "sc" else [f"{prefix}/pairs"],
+                         fingerprint=read_models(config, fine_tune_models(config, mode))))
             level_runs = {}
             for level in sorted(set(study.pair_levels) - {default_level}):
                 level_run = f"{run_id}-level{level}"
@@ -275,7 +304,7 @@ def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styl
                 level_config = dataclasses.replace(config, train=dataclasses.replace(config.train, pair_level=level))
                 add(Cell(f"{prefix}/sc+pc@{level}", seed, style, "sc+pc", level_run,
                          mode_folder(level_run, "sc+pc"), level_variant_stage(level_config, level, run_id),
-                         needs=[f"{prefix}/pairs"]))
+                         needs=[f"{prefix}/pairs"], fingerprint=read_models(config, fine_tune_models(config, "sc+pc"))))
             trained = [k for k in cells if k.startswith(prefix + "/")]
             add(Cell(f"{prefix}/evaluate", seed, style, "evaluate", run_id, study_folder(root, run_id, style),
                      evaluate_stage(study, config, seed, level_runs, default_level), needs=trained,

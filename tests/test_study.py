@@ -146,6 +146,33 @@ def test_quick_study_trains_every_row_evaluates_against_ground_truth_and_reruns_
     again = json.loads(Path(out, "study.json").read_text())
     assert again["aggregate"] == record["aggregate"]
 
+    # A model file replaced in place makes the cells that read it stale, and only those; an edited pipeline config
+    # trains under another run id instead of resuming the old config's fine-tunes.
+    import dataclasses
+    from cluster.study import CELL_MARKER, build_cells, seed_config, seed_run_id
+    from fstrain.config import load_config
+    from fstrain.settings import PipelineConfig
+    from fstrain.study.settings import load_study_config, quick_variant
+    study = quick_variant(load_study_config(str(config)))
+    pipeline = load_config(study.pipeline, PipelineConfig)
+
+    def stale_cells() -> set[str]:
+        cells = build_cells(study, pipeline, root=root, styles=["cartoon"], quick=True)
+        return {key for key, cell in cells.items()
+                if storage.read_json(storage.join(cell.folder, CELL_MARKER))["fingerprint"] != cell.fingerprint}
+
+    assert stale_cells() == set()
+    identity = Path(root, "models", "identity.pth")     # read by L_sem's fine-tunes and by level-2 pairs
+    original = identity.read_bytes()
+    identity.write_bytes(original + b"retrained")
+    try:   # not the baseline, not +PC (its pairs' rebuild reaches it through the pairs cell's finish time)
+        assert stale_cells() == {"s0/cartoon/pairs", "s0/cartoon/sc", "s0/cartoon/sc+pc", "s0/cartoon/sc+pc@1"}
+    finally:
+        identity.write_bytes(original)
+    edited = dataclasses.replace(pipeline, train=dataclasses.replace(pipeline.train, lambda_sem=2.0))
+    assert seed_run_id(study, 0, seed_config(edited, study, 0, root, quick=True)) != \
+        seed_run_id(study, 0, seed_config(pipeline, study, 0, root, quick=True))
+
     # A study that asks for no pair-level table makes no pair-level claim; the commit given at the start is kept.
     import dataclasses
     from fstrain.config import load_config
