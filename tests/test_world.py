@@ -167,20 +167,31 @@ def test_manifest_check_names_a_changed_file(tiny_world, tmp_path):
     assert [p.split(":")[0] for p in verify_manifest(copy)] == ["identity.pth"]
 
 
-def test_rerunning_one_stage_keeps_every_other_file_and_records_both_commands(tiny_world, tmp_path, capsys):
+def _copy_of(folder, tmp_path):
     import shutil
-    from fstrain.world.pretrain import main, verify_manifest
-    out, _ = tiny_world
     copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    before = json.loads((copy / "manifest.json").read_text())
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def _rerun_stages(folder, stages: str) -> None:
+    """`fstrain.world.pretrain FOLDER --stages STAGES` at the tiny world's budget and size, on one thread."""
+    from fstrain.world.pretrain import main
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        main([str(copy), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none",
-              "--stages", "eval_perceptual"])
+        main([str(folder), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none",
+              "--stages", stages])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_rerunning_one_stage_keeps_every_other_file_and_records_both_commands(tiny_world, tmp_path, capsys):
+    from fstrain.world.pretrain import main, verify_manifest
+    out, _ = tiny_world
+    copy = _copy_of(out, tmp_path)
+    before = json.loads((copy / "manifest.json").read_text())
+    _rerun_stages(copy, "eval_perceptual")
     after = json.loads((copy / "manifest.json").read_text())
     assert verify_manifest(copy) == []
     changed = {name for name, entry in after["files"].items() if entry != before["files"].get(name)}
@@ -202,21 +213,13 @@ def test_rerunning_one_stage_keeps_every_other_file_and_records_both_commands(ti
 def test_rerunning_the_encoders_stage_continues_from_the_folders_encoder(tiny_world, tmp_path):
     """A full run deletes the generator's warm-start encoder once E_w+ is trained from it, so a rerun of the
     encoders stage starts from the folder's E_w+ (not from scratch) and records which file it started from."""
-    import shutil
     from fstrain.world.generator import WARM_ENCODER_FILE
-    from fstrain.world.pretrain import main, verify_manifest
+    from fstrain.world.pretrain import verify_manifest
     out, _ = tiny_world
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
+    copy = _copy_of(out, tmp_path)
     assert not (copy / WARM_ENCODER_FILE).exists()
     before = (copy / "encoder_wplus.pt").read_bytes()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main([str(copy), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none",
-              "--stages", "encoders"])
-    finally:
-        torch.set_num_threads(threads)
+    _rerun_stages(copy, "encoders")
     report = json.loads((copy / "instruments.json").read_text())
     assert report["stages"]["encoders"]["started_from"] == "encoder_wplus.pt"
     assert (copy / "encoder_wplus.pt").read_bytes() != before
