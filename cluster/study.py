@@ -247,6 +247,14 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def models_needed(study: StudyConfig, pipeline: PipelineConfig, root: str, quick: bool) -> list[str]:
+    """Every `models.<key>` some cell reads: E_w+ (evaluation), the fine-tunes' nets and the pair levels' nets."""
+    from fstrain.pairs.build import level_networks
+    config = seed_config(pipeline, study, (study.seeds or [0])[0], root, quick=quick)
+    return sorted({"encoder_wplus", *fine_tune_models(config, "sc+pc"),
+                   *level_networks(config, pair_levels(config), configured_only=True)})
+
+
 def models_read(config: PipelineConfig, keys: list[str]) -> str:
     """A training cell's fingerprint: the sha256 of each `models.<key>` file it reads (cluster.train's stage
     inputs, through the model hub), so replacing a model file in place makes the cells that read it stale."""
@@ -467,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         preflight.storage_usable(args.root, "--root", write=True)
         preflight.storage_usable(args.out, "--out", write=True)
         instrument_identities(study, pipeline, args.root)
-        preflight.models_exist(pipeline, args.root, ["base_generator", "encoder_wplus", "lpips_backbone"],
+        preflight.models_exist(pipeline, args.root, models_needed(study, pipeline, args.root, args.quick),
                                study.pipeline)
         if os.environ.get("RAY_ADDRESS"):
             preflight.ray_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")

@@ -233,6 +233,21 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     assert "evaluation.identity" in err and "does not exist" in err and "Traceback" not in err
 
 
+def test_cli_names_a_missing_model_that_only_some_cells_read(tiny_models, tmp_path, capsys):
+    """The identity net is read by L_sem's fine-tunes and level-2 pairs, not by the baseline: it is still checked
+    before any cell is scheduled, with a message naming the key, not found hours in (or as a traceback)."""
+    import shutil
+    from cluster.study import main
+    shutil.copytree(tiny_models.root, tmp_path / "models")
+    (tmp_path / "models" / "identity.pth").unlink()
+    study = tmp_path / "study.yaml"
+    study.write_text(f"pipeline: {REPO / 'configs' / 'tiny_five_styles.yaml'}\nevaluation:\n  feature_net: none\n"
+                     f"  identity: none\n  lpips_backbone: models/lpips_alex_backbone_RANDOM.pth\n  attribute_reader: none\n")
+    assert main([str(study), "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "models.identity" in err and "does not exist" in err and "Traceback" not in err
+
+
 def test_ground_truth_fidelity_reads_the_evaluation_feature_net_zero_for_the_truth_itself():
     """gt_features: 1 - cos of the shipped evaluation feature net's features; 0 when the output is the truth,
     larger for another person than for the same person in another view."""
