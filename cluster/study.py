@@ -35,7 +35,7 @@ from typing import Any, Callable
 import ray
 
 from cluster.pipeline import ProgressBoard, format_duration, progress_line
-from cluster.train import (baseline_stage, fine_tune_models, model_inputs, pair_levels, pairs_stage, styled_stage,
+from cluster.train import (baseline_stage, model_inputs, pair_levels, pairs_stage, stage_models, styled_stage,
                            style_resources)
 from fstrain import layout
 from fstrain.config import ConfigError, load_config
@@ -248,34 +248,25 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def models_needed(study: StudyConfig, pipeline: PipelineConfig, root: str, quick: bool) -> list[str]:
-    """Every `models.<key>` some cell reads: E_w+ (evaluation), the fine-tunes' nets and the pair levels' nets."""
-    from fstrain.pairs.build import level_networks
+    """Every `models.<key>` some cell reads: E_w+ (evaluation), the fine-tunes' nets (SC&PC reads every one a
+    fine-tune may) and the pair levels' nets."""
     config = seed_config(pipeline, study, (study.seeds or [0])[0], root, quick=quick)
-    return sorted({"encoder_wplus", *fine_tune_models(config, "sc+pc"),
-                   *level_networks(config, pair_levels(config), configured_only=True)})
-
-
-def models_read(config: PipelineConfig, keys: list[str]) -> str:
-    """A training cell's fingerprint: the sha256 of each `models.<key>` file it reads (cluster.train's stage
-    inputs, through the model hub), so replacing a model file in place makes the cells that read it stale."""
-    return _fingerprint(model_inputs(config, keys)(config.root, "", ""))
+    return sorted({"encoder_wplus", *stage_models(config, "sc+pc"), *stage_models(config, "pairs")})
 
 
 def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styles: list[str],
                 quick: bool) -> dict[str, Cell]:
     from fstrain.config import config_to_dict
 
-    from fstrain.pairs.build import level_networks
-
     cells: dict[str, Cell] = {}
     instruments = instrument_identities(study, pipeline, root)
-    fingerprints: dict[tuple[str, ...], str] = {}
+    # A training cell's fingerprint is the sha256 of each model file its stage reads (cluster.train's stage inputs,
+    # through the model hub): replacing a file in place makes the cells that read it stale. Hashed once here.
+    first = seed_config(pipeline, study, (study.seeds or [0])[0], root, quick=quick)
+    hashes = model_inputs(first, models_needed(study, pipeline, root, quick))(root, "", "")
 
-    def read_models(config: PipelineConfig, keys: list[str]) -> str:   # every seed reads the same model files
-        wanted = tuple(sorted(keys))
-        if wanted not in fingerprints:
-            fingerprints[wanted] = models_read(config, list(wanted))
-        return fingerprints[wanted]
+    def models_read(config: PipelineConfig, stage: str) -> str:
+        return _fingerprint({key: hashes[key] for key in stage_models(config, stage)})
 
     def add(cell: Cell) -> None:
         cells[cell.key] = cell
@@ -294,17 +285,15 @@ def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styl
                 return layout.mode_run(root, run, style, mode)
 
             add(Cell(f"{prefix}/baseline", seed, style, "baseline", run_id, mode_folder(run_id, "baseline"),
-                     baseline_stage(config), fingerprint=read_models(config, fine_tune_models(config, "baseline"))))
+                     baseline_stage(config), fingerprint=models_read(config, "baseline")))
             add(Cell(f"{prefix}/pairs", seed, style, "pairs", run_id, layout.pairs(root, run_id, style),
-                     pairs_stage(config), needs=[f"{prefix}/baseline"],
-                     fingerprint=read_models(config, level_networks(config, pair_levels(config),
-                                                                    configured_only=True))))
+                     pairs_stage(config), needs=[f"{prefix}/baseline"], fingerprint=models_read(config, "pairs")))
             for mode in ("sc", "pc", "sc+pc"):
                 mode_config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
                                                                                       constrained_mode=mode))
                 add(Cell(f"{prefix}/{mode}", seed, style, mode, run_id, mode_folder(run_id, mode),
                          styled_stage(mode_config), needs=[] if mode == "sc" else [f"{prefix}/pairs"],
-                         fingerprint=read_models(config, fine_tune_models(config, mode))))
+                         fingerprint=models_read(config, mode)))
             level_runs = {}
             for level in sorted(set(study.pair_levels) - {default_level}):
                 level_run = f"{run_id}-level{level}"
@@ -312,7 +301,7 @@ def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styl
                 level_config = dataclasses.replace(config, train=dataclasses.replace(config.train, pair_level=level))
                 add(Cell(f"{prefix}/sc+pc@{level}", seed, style, "sc+pc", level_run,
                          mode_folder(level_run, "sc+pc"), level_variant_stage(level_config, level, run_id),
-                         needs=[f"{prefix}/pairs"], fingerprint=read_models(config, fine_tune_models(config, "sc+pc"))))
+                         needs=[f"{prefix}/pairs"], fingerprint=models_read(config, "sc+pc")))
             trained = [k for k in cells if k.startswith(prefix + "/")]
             add(Cell(f"{prefix}/evaluate", seed, style, "evaluate", run_id, study_folder(root, run_id, style),
                      evaluate_stage(study, config, seed, level_runs, default_level), needs=trained,

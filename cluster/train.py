@@ -51,6 +51,15 @@ def pair_levels(config: PipelineConfig) -> list[int]:
     return sorted(set(config.pairs.levels) | {config.train.pair_level} | set(config.train.pair_level_by_style.values()))
 
 
+def stage_models(config: PipelineConfig, stage: str) -> list[str]:
+    """The `models.*` keys a stage reads: "pairs" the configured pair levels' networks, a fine-tune mode
+    ("baseline", "sc", "pc", "sc+pc") its G and loss nets. A stage's done-marker records their sha256."""
+    if stage == "pairs":
+        from fstrain.pairs.build import level_networks
+        return level_networks(config, pair_levels(config), configured_only=True)
+    return fine_tune_models(config, stage)
+
+
 def fine_tune_models(config: PipelineConfig, mode: str) -> list[str]:
     """The `models.*` keys a fine-tune of `mode` reads: G, and the loss nets its terms use."""
     from fstrain.train.resources import mode_terms
@@ -130,17 +139,15 @@ def publish_stage(config: PipelineConfig):
 def style_stages(config: PipelineConfig) -> list[Stage]:
     """The four stages of one style, each marking its done-ness in the folder of its outputs with the models it
     read; publish only copies files, so it asks for one CPU and no GPU."""
-    from fstrain.pairs.build import level_networks
-
     mode = config.cluster.constrained_mode
     return [Stage("baseline", baseline_stage(config),
                   folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, "baseline"),
-                  inputs=model_inputs(config, fine_tune_models(config, "baseline"))),
+                  inputs=model_inputs(config, stage_models(config, "baseline"))),
             Stage("pairs", pairs_stage(config), folder=layout.pairs,
-                  inputs=model_inputs(config, level_networks(config, pair_levels(config), configured_only=True))),
+                  inputs=model_inputs(config, stage_models(config, "pairs"))),
             Stage("styled", styled_stage(config),
                   folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, mode),
-                  inputs=model_inputs(config, fine_tune_models(config, mode))),
+                  inputs=model_inputs(config, stage_models(config, mode))),
             Stage("publish", publish_stage(config), resources={"num_cpus": 1, "num_gpus": 0},
                   folder=lambda root, run_id, style: layout.published_style(root, style))]
 
@@ -190,7 +197,6 @@ def ray_target(local: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fstrain.pairs.build import level_networks
     from fstrain.train.__main__ import default_run_id
 
     args = parse_args(argv)
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         preflight.storage_usable(root, "--root", write=True)
         for style in styles:
             preflight.dataset_exists(root, style, flag="--styles")
-        keys = {"base_generator", "lpips_backbone", *level_networks(config, pair_levels(config), configured_only=True)}
+        keys = {"base_generator", "lpips_backbone", *stage_models(config, "pairs")}
         preflight.models_exist(config, root, sorted(keys), args.config)
         run_id = args.run_id or default_run_id(args.config)
         target = ray_target(args.local)

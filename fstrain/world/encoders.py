@@ -101,13 +101,14 @@ def _new_encoder(s: EncoderSettings, g: Generator, latent_avg: torch.Tensor | No
     return PSPEncoder(core, avg, space)
 
 
-def _warm_start_path(generator_path: str, warm_start: str | None) -> str | None:
-    """"auto": the generator's warm-start encoder next to it when present; None: none; else that file."""
+def _warm_start_path(generator_path: str, warm_start: str | None, out_dir: str) -> str | None:
+    """"auto": the generator's warm-start encoder next to it when present, else the E_w+ already in `out_dir` (a
+    rerun continues it: fstrain.world.pretrain deletes the warm start once used); None: none; else that file."""
     if warm_start != "auto":
         return warm_start
-    candidate = storage.join(str(Path(str(generator_path)).parent) if "://" not in str(generator_path)
-                             else str(generator_path).rsplit("/", 1)[0], WARM_ENCODER_FILE)
-    return candidate if storage.exists(candidate) else None
+    warm = storage.join(str(Path(str(generator_path)).parent) if "://" not in str(generator_path)
+                        else str(generator_path).rsplit("/", 1)[0], WARM_ENCODER_FILE)
+    return next((uri for uri in (warm, storage.join(out_dir, WPLUS_FILE)) if storage.exists(uri)), None)
 
 
 @torch.no_grad()
@@ -199,10 +200,11 @@ def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: s
     """Train E_w+ then E_z+ against the generator in `generator_path` and write them (pSp layout) to `out_dir`.
 
     `warm_start`: a pSp W+ encoder file E_w+ starts from; "auto" takes the generator's warm-start encoder
-    (fstrain.world.generator.WARM_ENCODER_FILE) next to `generator_path` when it is there.
+    (fstrain.world.generator.WARM_ENCODER_FILE) next to `generator_path` when it is there, else the E_w+ already in
+    `out_dir` (`_warm_start_path`).
     Step counts given: deterministic for a seed, budget not enforced; else planned from the budget.
 
-    Returns {"seconds", "steps", "files", ...final loss terms of each encoder}.
+    Returns {"seconds", "steps", "files", "started_from", ...final loss terms of each encoder}.
     """
     started = time.perf_counter()
     s = settings or EncoderSettings()
@@ -225,7 +227,7 @@ def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: s
 
     encoder_w = _new_encoder(s, g, latent_avg, "w+", size, seed + 1)
     encoder_z = _new_encoder(s, g, None, "z+", size, seed + 2)
-    warm_path = _warm_start_path(generator_path, warm_start)
+    warm_path = _warm_start_path(generator_path, warm_start, base)
     if warm_path is not None:
         _start_from(encoder_w, load_encoder(warm_path, space="w+"))
         log(f"  E_w+ starts from {warm_path}")
@@ -289,7 +291,8 @@ def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: s
     seconds = round(time.perf_counter() - started, 1)
     log(f"wrote {WPLUS_FILE}, {ZPLUS_FILE} and {PREVIEW_FILE} to {base} after {seconds:.0f} s "
         f"({wplus_steps} + {zplus_steps} steps)")
-    return {"seconds": seconds, "steps": wplus_steps + zplus_steps, "wplus_steps": wplus_steps,
+    return {"seconds": seconds, "started_from": warm_path.rsplit("/", 1)[-1] if warm_path else "scratch",
+            "steps": wplus_steps + zplus_steps, "wplus_steps": wplus_steps,
             "zplus_steps": zplus_steps, "files": [WPLUS_FILE, ZPLUS_FILE, PREVIEW_FILE],
             "s_per_step": {"w+": plan.get("wplus_s_per_step"), "z+": plan.get("zplus_s_per_step"),
                            "w+_measured": figures["wplus_seconds"] / max(wplus_steps, 1),

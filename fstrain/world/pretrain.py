@@ -248,16 +248,13 @@ def stage_encoders(out: Path, plan: Plan, budget: float, log: Log, generator_inf
         log(f"  fstrain.world.encoders is not available ({exc}); FALLBACK: encoders stay untrained")
         raise SystemExit("fstrain.world.encoders is missing but the generator was trained by "
                          "fstrain.world.generator; no encoders fit it") from exc
-    from fstrain.world.generator import WARM_ENCODER_FILE
-    # A full run starts E_w+ from the generator's warm-start encoder, which the run then deletes; a rerun of this
-    # stage (`--stages encoders`) continues from the folder's own E_w+ instead of starting from scratch.
-    warm = next((str(out / name) for name in (WARM_ENCODER_FILE, FILES["encoder_wplus"]) if (out / name).exists()),
-                None)
-    return {"source": "fstrain.world.encoders", "started_from": Path(warm).name if warm else "scratch",
+    # E_w+ starts from the generator's warm-start encoder in a full run; a rerun of this stage, after the run has
+    # deleted that file, continues from the folder's own E_w+ (train_encoders' "auto" warm start).
+    return {"source": "fstrain.world.encoders",
             **train_encoders(out, generator_path=str(out / FILES["generator"]),
                              identity_path=str(out / FILES["identity"]),
                              lpips_backbone_path=str(out / FILES["lpips_backbone"]), size=plan.size, seed=plan.seed,
-                             budget_s=budget, log=log, warm_start=warm)}
+                             budget_s=budget, log=log)}
 
 
 def _autoencoder_fallback(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
