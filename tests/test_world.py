@@ -226,6 +226,37 @@ def test_rerunning_the_encoders_stage_continues_from_the_folders_encoder(tiny_wo
     assert verify_manifest(copy) == []
 
 
+def test_rerunning_the_generator_stage_continues_its_training_and_the_encoders_follow(tiny_world, tmp_path,
+                                                                                     capsys):
+    """A generator rerun takes more adversarial steps from the folder's G, D and g_ema (not a fresh G), keeps the
+    first run's figures in the sidecar, and the encoders rerun with it start from the encoder trained alongside."""
+    from fstrain.models.checkpoints import read_checkpoint
+    from fstrain.world.generator import WARM_ENCODER_FILE
+    from fstrain.world.pretrain import main, verify_manifest
+    out, _ = tiny_world
+    copy = _copy_of(out, tmp_path)
+    with pytest.raises(SystemExit):
+        main([str(copy), "--budget-min", "0.5", "--size", "32", "--stages", "generator"])
+    assert "pass --stages generator,encoders" in capsys.readouterr().err
+    first = json.loads((copy / "generator.pt.json").read_text())["world_generator"]
+    before = read_checkpoint(str(copy / "generator.pt"))
+    _rerun_stages(copy, "generator,encoders")
+    after = read_checkpoint(str(copy / "generator.pt"))
+    sidecar = json.loads((copy / "generator.pt.json").read_text())["world_generator"]
+    (continued,) = sidecar["continued"]
+    assert continued["gan_steps"] >= 1 and continued["encoder"] == "encoder_wplus.pt"
+    assert sidecar["gan_steps"] == first["gan_steps"] and sidecar["warm_steps"] == first["warm_steps"]
+    assert sidecar["gan_steps_total"] == first["gan_steps"] + continued["gan_steps"] == after["args"]["iter"]
+    for key in ("g", "d", "g_ema"):
+        assert set(after[key]) == set(before[key])
+        assert any(not torch.equal(after[key][k].float(), before[key][k].float()) for k in before[key]), key
+    report = json.loads((copy / "instruments.json").read_text())
+    assert report["stages"]["generator"]["continued_from"] == "generator.pt"
+    assert report["stages"]["encoders"]["started_from"] == WARM_ENCODER_FILE
+    assert not (copy / WARM_ENCODER_FILE).exists()
+    assert verify_manifest(copy) == []
+
+
 def test_calibrated_heads_keep_one_distance_scale_for_every_domain():
     """2AFC choices are scale-free, so an unconstrained fit may make one domain's people 100x nearer than
     another's (the first shipped heads did: anime people 0.003 apart, photos 1.4). The balanced fit may not."""

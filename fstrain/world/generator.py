@@ -47,8 +47,8 @@ from torch import nn
 from fstrain.data import storage
 from fstrain.losses import (discriminator_adversarial_loss, generator_adversarial_loss, lazy_regularization_ratio,
                             r1_penalty)
-from fstrain.models.checkpoints import FORMAT_NAME, MEAN_LATENT_SAMPLES, metadata_uri
-from fstrain.models.psp import PSPEncoder, build_encoder, save_encoder
+from fstrain.models.checkpoints import FORMAT_NAME, MEAN_LATENT_SAMPLES, metadata_uri, read_checkpoint
+from fstrain.models.psp import PSPEncoder, build_encoder, load_encoder, save_encoder
 from fstrain.models.stylegan2 import Discriminator, Generator
 from fstrain.stylize.images import image_grid, to_uint8
 from fstrain.world import autoencoder
@@ -330,6 +330,40 @@ def plan_steps(s: GeneratorSettings, photos: torch.Tensor, pool: tuple[torch.Ten
     return {"warm_s_per_step": warm_s, "gan_s_per_step": gan_s, "warm_steps": warm_steps, "gan_steps": gan_steps}
 
 
+def adversarial_phase(trainer: AdversarialTrainer, photos: torch.Tensor, steps: int, deadline: float | None,
+                      log: Log, base: str, seed: int, progress_grids: int = 0) -> tuple[int, dict[str, float]]:
+    """Up to `steps` adversarial steps (fewer when the clock passes `deadline`); returns the steps taken and the
+    phase's figures (seconds, mean losses and logits of its last tenth)."""
+    started = time.perf_counter()
+    history: list[dict[str, float]] = []
+    log_every = max(steps // 10, 1)
+    grid_every = max(steps // progress_grids, 1) if progress_grids > 0 else 0
+    taken = 0
+    for step in range(1, steps + 1):
+        history.append(trainer.step(_real_batch(photos, trainer.s, trainer.rng)))
+        taken = step
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        if grid_every and (step % grid_every == 0 or step == 1):
+            _write_png(storage.join(base, "progress", f"step-{step:06d}.png"), sample_grid(trainer.g_ema, seed))
+        if step % log_every == 0 or step == steps or out_of_time:
+            recent = history[-log_every:]
+            mean = {k: sum(h[k] for h in recent if k in h) / max(sum(k in h for h in recent), 1)
+                    for k in ("d_loss", "g_loss", "real_logit", "fake_logit", "pixel", "pixel_paired")}
+            log(f"  adversarial {step}/{steps}  D loss {mean['d_loss']:.3f}  G loss {mean['g_loss']:.3f}  "
+                f"D(real) {mean['real_logit']:+.2f}  D(fake) {mean['fake_logit']:+.2f}  "
+                + (f"pixel L1 {mean['pixel']:.4f}  " if trainer.encoder is not None else "")
+                + (f"paired {mean['pixel_paired']:.4f}  " if trainer.pool is not None else "") +
+                f"{(time.perf_counter() - started) / step:.2f} s/step" + ("  (time budget reached)" if out_of_time
+                                                                       else ""))
+        if out_of_time:
+            break
+    figures = {"gan_seconds": round(time.perf_counter() - started, 1)}
+    tail = history[-max(len(history) // 10, 1):]
+    for key in ("d_loss", "g_loss", "real_logit", "fake_logit"):
+        figures[f"final_{key}"] = round(sum(h[key] for h in tail) / len(tail), 4)
+    return taken, figures
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -368,6 +402,14 @@ def _write_png(uri: str, image: Image.Image) -> None:
 # ---------------------------------------------------------------- the entry point
 
 
+def sized_for_budget(s: GeneratorSettings, budget_s: float) -> GeneratorSettings:
+    """A tiny budget cannot use thousands of photos (rendering them would eat it, ~10 ms a photo), nor 3000
+    mapping steps (~20 ms each): all shrink with the budget (full size from ~20 minutes on)."""
+    return dataclasses.replace(s, identities=min(s.identities, max(32, int(budget_s * 3))),
+                               latent_pool=min(s.latent_pool, max(64, int(budget_s * 8))),
+                               mapping_steps=min(s.mapping_steps, max(25, int(budget_s * 2.5))))
+
+
 def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s: float, log: Log = print,
                     settings: GeneratorSettings | None = None, warm_steps: int | None = None,
                     gan_steps: int | None = None, progress_grids: int = 0) -> dict[str, Any]:
@@ -381,11 +423,7 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
     started = time.perf_counter()
     s = dataclasses.replace(settings or GeneratorSettings(), size=size)
     if warm_steps is None or gan_steps is None:
-        # A tiny budget cannot use thousands of photos (rendering them would eat it, ~10 ms a photo), nor 3000
-        # mapping steps (~20 ms each): all shrink with the budget (full size from ~20 minutes on).
-        s = dataclasses.replace(s, identities=min(s.identities, max(32, int(budget_s * 3))),
-                                latent_pool=min(s.latent_pool, max(64, int(budget_s * 8))),
-                                mapping_steps=min(s.mapping_steps, max(25, int(budget_s * 2.5))))
+        s = sized_for_budget(s, budget_s)
     base = str(out_dir).rstrip("/")
     photos = training_photos(s)
     pool = render_latent_pool(s.latent_pool, s.size, seed)
@@ -433,35 +471,12 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
         figures["warm_heldin_pixel_l1"] = round(autoencoder.reconstruction_error(encoder, g, photos[:256]), 5)
 
         # Phase 2: adversarial.
-        phase = time.perf_counter()
         g.train()
         d.train()
         trainer = AdversarialTrainer(g, d, s, rng, encoder, pool)
-        history: list[dict[str, float]] = []
-        log_every = max(gan_steps // 10, 1)
-        grid_every = max(gan_steps // progress_grids, 1) if progress_grids > 0 else 0
-        for step in range(1, gan_steps + 1):
-            history.append(trainer.step(_real_batch(photos, s, rng)))
-            out_of_time = enforce_budget and time.perf_counter() > deadline
-            if grid_every and (step % grid_every == 0 or step == 1):
-                _write_png(storage.join(base, "progress", f"step-{step:06d}.png"), sample_grid(trainer.g_ema, seed))
-            if step % log_every == 0 or step == gan_steps or out_of_time:
-                recent = history[-log_every:]
-                mean = {k: sum(h[k] for h in recent if k in h) / max(sum(k in h for h in recent), 1)
-                        for k in ("d_loss", "g_loss", "real_logit", "fake_logit", "pixel", "pixel_paired")}
-                log(f"  adversarial {step}/{gan_steps}  D loss {mean['d_loss']:.3f}  G loss {mean['g_loss']:.3f}  "
-                    f"D(real) {mean['real_logit']:+.2f}  D(fake) {mean['fake_logit']:+.2f}  "
-                    + (f"pixel L1 {mean['pixel']:.4f}  " if trainer.encoder is not None else "")
-                    + (f"paired {mean['pixel_paired']:.4f}  " if trainer.pool is not None else "") +
-                    f"{(time.perf_counter() - phase) / step:.2f} s/step" + ("  (time budget reached)" if out_of_time
-                                                                           else ""))
-            if out_of_time:
-                gan_steps = step
-                break
-        figures["gan_seconds"] = round(time.perf_counter() - phase, 1)
-        tail = history[-max(len(history) // 10, 1):]
-        for key in ("d_loss", "g_loss", "real_logit", "fake_logit"):
-            figures[f"final_{key}"] = round(sum(h[key] for h in tail) / len(tail), 4)
+        gan_steps, gan_figures = adversarial_phase(trainer, photos, gan_steps, deadline if enforce_budget else None,
+                                                   log, base, seed, progress_grids)
+        figures.update(gan_figures)
         g_ema = trainer.g_ema
         latent_avg = g_ema.mean_latent(MEAN_LATENT_SAMPLES, generator=torch.Generator().manual_seed(seed)).reshape(-1)
 
@@ -492,3 +507,73 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
             "s_per_step": {"warm": plan.get("warm_s_per_step"), "gan": plan.get("gan_s_per_step"),
                            "gan_measured": figures["gan_seconds"] / max(gan_steps, 1)},
             "render_seconds": round(render_s, 1), **figures}
+
+
+def continue_generator(out_dir: str | Path, *, seed: int, budget_s: float, log: Log = print,
+                       gan_steps: int | None = None) -> dict[str, Any]:
+    """More adversarial steps for the G, D and g_ema already in `out_dir`/generator.pt (what a rerun of the pretrain
+    command's generator stage does): the same settings and data as the run that wrote it, fresh Adam state.
+
+    The reconstruction half of G's step needs a W+ encoder of this G: the warm-start encoder when the folder still
+    has it, else the folder's trained E_w+; the one trained alongside is written as the warm-start encoder, which
+    the encoders stage then starts from. `gan_steps` fixes the step count (budget not enforced); otherwise the phase
+    runs until the budget is spent. The sidecar keeps the first run's figures and appends this continuation's.
+    """
+    started = time.perf_counter()
+    base = str(out_dir).rstrip("/")
+    generator_uri = storage.join(base, GENERATOR_FILE)
+    checkpoint = read_checkpoint(generator_uri)
+    missing = [k for k in ("g", "d", "g_ema") if not isinstance(checkpoint.get(k), dict)]
+    if missing:
+        raise ValueError(f"{generator_uri} has no {', '.join(missing)} state; only a training checkpoint "
+                         f"(fstrain.world.generator's g, d, g_ema) can be continued - run the full command instead")
+    metadata = json.loads(storage.read_bytes(metadata_uri(generator_uri)).decode("utf-8"))
+    first = metadata["world_generator"]
+    s = GeneratorSettings(**first["settings"])
+    if gan_steps is None:
+        s = sized_for_budget(s, budget_s)
+    encoder_uri = next((u for u in (storage.join(base, WARM_ENCODER_FILE), storage.join(base, "encoder_wplus.pt"))
+                        if storage.exists(u)), None)
+    if encoder_uri is None:
+        raise ValueError(f"{base} has neither {WARM_ENCODER_FILE} nor encoder_wplus.pt; the adversarial phase needs "
+                         f"a W+ encoder of this G - run the full command instead")
+    photos = training_photos(s)
+    pool = render_latent_pool(s.latent_pool, s.size, seed)
+    log(f"world generator (continued): {len(photos)} TRAIN photos and {len(pool[0])} latent-pool photos rendered in "
+        f"{time.perf_counter() - started:.0f} s; encoder {encoder_uri.rsplit('/', 1)[-1]}")
+    continued = list(first.get("continued", []))
+    with torch.random.fork_rng(devices=[]):
+        run_seed = seed + 1000 * (len(continued) + 1)      # not the first run's stream of batches and noise
+        torch.manual_seed(run_seed)
+        rng = torch.Generator().manual_seed(run_seed)
+        g, d, g_ema = s.generator(), s.discriminator(), s.generator()
+        for module, key in ((g, "g"), (d, "d"), (g_ema, "g_ema")):
+            module.load_state_dict({k: v.float() for k, v in checkpoint[key].items()})
+        encoder = load_encoder(encoder_uri, space="w+").requires_grad_(True)
+        g.train()
+        d.train()
+        trainer = AdversarialTrainer(g, d, s, rng, encoder, pool)
+        trainer.g_ema = g_ema.eval().requires_grad_(False)
+        deadline = None if gan_steps is not None else started + budget_s - 15
+        taken, figures = adversarial_phase(trainer, photos, gan_steps if gan_steps is not None else 10 ** 9,
+                                           deadline, log, base, run_seed)
+        latent_avg = g_ema.mean_latent(MEAN_LATENT_SAMPLES, generator=torch.Generator().manual_seed(seed)).reshape(-1)
+    g.eval()
+    d.eval()
+    seconds = round(time.perf_counter() - started, 1)
+    continued.append({"gan_steps": taken, "seconds": seconds, "seed": run_seed,
+                      "encoder": encoder_uri.rsplit("/", 1)[-1], **figures})
+    total_steps = int(first["gan_steps"]) + sum(int(c["gan_steps"]) for c in continued)
+    metadata["world_generator"] = {**first, "continued": continued, "gan_steps_total": total_steps}
+    metadata.pop("architecture", None)
+    metadata.pop("discriminator_architecture", None)
+    args = {**dict(checkpoint.get("args") or {}), "iter": total_steps}
+    save_training_checkpoint(generator_uri, g, d, g_ema, latent_avg, args, metadata)
+    _write_png(storage.join(base, SAMPLES_FILE), sample_grid(g_ema, seed))
+    save_encoder(storage.join(base, WARM_ENCODER_FILE), encoder,
+                 opts={"output_size": s.size, "random_init": False,
+                       "trained_by": "fstrain.world.generator continuation (trained alongside G)"})
+    log(f"wrote {generator_uri} after {seconds:.0f} s: {taken} more adversarial steps ({total_steps} in all)")
+    return {"seconds": seconds, "steps": taken, "gan_steps": taken, "gan_steps_total": total_steps,
+            "continued_from": GENERATOR_FILE, "files": [GENERATOR_FILE, GENERATOR_FILE + ".json", SAMPLES_FILE],
+            "warm_start_files": [WARM_ENCODER_FILE], **figures}

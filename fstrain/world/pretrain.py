@@ -28,7 +28,9 @@ the generator's warm-start encoder is deleted once the encoders stage has starte
 
 --stages retrains only the named stages inside an OUT that a full run wrote (same --size and --seed; each stage
 gets its share of --budget-min), then rewrites the report, models.json and manifest; the manifest keeps the full
-run's command and lists every rerun's, so the folder still says exactly how each file was made.
+run's command and lists every rerun's, so the folder still says exactly how each file was made. A rerun of
+`generator` continues the folder's G/D with more adversarial steps, and one of `encoders` continues its E_w+
+(from the encoder trained alongside G when a generator rerun left one); `generator` needs `encoders` with it.
 
 !! World instruments, not real ones: they know the synthetic world only. Real runs use FFHQ StyleGAN2, pSp,
 !! ArcFace, LPIPS (ImageNet) and Inception weights through the same config keys (README, "Real checkpoints").
@@ -41,7 +43,6 @@ import dataclasses
 import hashlib
 import json
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -229,25 +230,17 @@ def stage_reader(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, An
     return {**info, "render_seconds": round(render_s, 1)}
 
 
-def stage_generator(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
-    try:
-        from fstrain.world.generator import train_generator
-    except ImportError as exc:
-        log(f"  fstrain.world.generator is not available ({exc}); FALLBACK: the autoencoder warm start")
-        return _autoencoder_fallback(out, plan, budget, log)
+def stage_generator(out: Path, plan: Plan, budget: float, log: Log, rerun: bool) -> dict[str, Any]:
+    from fstrain.world.generator import continue_generator, train_generator
+    if rerun:   # a rerun of this stage continues the folder's G/D (more adversarial steps), as encoders' does E_w+
+        return {"source": "fstrain.world.generator (continued)",
+                **continue_generator(out, seed=plan.seed, budget_s=budget, log=log)}
     return {"source": "fstrain.world.generator", **train_generator(out, size=plan.size, seed=plan.seed,
                                                                    budget_s=budget, log=log)}
 
 
-def stage_encoders(out: Path, plan: Plan, budget: float, log: Log, generator_info: dict) -> dict[str, Any]:
-    if generator_info.get("source") == "autoencoder fallback":
-        return {"source": "autoencoder fallback", "note": "encoders come from the autoencoder warm start"}
-    try:
-        from fstrain.world.encoders import train_encoders
-    except ImportError as exc:
-        log(f"  fstrain.world.encoders is not available ({exc}); FALLBACK: encoders stay untrained")
-        raise SystemExit("fstrain.world.encoders is missing but the generator was trained by "
-                         "fstrain.world.generator; no encoders fit it") from exc
+def stage_encoders(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
+    from fstrain.world.encoders import train_encoders
     # E_w+ starts from the generator's warm-start encoder in a full run; a rerun of this stage, after the run has
     # deleted that file, continues from the folder's own E_w+ (train_encoders' "auto" warm start).
     return {"source": "fstrain.world.encoders",
@@ -255,17 +248,6 @@ def stage_encoders(out: Path, plan: Plan, budget: float, log: Log, generator_inf
                              identity_path=str(out / FILES["identity"]),
                              lpips_backbone_path=str(out / FILES["lpips_backbone"]), size=plan.size, seed=plan.seed,
                              budget_s=budget, log=log)}
-
-
-def _autoencoder_fallback(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
-    from fstrain.world.autoencoder import PretrainSettings, pretrain_models
-    settings = PretrainSettings(size=plan.size, seed=plan.seed)
-    with tempfile.TemporaryDirectory(prefix="world-ae-") as tmp:
-        pretrain_models(tmp, settings, log=log)
-        for name in ("generator.pt", "generator.pt.json", "encoder_wplus.pt", "encoder_zplus.pt"):
-            if (Path(tmp) / name).exists():
-                shutil.copy(Path(tmp) / name, out / name)
-    return {"source": "autoencoder fallback", "settings": dataclasses.asdict(settings)}
 
 
 def reference_autoencoder(path: str | None, log: Log) -> tuple[str | None, dict[str, Any]]:
@@ -484,9 +466,8 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
                                              views=plan.identity_views),
         "perceptual": lambda b: stage_perceptual(out, plan, b, log, identity_set=TRAIN, seed=seed,
                                                  file=FILES["lpips_backbone"]),
-        "generator": lambda b: stage_generator(out, plan, b, log),
-        "encoders": lambda b: stage_encoders(out, plan, b, log, stages.records.get("generator")
-                                             or (previous or {}).get("stages", {}).get("generator", {})),
+        "generator": lambda b: stage_generator(out, plan, b, log, rerun=previous is not None),
+        "encoders": lambda b: stage_encoders(out, plan, b, log),
         "reader": lambda b: stage_reader(out, plan, b, log),
         "eval_identity": lambda b: stage_identity(out, plan, b, log, arch="irse", identity_set=EVAL, seed=seed + 300,
                                                   file=FILES["eval_identity"], n_ids=plan.eval_identity_ids,
@@ -638,7 +619,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", default=None,
                         help=f"comma-separated stages to retrain inside OUT (a folder a full run wrote), then the "
-                             f"report; one of: {', '.join(k for k in STAGES if k != 'report')}")
+                             f"report; 'generator' and 'encoders' continue training the folder's models, the others "
+                             f"start afresh; one of: {', '.join(k for k in STAGES if k != 'report')}")
     parser.add_argument("--reference-autoencoder", default=None,
                         help="folder with the 32 px autoencoder's generator.pt for the FID comparison; 'none' to "
                              "skip it; default: train it now with fstrain.world.autoencoder's defaults")
@@ -653,6 +635,9 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [x for x in only if x not in STAGES]
         if unknown or not only:
             parser.error(f"--stages: unknown stage(s) {unknown or a.stages!r}; choose from {', '.join(STAGES)}")
+        if "generator" in only and "encoders" not in only:
+            parser.error("--stages: the encoders are trained against G, so a generator rerun needs them too; "
+                         "pass --stages generator,encoders")
     command = "python -m fstrain.world.pretrain " + " ".join(argv if argv is not None else sys.argv[1:])
     pretrain_world(a.out, a.budget_min, a.size, a.seed, a.reference_autoencoder, command, only=only)
 
