@@ -271,3 +271,42 @@ def test_ground_truth_fidelity_reads_the_evaluation_feature_net_zero_for_the_tru
     assert itself["gt_perceptual"] == pytest.approx(0.0, abs=1e-5)
     assert 0 < other_view["gt_features"] < other_people["gt_features"], (other_view, other_people)
     assert itself["gt_identity"] is None and itself["gt_attribute"] is None       # nets not given: not measured
+
+
+def test_one_feature_pass_per_image_set_gives_the_same_fid_and_gt_features_as_separate_passes():
+    """measure_generator extracts the outputs' features once for FID and gt_features, and evaluate_rows the truths'
+    once for every row: the figures must equal those of separate, independent passes over the right images."""
+    from fstrain.metrics import FeatureStatistics, extract_features, frechet_distance_between, load_inception
+    from fstrain.models.checkpoints import load_generator
+    from fstrain.models.perceptual import load_lpips
+    from fstrain.models.psp import load_encoder
+    from fstrain.study.evaluation import (TestImages, feature_statistics, ground_truth_fidelity, image_features,
+                                          measure_generator, stylize_all)
+    from fstrain.study.instruments import Instruments
+    from fstrain.world.splits import HELDOUT, render_identities
+
+    assets = REPO / "assets" / "world64"
+    extractor = load_inception(str(assets / "eval_features.pth"))
+    instruments = Instruments(extractor=extractor, lpips=load_lpips(str(assets / "lpips_alex_backbone.pth"),
+                                                                    net="alex"), identity=None, attributes=None)
+    g = load_generator(str(assets / "generator.pt")).generator.eval()
+    encoder = load_encoder(str(assets / "encoder_wplus.pt"), space="w+")
+    photos = render_identities(HELDOUT, 10, 1, "photo", 64, first_view=1000).tensor()
+    truths = render_identities(HELDOUT, 10, 1, "cartoon", 64, first_view=1000).tensor()
+    reference = render_identities(HELDOUT, 10, 1, "cartoon", 64, first_identity=10, first_view=1000).tensor()
+    images = TestImages(photos, truths, reference, [str(i) for i in range(10)])
+    cpu = torch.device("cpu")
+    reference_stats = feature_statistics(image_features(extractor, reference, 4, cpu))
+    row, outputs = measure_generator(g, base=g, encoder=encoder, images=images, instruments=instruments,
+                                     reference_stats=reference_stats, lambda_id=0.1, semantic_samples=2, seed=0,
+                                     batch_size=4, device=cpu, is_base=True,
+                                     truth_features=image_features(extractor, truths, 4, cpu))
+    assert torch.equal(outputs, stylize_all(encoder, g, photos, 4, cpu)[0])
+    separate = FeatureStatistics(extractor.dim)
+    for i in range(0, 10, 3):
+        separate.update(extract_features(extractor, outputs[i:i + 3]))
+    reference_separate = FeatureStatistics(extractor.dim).update(extract_features(extractor, reference))
+    assert row["fid"] == pytest.approx(frechet_distance_between(separate, reference_separate), rel=1e-6)
+    assert row["gt_features"] == pytest.approx(ground_truth_fidelity(outputs, truths, instruments, 3,
+                                                                     cpu)["gt_features"], rel=1e-6)
+    assert row["gt_features"] > 0.01      # outputs are not the truths: a swapped feature set would read 0

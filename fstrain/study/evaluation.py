@@ -104,11 +104,13 @@ def _embed(net: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, ba
     return torch.cat([net(x.to(device)).float().cpu() for x in _batches(images, batch_size)])
 
 
-def feature_statistics(extractor, images: torch.Tensor, batch_size: int, device) -> FeatureStatistics:
-    stats = FeatureStatistics(extractor.dim)
-    for batch in _batches(images, batch_size):
-        stats.update(extract_features(extractor, batch.to(device)))
-    return stats
+def image_features(extractor, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """The FID feature net's pooled features of `images`: FID's statistics and gt_features both read these."""
+    return _embed(functools.partial(extract_features, extractor), images, batch_size, device)
+
+
+def feature_statistics(features: torch.Tensor) -> FeatureStatistics:
+    return FeatureStatistics(features.shape[1]).update(features)
 
 
 def retrieval_top1(out_embeddings: torch.Tensor, truth_embeddings: torch.Tensor) -> float:
@@ -123,37 +125,44 @@ def retrieval_top1(out_embeddings: torch.Tensor, truth_embeddings: torch.Tensor)
 def measure_generator(g: nn.Module, *, base: nn.Module, encoder: nn.Module, images: TestImages,
                       instruments: Instruments, reference_stats: FeatureStatistics | None, lambda_id: float,
                       semantic_samples: int, seed: int, batch_size: int, device: torch.device,
-                      is_base: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
-    """Every metric of one generator (module docstring) and its stylized test photos."""
+                      is_base: bool = False, truth_features: torch.Tensor | None = None
+                      ) -> tuple[dict[str, Any], torch.Tensor]:
+    """Every metric of one generator (module docstring) and its stylized test photos. `truth_features`: the
+    feature net's features of images.truths, when the caller measures several generators against them."""
     outputs, seconds = stylize_all(encoder, g, images.photos, batch_size, device)
     row: dict[str, Any] = {m: None for m in METRICS}
     row["seconds_per_image"] = seconds
-    if instruments.extractor is not None and reference_stats is not None:
-        row["fid"] = frechet_distance_between(
-            feature_statistics(instruments.extractor, outputs, batch_size, device), reference_stats)
+    output_features = None
+    if instruments.extractor is not None:
+        output_features = image_features(instruments.extractor, outputs, batch_size, device)
+        if reference_stats is not None:
+            row["fid"] = frechet_distance_between(feature_statistics(output_features), reference_stats)
     row["perceptual"] = _mean_lpips(instruments.lpips, images.photos, outputs, batch_size, device)
     if is_base:
         row["semantic"] = 0.0    # d_sem(G, G) = 0 by definition
     else:
         row["semantic"] = semantic_distance(base, g, instruments.lpips, instruments.identity, lambda_id=lambda_id,
                                             num_samples=semantic_samples, seed=seed, batch_size=batch_size).total
-    row.update(ground_truth_fidelity(outputs, images.truths, instruments, batch_size, device))
+    row.update(ground_truth_fidelity(outputs, images.truths, instruments, batch_size, device,
+                                     output_features=output_features, truth_features=truth_features))
     return row, outputs
 
 
 @torch.no_grad()
 def ground_truth_fidelity(outputs: torch.Tensor, truths: torch.Tensor, instruments: Instruments, batch_size: int,
-                          device: torch.device) -> dict[str, Any]:
+                          device: torch.device, output_features: torch.Tensor | None = None,
+                          truth_features: torch.Tensor | None = None) -> dict[str, Any]:
     """How close each stylized photo is to the world's render of the same person in the style: gt_perceptual,
     and where the instruments have the nets, gt_features, gt_identity, retrieval_top1 and gt_attribute (None
-    otherwise)."""
+    otherwise). Feature-net features already extracted (`image_features`) are reused, not extracted again."""
     row: dict[str, Any] = {"gt_perceptual": _mean_lpips(instruments.lpips, outputs, truths, batch_size, device),
                            "gt_features": None, "gt_identity": None, "retrieval_top1": None, "gt_attribute": None}
     if instruments.extractor is not None:
-        features = functools.partial(extract_features, instruments.extractor)
-        out_features = _embed(features, outputs, batch_size, device)
-        truth_features = _embed(features, truths, batch_size, device)
-        row["gt_features"] = float(identity_distance(out_features, truth_features).double().mean())
+        if output_features is None:
+            output_features = image_features(instruments.extractor, outputs, batch_size, device)
+        if truth_features is None:
+            truth_features = image_features(instruments.extractor, truths, batch_size, device)
+        row["gt_features"] = float(identity_distance(output_features, truth_features).double().mean())
     if instruments.identity is not None:
         out_emb = _embed(instruments.identity, outputs, batch_size, device)
         truth_emb = _embed(instruments.identity, truths, batch_size, device)
@@ -182,9 +191,11 @@ def evaluate_rows(rows: dict[str, Callable[[], nn.Module]], *, base: nn.Module, 
                   seed: int, batch_size: int, device: torch.device, strips_uri: str, grid_identities: int,
                   progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Measure each named generator (built lazily, one in memory at a time) plus the base G; write grid strips."""
-    reference_stats = None
+    reference_stats = truth_features = None
     if instruments.extractor is not None:
-        reference_stats = feature_statistics(instruments.extractor, images.reference, batch_size, device)
+        reference_stats = feature_statistics(image_features(instruments.extractor, images.reference, batch_size,
+                                                            device))
+        truth_features = image_features(instruments.extractor, images.truths, batch_size, device)
     shown = min(grid_identities, images.photos.shape[0])
     strips = {"photo": write_strip(storage.join(strips_uri, "photo.png"), images.photos[:shown]),
               "ground truth": write_strip(storage.join(strips_uri, "ground_truth.png"), images.truths[:shown])}
@@ -195,7 +206,8 @@ def evaluate_rows(rows: dict[str, Callable[[], nn.Module]], *, base: nn.Module, 
         metrics, outputs = measure_generator(g, base=base, encoder=encoder, images=images, instruments=instruments,
                                              reference_stats=reference_stats, lambda_id=lambda_id,
                                              semantic_samples=semantic_samples, seed=seed, batch_size=batch_size,
-                                             device=device, is_base=name == "base G")
+                                             device=device, is_base=name == "base G",
+                                             truth_features=truth_features)
         metrics["parameters"] = parameter_count(g)
         metrics["resolution"] = int(g.size)
         results[name] = metrics

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import itertools
 import json
 import math
 import time
@@ -330,38 +331,39 @@ def plan_steps(s: GeneratorSettings, photos: torch.Tensor, pool: tuple[torch.Ten
     return {"warm_s_per_step": warm_s, "gan_s_per_step": gan_s, "warm_steps": warm_steps, "gan_steps": gan_steps}
 
 
-def adversarial_phase(trainer: AdversarialTrainer, photos: torch.Tensor, steps: int, deadline: float | None,
+def adversarial_phase(trainer: AdversarialTrainer, photos: torch.Tensor, steps: int | None, deadline: float | None,
                       log: Log, base: str, seed: int, progress_grids: int = 0) -> tuple[int, dict[str, float]]:
-    """Up to `steps` adversarial steps (fewer when the clock passes `deadline`); returns the steps taken and the
-    phase's figures (seconds, mean losses and logits of its last tenth)."""
-    started = time.perf_counter()
+    """Up to `steps` adversarial steps (None: until the clock passes `deadline`; fewer when it passes it first);
+    returns the steps taken and the phase's figures (seconds, mean losses and logits of its last tenth). Logs
+    every tenth of the steps, or every minute when their number is open."""
+    started = last_log = time.perf_counter()
     history: list[dict[str, float]] = []
-    log_every = max(steps // 10, 1)
-    grid_every = max(steps // progress_grids, 1) if progress_grids > 0 else 0
-    taken = 0
-    for step in range(1, steps + 1):
+    logged = 0                                  # len(history) at the last log line
+    log_every = max(steps // 10, 1) if steps is not None else 0
+    grid_every = max(steps // progress_grids, 1) if progress_grids > 0 and steps is not None else 0
+    for step in itertools.count(1) if steps is None else range(1, steps + 1):
         history.append(trainer.step(_real_batch(photos, trainer.s, trainer.rng)))
-        taken = step
-        out_of_time = deadline is not None and time.perf_counter() > deadline
+        now = time.perf_counter()
+        out_of_time = deadline is not None and now > deadline
         if grid_every and (step % grid_every == 0 or step == 1):
             _write_png(storage.join(base, "progress", f"step-{step:06d}.png"), sample_grid(trainer.g_ema, seed))
-        if step % log_every == 0 or step == steps or out_of_time:
-            recent = history[-log_every:]
+        due = step % log_every == 0 if log_every else now - last_log > 60
+        if due or step == steps or out_of_time:
+            recent, logged, last_log = history[logged:], len(history), now
             mean = {k: sum(h[k] for h in recent if k in h) / max(sum(k in h for h in recent), 1)
                     for k in ("d_loss", "g_loss", "real_logit", "fake_logit", "pixel", "pixel_paired")}
-            log(f"  adversarial {step}/{steps}  D loss {mean['d_loss']:.3f}  G loss {mean['g_loss']:.3f}  "
+            log(f"  adversarial {step}/{steps or 'budget'}  D loss {mean['d_loss']:.3f}  G loss {mean['g_loss']:.3f}  "
                 f"D(real) {mean['real_logit']:+.2f}  D(fake) {mean['fake_logit']:+.2f}  "
                 + (f"pixel L1 {mean['pixel']:.4f}  " if trainer.encoder is not None else "")
                 + (f"paired {mean['pixel_paired']:.4f}  " if trainer.pool is not None else "") +
-                f"{(time.perf_counter() - started) / step:.2f} s/step" + ("  (time budget reached)" if out_of_time
-                                                                       else ""))
+                f"{(now - started) / step:.2f} s/step" + ("  (time budget reached)" if out_of_time else ""))
         if out_of_time:
             break
     figures = {"gan_seconds": round(time.perf_counter() - started, 1)}
     tail = history[-max(len(history) // 10, 1):]
     for key in ("d_loss", "g_loss", "real_logit", "fake_logit"):
         figures[f"final_{key}"] = round(sum(h[key] for h in tail) / len(tail), 4)
-    return taken, figures
+    return len(history), figures
 
 
 # ---------------------------------------------------------------- writing
@@ -555,8 +557,7 @@ def continue_generator(out_dir: str | Path, *, seed: int, budget_s: float, log: 
         trainer = AdversarialTrainer(g, d, s, rng, encoder, pool)
         trainer.g_ema = g_ema.eval().requires_grad_(False)
         deadline = None if gan_steps is not None else started + budget_s - 15
-        taken, figures = adversarial_phase(trainer, photos, gan_steps if gan_steps is not None else 10 ** 9,
-                                           deadline, log, base, run_seed)
+        taken, figures = adversarial_phase(trainer, photos, gan_steps, deadline, log, base, run_seed)
         latent_avg = g_ema.mean_latent(MEAN_LATENT_SAMPLES, generator=torch.Generator().manual_seed(seed)).reshape(-1)
     g.eval()
     d.eval()
