@@ -203,7 +203,13 @@ def test_rerunning_one_stage_keeps_every_other_file_and_records_both_commands(ti
     assert after["reruns"][0]["stages"] == ["eval_perceptual", "report"]
     report = json.loads((copy / "instruments.json").read_text())
     assert set(report["stages"]) == set(json.loads((out / "instruments.json").read_text())["stages"])
-    assert "Rerun: `python -m fstrain.world.pretrain" in (copy / "instruments.md").read_text()
+    markdown = (copy / "instruments.md").read_text()
+    assert "Rerun: `python -m fstrain.world.pretrain" in markdown
+    made_by = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in markdown.splitlines()
+               if line.startswith("| ") and line.count("|") == 5}
+    assert made_by["eval_perceptual"] == "rerun 1" and made_by["identity"] == "full run"
+    assert after["total_seconds"] == before["total_seconds"]      # the full run's time; the rerun has its own
+    assert after["reruns"][0]["budget_seconds"] > 0
     with pytest.raises(SystemExit, match="same"):
         main([str(copy), "--size", "64", "--stages", "reader"])
     with pytest.raises(SystemExit, match="does not exist"):

@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -500,16 +501,19 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
     reruns = []
     if previous is not None:
         # The stages this call did not run keep the full run's records; the command stays the full run's.
-        kept = {k: {**v, "note": (v.get("note") or "") + " (full run)"} for k, v in previous["stages"].items()
-                if k not in stages.records}
+        # (reports before the "made by" column marked kept stages "(full run)", wrongly after a rerun of them)
+        kept = {k: {**v, "note": re.sub(r"( \(full run\))+$", "", v.get("note") or "")}
+                for k, v in previous["stages"].items() if k not in stages.records}
         stages.records = {k: stages.records.get(k, kept.get(k)) for k in STAGES
                           if k in stages.records or k in kept}
         reruns = previous.get("reruns", []) + [{"command": command, "stages": list(wanted),
-                                                "seconds": stages.total(), "machine": machine()}]
+                                                "seconds": stages.total(), "budget_seconds": stages.budget_s,
+                                                "machine": machine()}]
         command, budget_min = previous["command"], previous["budget_seconds"] / 60
     report = {"warning": WARNING, "command": command, "seed": seed, "size": size,
               "budget_seconds": budget_min * 60,
-              "total_seconds": round(sum(r["seconds"] for r in stages.records.values()), 1),
+              # the full run's own time; each rerun records its time in `reruns`
+              "total_seconds": previous["total_seconds"] if previous else stages.total(),
               "machine": previous["machine"] if previous else machine(), "plan": dataclasses.asdict(plan),
               "stages": stages.records, "tables": tables, "checks": checks(tables), "notes": NOTES,
               **({"reruns": reruns} if reruns else {})}

@@ -100,17 +100,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def made_by(stage: str, reruns: list[dict[str, Any]]) -> str:
+    """Which command last trained `stage`: the last rerun that named it, else the full run."""
+    last = max((i for i, r in enumerate(reruns, 1) if stage in r["stages"]), default=0)
+    return f"rerun {last}" if last else "full run"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# World instruments: validation on held-out identities", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
-             f"Seed: {report['seed']}, size: {report['size']} px, total time {report['total_seconds']} s "
-             f"(budget {report['budget_seconds']} s)", *[f"Rerun: `{r['command']}` (stages {', '.join(r['stages'])}; "
-                                                          f"{r['seconds']} s; {r['machine']})  "
-                                                          for r in report.get("reruns", [])],
+             f"Seed: {report['seed']}, size: {report['size']} px, time {report['total_seconds']} s "
+             f"(budget {report['budget_seconds']} s)" + ("  " if report.get("reruns") else ""),
+             *[f"Rerun: `{r['command']}` (stages {', '.join(r['stages'])}; {r['seconds']} s"
+               + (f" of a {r['budget_seconds']:.0f} s budget" if "budget_seconds" in r else "") + f"; {r['machine']})  "
+               for r in report.get("reruns", [])],
              "", "## Time per instrument", "",
-             "| stage | seconds | note |", "|---|---|---|"]
+             "| stage | seconds | made by | note |", "|---|---|---|---|"]
     for stage, info in report["stages"].items():
-        lines.append(f"| {stage} | {_fmt(info.get('seconds'))} | {info.get('note', '')} |")
+        lines.append(f"| {stage} | {_fmt(info.get('seconds'))} | {made_by(stage, report.get('reruns', []))} | "
+                     f"{info.get('note', '')} |")
     for title, table in report["tables"].items():
         lines += ["", f"## {title}", ""]
         if isinstance(table, str):
