@@ -225,26 +225,28 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     assert main([str(REPO / "configs" / "study.yaml"), "--root", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--seeds", "a,b"]) == 2
     assert "--seeds" in capsys.readouterr().err
-    missing = tmp_path / "missing.yaml"
-    missing.write_text(f"pipeline: {REPO / 'configs' / 'tiny_five_styles.yaml'}\nevaluation:\n"
-                       f"  identity: models/eval_identity.pth\n")
-    assert main([str(missing), "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
+    err = _study_cli_error(tmp_path, capsys, "  identity: models/eval_identity.pth\n")
     assert "evaluation.identity" in err and "does not exist" in err and "Traceback" not in err
+
+
+def _study_cli_error(root, capsys, evaluation: str) -> str:
+    """cluster.study on the tiny pipeline with this `evaluation:` block, over `root`: exit status 2, its stderr."""
+    from cluster.study import main
+    study = root / "study.yaml"
+    study.write_text(f"pipeline: {REPO / 'configs' / 'tiny_five_styles.yaml'}\nevaluation:\n{evaluation}")
+    assert main([str(study), "--root", str(root), "--out", str(root / "o")]) == 2
+    return capsys.readouterr().err
 
 
 def test_cli_names_a_missing_model_that_only_some_cells_read(tiny_models, tmp_path, capsys):
     """The identity net is read by L_sem's fine-tunes and level-2 pairs, not by the baseline: it is still checked
     before any cell is scheduled, with a message naming the key, not found hours in (or as a traceback)."""
     import shutil
-    from cluster.study import main
     shutil.copytree(tiny_models.root, tmp_path / "models")
     (tmp_path / "models" / "identity.pth").unlink()
-    study = tmp_path / "study.yaml"
-    study.write_text(f"pipeline: {REPO / 'configs' / 'tiny_five_styles.yaml'}\nevaluation:\n  feature_net: none\n"
-                     f"  identity: none\n  lpips_backbone: models/lpips_alex_backbone_RANDOM.pth\n  attribute_reader: none\n")
-    assert main([str(study), "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
+    err = _study_cli_error(tmp_path, capsys, "  feature_net: none\n  identity: none\n"
+                                             "  lpips_backbone: models/lpips_alex_backbone_RANDOM.pth\n"
+                                             "  attribute_reader: none\n")
     assert "models.identity" in err and "does not exist" in err and "Traceback" not in err
 
 
