@@ -38,7 +38,9 @@ def _hairline(L: FaceLayout, identity: Identity, domain: str, rng: np.random.Gen
     eye_y = float(L.eye_centres[0, 1])
     a = L.half_width
     xs = np.linspace(1.0, -1.0, 25)
-    if identity.bangs or domain == "anime":
+    if identity.hair_style == "buzz":     # clipped short: a high, even hairline, never a fringe or a parting
+        base = eye_y - 100 + 40 * np.abs(xs) ** 2
+    elif identity.bangs or domain == "anime":
         base = eye_y - 52 - 10 * (domain == "anime") + 18 * np.abs(xs) ** 2
         if domain in ("anime", "cartoon"):      # spiky fringe
             base = base - np.where(np.arange(25) % 2 == 1, 0, 26)
@@ -50,9 +52,12 @@ def _hairline(L: FaceLayout, identity: Identity, domain: str, rng: np.random.Gen
     return np.vstack([[L.cx + a * 0.99, side], pts, [L.cx - a * 0.99, side]])
 
 
-def _skull_arc(L: FaceLayout, bottom_y: float, bump: float = 0.0, n: int = 40) -> np.ndarray:
-    """Skull ellipse points from the left side (at bottom_y) over the top to the right side."""
+def _skull_arc(L: FaceLayout, bottom_y: float, bump: float = 0.0, n: int = 40, tight: bool = False) -> np.ndarray:
+    """Skull ellipse points from the left side (at bottom_y) over the top to the right side; `tight` hugs the
+    head (a buzz cut adds no volume), about 2 px narrower and lower at 64 px than a hair cap."""
     sx, sy, rx, ry = _skull(L)
+    if tight:
+        rx, ry = rx * 0.9, ry * 0.9
     t0 = math.asin(np.clip((bottom_y - sy) / ry, -1, 1))
     t = np.linspace(math.pi - t0, 2 * math.pi + t0, n)
     r = 1 + bump * np.sin(t * 17) ** 2
@@ -89,7 +94,7 @@ def draw_front_hair(p: Painter, L: FaceLayout, identity: Identity, pal: Palette,
     style = identity.hair_style
     bump = 0.05 if style == "curly" else 0.0
     colour = mix(pal.hair, pal.skin, 0.45) if style == "buzz" else pal.hair
-    cap = np.vstack([_skull_arc(L, eye_y + 12, bump), _hairline(L, identity, domain, rng)])
+    cap = np.vstack([_skull_arc(L, eye_y + 12, bump, tight=style == "buzz"), _hairline(L, identity, domain, rng)])
     p.polygon(cap, colour, line, width)
     if style in ("long", "bob"):        # locks falling beside the cheeks, in front of the shoulders
         bottom = BEYOND_BOTTOM if style == "long" else float(L.mouth_corners[0, 1]) + 40
@@ -307,7 +312,8 @@ def draw_mouth(p: Painter, L: FaceLayout, pal: Palette, domain: str, smile: floa
 # ------------------------------------------------------------------------------------------- accessories
 def draw_glasses(p: Painter, L: FaceLayout, identity: Identity, pal: Palette) -> None:
     colour = pal.glasses
-    width = 4.5 if pal.line is None else max(4.5, L.geometry.outline * 0.8)
+    # 9 units is 1.1 px at 64 px: the rims must survive the working resolution to be ground truth one can see
+    width = 9.0 if pal.line is None else max(9.0, L.geometry.outline * 0.8)
     hw = identity.eye_half_width * 1.1 * max(1.0, L.geometry.eye_width * 0.95)
     inner = []
     for which in (0, 1):
