@@ -51,7 +51,8 @@ def generator_samples(g: nn.Module, count: int, seed: int, batch_size: int = 100
 
 
 def fid(extractor: Any, images: torch.Tensor, reference: FeatureStatistics) -> float:
-    return round(frechet_distance_between(statistics(extractor, images), reference), 3)
+    # significant digits, not decimals: a random net's features are tiny and its FIDs all rounded to 0
+    return float(f"{frechet_distance_between(statistics(extractor, images), reference):.4g}")
 
 
 def sample_grid(samples: torch.Tensor, columns: int = 8) -> Any:
@@ -76,10 +77,14 @@ def encoder_scores(encoder: nn.Module, g: nn.Module, photos: torch.Tensor, lpips
 
 def domain_fids(extractor: Any, photos_a: torch.Tensor, photos_b: torch.Tensor,
                 styles: dict[str, torch.Tensor]) -> dict[str, float]:
+    """FID of other photos and of each style's images against `photos_a`, and the nearest style's FID over the
+    photos' (free of the features' scale, so a random net's row compares with a trained one's)."""
     reference = statistics(extractor, photos_a)
     out = {"photo_vs_photo": fid(extractor, photos_b, reference)}
     for domain, images in styles.items():
         out[f"photo_vs_{domain}"] = fid(extractor, images, reference)
+    nearest_style = min(v for k, v in out.items() if k != "photo_vs_photo")
+    out["nearest_style_over_photo"] = float(f"{nearest_style / max(out['photo_vs_photo'], 1e-12):.4g}")
     return out
 
 
