@@ -35,8 +35,8 @@ from typing import Any, Callable
 import ray
 
 from cluster.pipeline import ProgressBoard, format_duration, progress_line
-from cluster.train import (baseline_stage, model_inputs, pair_levels, pairs_stage, stage_models, styled_stage,
-                           style_resources)
+from cluster.train import (baseline_stage, model_inputs, pair_levels, pairs_stage, ray_target, stage_models,
+                           styled_stage, style_resources)
 from fstrain import layout
 from fstrain.config import ConfigError, load_config
 from fstrain.data import storage
@@ -433,6 +433,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--styles", help="comma-separated subset of the styles")
     parser.add_argument("--quick", action="store_true",
                         help="one seed, the config's quick sizes (few steps, few identities); own run ids")
+    parser.add_argument("--local", action="store_true",
+                        help="start a Ray on this machine; without it the study runs on $RAY_ADDRESS (set by `ray job "
+                             "submit`) and refuses to start when none is given")
     add_debug_flag(parser)
     return parser.parse_args(argv)
 
@@ -466,11 +469,13 @@ def main(argv: list[str] | None = None) -> int:
         instrument_identities(study, pipeline, args.root)
         preflight.models_exist(pipeline, args.root, models_needed(study, pipeline, args.root, args.quick),
                                study.pipeline)
-        if os.environ.get("RAY_ADDRESS"):
-            preflight.ray_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+        target = ray_target(args.local)         # as cluster.train: never a silent local Ray in place of a cluster
     except (ConfigError, UsageError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"study of {', '.join(styles)} under {args.root} on {target}; report: {args.out}", flush=True)
+    if args.local:
+        ray.init(address="local")
     command = " ".join(["python -m cluster.study", *(argv if argv is not None else sys.argv[1:])])
     record = run_study(study, pipeline, root=args.root, out=args.out, styles=styles, quick=args.quick,
                        command=command)

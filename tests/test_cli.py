@@ -165,6 +165,19 @@ def test_cluster_train_needs_a_ray_address_or_local(pipeline_root):
     assert files_under(root) == before
 
 
+def test_cluster_study_needs_a_ray_address_or_local_as_cluster_train_does(pipeline_root, tmp_path):
+    """The study used to start a local Ray silently when RAY_ADDRESS was unset: hours of cells on the wrong machine."""
+    root, config = pipeline_root
+    study = tmp_path / "study.yaml"
+    study.write_text(f"pipeline: {config}\nevaluation:\n  feature_net: none\n  identity: none\n"
+                     f"  attribute_reader: none\n")
+    before = files_under(root)
+    message = refusal(run("cluster.study", str(study), "--root", str(root), "--out", str(tmp_path / "report"),
+                          "--styles", "cartoon", env={"RAY_ADDRESS": None}))
+    assert "no Ray cluster given" in message and "RAY_ADDRESS" in message and "--local" in message, message
+    assert files_under(root) == before and not (tmp_path / "report" / "study.json").exists()
+
+
 def test_console_scripts_run_the_same_commands_under_the_same_rule(pipeline_root):
     """`fstrain train …` is `python -m fstrain.train …`; an unknown command gets a did-you-mean and exit 2."""
     root, config = pipeline_root
