@@ -221,11 +221,11 @@ def test_rerunning_one_stage_keeps_every_other_file_and_records_both_commands(ti
 def test_rerunning_the_encoders_stage_continues_from_the_folders_encoder(tiny_world, tmp_path):
     """A full run deletes the generator's warm-start encoder once E_w+ is trained from it, so a rerun of the
     encoders stage starts from the folder's E_w+ (not from scratch) and records which file it started from."""
-    from fstrain.world.generator import WARM_ENCODER_FILE
+    from fstrain.world.files import WARM_START_ENCODER
     from fstrain.world.pretrain import verify_manifest
     out, _ = tiny_world
     copy = _copy_of(out, tmp_path)
-    assert not (copy / WARM_ENCODER_FILE).exists()
+    assert not (copy / WARM_START_ENCODER).exists()
     before = (copy / "encoder_wplus.pt").read_bytes()
     _rerun_stages(copy, "encoders")
     report = json.loads((copy / "instruments.json").read_text())
@@ -239,7 +239,7 @@ def test_rerunning_the_generator_stage_continues_its_training_and_the_encoders_f
     """A generator rerun takes more adversarial steps from the folder's G, D and g_ema (not a fresh G), keeps the
     first run's figures in the sidecar, and the encoders rerun with it start from the encoder trained alongside."""
     from fstrain.models.checkpoints import read_checkpoint
-    from fstrain.world.generator import WARM_ENCODER_FILE
+    from fstrain.world.files import WARM_START_ENCODER
     from fstrain.world.pretrain import main, verify_manifest
     out, _ = tiny_world
     copy = _copy_of(out, tmp_path)
@@ -260,8 +260,8 @@ def test_rerunning_the_generator_stage_continues_its_training_and_the_encoders_f
         assert any(not torch.equal(after[key][k].float(), before[key][k].float()) for k in before[key]), key
     report = json.loads((copy / "instruments.json").read_text())
     assert report["stages"]["generator"]["continued_from"] == "generator.pt"
-    assert report["stages"]["encoders"]["started_from"] == WARM_ENCODER_FILE
-    assert not (copy / WARM_ENCODER_FILE).exists()
+    assert report["stages"]["encoders"]["started_from"] == WARM_START_ENCODER
+    assert not (copy / WARM_START_ENCODER).exists()
     assert verify_manifest(copy) == []
 
 

@@ -16,10 +16,11 @@ from fstrain.losses import discriminator_adversarial_loss, generator_adversarial
 from fstrain.models.checkpoints import load_generator, read_checkpoint
 from fstrain.models.init import init_models
 from fstrain.models.psp import load_encoder
-from fstrain.world.encoders import (PREVIEW_FILE, WPLUS_FILE, ZPLUS_FILE, EncoderSettings, ReconstructionLoss,
-                                    _new_encoder, _start_from, lpips_net_of, train_encoders)
-from fstrain.world.generator import (GENERATOR_FILE, SAMPLES_FILE, WARM_ENCODER_FILE, AdversarialTrainer,
-                                     GeneratorSettings, _real_batch, train_generator, training_photos)
+from fstrain.world.encoders import (EncoderSettings, ReconstructionLoss, _new_encoder, _start_from, lpips_net_of,
+                                    train_encoders)
+from fstrain.world.files import ENCODERS_PREVIEW, FILES, GENERATOR_SAMPLES, WARM_START_ENCODER
+from fstrain.world.generator import (AdversarialTrainer, GeneratorSettings, _real_batch, train_generator,
+                                     training_photos)
 from fstrain.world.splits import HELDOUT, render_identities
 
 SIZE = 16
@@ -47,31 +48,31 @@ def random_nets(tmp_path_factory):
 
 def test_generator_file_is_the_rosinality_training_layout_and_loads_strictly(world_generator):
     out, result = world_generator
-    checkpoint = read_checkpoint(str(out / GENERATOR_FILE))
+    checkpoint = read_checkpoint(str(out / FILES["generator"]))
     assert set(checkpoint) == {"g", "d", "g_ema", "latent_avg", "args"}
     assert isinstance(checkpoint["args"], dict) and checkpoint["args"]["size"] == SIZE
-    loaded = load_generator(str(out / GENERATOR_FILE))          # g_ema and d, strict
+    loaded = load_generator(str(out / FILES["generator"]))          # g_ema and d, strict
     assert loaded.generator.size == SIZE and loaded.discriminator is not None
     assert loaded.discriminator.size == SIZE
     assert torch.equal(loaded.latent_avg, checkpoint["latent_avg"])
     assert all(float(b.abs().max()) == 0.0 for b in loaded.generator.noise_buffers())
-    g = load_generator(str(out / GENERATOR_FILE), which="g").generator
+    g = load_generator(str(out / FILES["generator"]), which="g").generator
     assert any(not torch.equal(a, b) for a, b in zip(g.state_dict().values(),
                                                      loaded.generator.state_dict().values())), "g_ema is not an EMA"
     assert loaded.metadata["world_generator"]["gan_steps"] == 12
-    grid = Image.open(out / SAMPLES_FILE)
+    grid = Image.open(out / GENERATOR_SAMPLES)
     assert grid.size == (8 * SIZE, 8 * SIZE)
     assert result["steps"] == 52 and result["seconds"] > 0
     for name in result["files"] + result["warm_start_files"]:
         assert (out / name).is_file(), name
-    assert load_encoder(str(out / WARM_ENCODER_FILE)).space == "w+"
+    assert load_encoder(str(out / WARM_START_ENCODER)).space == "w+"
 
 
 def test_same_seed_and_steps_give_the_same_generator(world_generator, tmp_path):
     out, _ = world_generator
     train_generator(tmp_path, size=SIZE, seed=3, budget_s=60, settings=TINY, warm_steps=40, gan_steps=12,
                     log=lambda line: None)
-    first, second = read_checkpoint(str(out / GENERATOR_FILE)), read_checkpoint(str(tmp_path / GENERATOR_FILE))
+    first, second = read_checkpoint(str(out / FILES["generator"])), read_checkpoint(str(tmp_path / FILES["generator"]))
     for part in ("g_ema", "d"):
         for key, value in first[part].items():
             assert torch.equal(value, second[part][key]), (part, key)
@@ -123,14 +124,17 @@ def test_the_generator_step_lowers_its_loss_against_a_fixed_discriminator():
 
 def test_encoders_train_against_the_generator_and_load_with_the_psp_loaders(world_generator, random_nets, tmp_path):
     out, _ = world_generator
-    result = train_encoders(tmp_path, generator_path=str(out / GENERATOR_FILE), identity_path=random_nets["identity"],
+    result = train_encoders(tmp_path, generator_path=str(out / FILES["generator"]),
+                            identity_path=random_nets["identity"],
                             lpips_backbone_path=random_nets["lpips_backbone"], size=SIZE, seed=0, budget_s=60,
                             settings=TINY_ENCODERS, wplus_steps=25, zplus_steps=25, log=lambda line: None)
-    assert result["steps"] == 50 and set(result["files"]) == {WPLUS_FILE, ZPLUS_FILE, PREVIEW_FILE}
-    g = load_generator(str(out / GENERATOR_FILE)).generator
-    e_w, e_z = load_encoder(str(tmp_path / WPLUS_FILE)), load_encoder(str(tmp_path / ZPLUS_FILE))
+    assert result["steps"] == 50
+    assert set(result["files"]) == {FILES["encoder_wplus"], FILES["encoder_zplus"], ENCODERS_PREVIEW}
+    g = load_generator(str(out / FILES["generator"])).generator
+    e_w = load_encoder(str(tmp_path / FILES["encoder_wplus"]))
+    e_z = load_encoder(str(tmp_path / FILES["encoder_zplus"]))
     assert (e_w.space, e_z.space) == ("w+", "z+") and e_w.n_latent == e_z.n_latent == g.n_latent
-    assert Image.open(tmp_path / PREVIEW_FILE).size == (12 * SIZE, 3 * SIZE)
+    assert Image.open(tmp_path / ENCODERS_PREVIEW).size == (12 * SIZE, 3 * SIZE)
 
     # Held-out people: trained encoders reconstruct them far better than untrained ones (pSp's own loss).
     from fstrain.models.identity import load_identity
@@ -138,7 +142,7 @@ def test_encoders_train_against_the_generator_and_load_with_the_psp_loaders(worl
     loss = ReconstructionLoss(load_lpips(random_nets["lpips_backbone"], net="alex"),
                               load_identity(random_nets["identity"]), TINY_ENCODERS)
     x = render_identities(HELDOUT, 16, 1, "photo", SIZE).tensor()
-    fresh_w = _new_encoder(TINY_ENCODERS, g, load_generator(str(out / GENERATOR_FILE)).latent_avg, "w+", SIZE, 9)
+    fresh_w = _new_encoder(TINY_ENCODERS, g, load_generator(str(out / FILES["generator"])).latent_avg, "w+", SIZE, 9)
     fresh_z = _new_encoder(TINY_ENCODERS, g, None, "z+", SIZE, 9)
     with torch.no_grad():
         trained_w = float(loss(x, g.synthesis(e_w(x)))["l2"])
@@ -153,8 +157,8 @@ def test_encoders_train_against_the_generator_and_load_with_the_psp_loaders(worl
 
 def test_warm_start_keeps_the_codes_under_a_different_latent_average(world_generator):
     out, _ = world_generator
-    loaded = load_generator(str(out / GENERATOR_FILE))
-    warm = load_encoder(str(out / WARM_ENCODER_FILE))
+    loaded = load_generator(str(out / FILES["generator"]))
+    warm = load_encoder(str(out / WARM_START_ENCODER))
     encoder = _new_encoder(TINY_ENCODERS, loaded.generator, loaded.latent_avg, "w+", SIZE, 5)
     _start_from(encoder, warm)
     x = render_identities(HELDOUT, 4, 1, "photo", SIZE).tensor()
@@ -165,7 +169,7 @@ def test_warm_start_keeps_the_codes_under_a_different_latent_average(world_gener
 def test_bad_inputs_name_the_file_and_what_to_do(world_generator, random_nets, tmp_path):
     out, _ = world_generator
     with pytest.raises(ValueError, match="renders 16 px, but size=32"):
-        train_encoders(tmp_path, generator_path=str(out / GENERATOR_FILE), identity_path=random_nets["identity"],
+        train_encoders(tmp_path, generator_path=str(out / FILES["generator"]), identity_path=random_nets["identity"],
                        lpips_backbone_path=random_nets["lpips_backbone"], size=32, seed=0, budget_s=10)
     with pytest.raises(ValueError, match="features.0.weight"):
         lpips_net_of(random_nets["identity"])

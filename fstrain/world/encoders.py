@@ -41,13 +41,10 @@ from fstrain.models.psp import PSPEncoder, build_encoder, load_encoder, save_enc
 from fstrain.models.registry import load_torch
 from fstrain.models.stylegan2 import Generator
 from fstrain.stylize.images import image_grid, to_uint8
-from fstrain.world.generator import WARM_ENCODER_FILE
+from fstrain.world.files import ENCODERS_PREVIEW, FILES, WARM_START_ENCODER
 from fstrain.world.splits import HELDOUT, TRAIN, render_identities
 
 Log = Callable[[str], None]
-WPLUS_FILE = "encoder_wplus.pt"
-ZPLUS_FILE = "encoder_zplus.pt"
-PREVIEW_FILE = "encoders_preview.png"
 
 
 @dataclass(frozen=True)
@@ -107,8 +104,8 @@ def _warm_start_path(generator_path: str, warm_start: str | None, out_dir: str) 
     if warm_start != "auto":
         return warm_start
     warm = storage.join(str(Path(str(generator_path)).parent) if "://" not in str(generator_path)
-                        else str(generator_path).rsplit("/", 1)[0], WARM_ENCODER_FILE)
-    return next((uri for uri in (warm, storage.join(out_dir, WPLUS_FILE)) if storage.exists(uri)), None)
+                        else str(generator_path).rsplit("/", 1)[0], WARM_START_ENCODER)
+    return next((uri for uri in (warm, storage.join(out_dir, FILES["encoder_wplus"])) if storage.exists(uri)), None)
 
 
 @torch.no_grad()
@@ -200,7 +197,7 @@ def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: s
     """Train E_w+ then E_z+ against the generator in `generator_path` and write them (pSp layout) to `out_dir`.
 
     `warm_start`: a pSp W+ encoder file E_w+ starts from; "auto" takes the generator's warm-start encoder
-    (fstrain.world.generator.WARM_ENCODER_FILE) next to `generator_path` when it is there, else the E_w+ already in
+    (fstrain.world.files.WARM_START_ENCODER) next to `generator_path` when it is there, else the E_w+ already in
     `out_dir` (`_warm_start_path`).
     Step counts given: deterministic for a seed, budget not enforced; else planned from the budget.
 
@@ -282,18 +279,18 @@ def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: s
     opts = {"output_size": size, "random_init": False, "encoder_depth": s.encoder_depth,
             "trained_by": "fstrain.world.encoders", "seed": seed, "generator": str(generator_path),
             "steps": {"w+": wplus_steps, "z+": zplus_steps}}
-    save_encoder(storage.join(base, WPLUS_FILE), encoder_w, opts=opts)
-    save_encoder(storage.join(base, ZPLUS_FILE), encoder_z, opts=opts)
+    save_encoder(storage.join(base, FILES["encoder_wplus"]), encoder_w, opts=opts)
+    save_encoder(storage.join(base, FILES["encoder_zplus"]), encoder_z, opts=opts)
     held_out = render_identities(HELDOUT, 12, 1, "photo", size).tensor()   # shown, never trained on
     buffer = io.BytesIO()
     preview(g, encoder_w, encoder_z, held_out).save(buffer, format="PNG")
-    storage.write_bytes(storage.join(base, PREVIEW_FILE), buffer.getvalue())
+    storage.write_bytes(storage.join(base, ENCODERS_PREVIEW), buffer.getvalue())
     seconds = round(time.perf_counter() - started, 1)
-    log(f"wrote {WPLUS_FILE}, {ZPLUS_FILE} and {PREVIEW_FILE} to {base} after {seconds:.0f} s "
-        f"({wplus_steps} + {zplus_steps} steps)")
+    log(f"wrote {FILES['encoder_wplus']}, {FILES['encoder_zplus']} and {ENCODERS_PREVIEW} to {base} after "
+        f"{seconds:.0f} s ({wplus_steps} + {zplus_steps} steps)")
     return {"seconds": seconds, "started_from": warm_path.rsplit("/", 1)[-1] if warm_path else "scratch",
             "steps": wplus_steps + zplus_steps, "wplus_steps": wplus_steps,
-            "zplus_steps": zplus_steps, "files": [WPLUS_FILE, ZPLUS_FILE, PREVIEW_FILE],
+            "zplus_steps": zplus_steps, "files": [FILES["encoder_wplus"], FILES["encoder_zplus"], ENCODERS_PREVIEW],
             "s_per_step": {"w+": plan.get("wplus_s_per_step"), "z+": plan.get("zplus_s_per_step"),
                            "w+_measured": figures["wplus_seconds"] / max(wplus_steps, 1),
                            "z+_measured": figures["zplus_seconds"] / max(zplus_steps, 1)},

@@ -53,12 +53,10 @@ from fstrain.models.psp import PSPEncoder, build_encoder, load_encoder, save_enc
 from fstrain.models.stylegan2 import Discriminator, Generator
 from fstrain.stylize.images import image_grid, to_uint8
 from fstrain.world import autoencoder
+from fstrain.world.files import FILES, GENERATOR_SAMPLES, WARM_START_ENCODER
 from fstrain.world.splits import TRAIN, render_identities, render_latent_pool
 
 Log = Callable[[str], None]
-GENERATOR_FILE = "generator.pt"
-SAMPLES_FILE = "generator_samples.png"
-WARM_ENCODER_FILE = "warm_start_encoder_wplus.pt"   # E_w+ of the warm start: fstrain.world.encoders starts from it
 
 
 @dataclass(frozen=True)
@@ -495,18 +493,18 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
         "photos": len(photos), "latent_pool_photos": len(pool[0]), "identity_set": TRAIN.name,
         "identity_seed": TRAIN.seed, **figures},
         "warning": "trained on the synthetic portrait world only (fstrain.world.generator), not on real faces"}
-    generator_uri = storage.join(base, GENERATOR_FILE)
+    generator_uri = storage.join(base, FILES["generator"])
     save_training_checkpoint(generator_uri, g, d, g_ema, latent_avg, args, metadata)
-    samples_uri = storage.join(base, SAMPLES_FILE)
+    samples_uri = storage.join(base, GENERATOR_SAMPLES)
     _write_png(samples_uri, sample_grid(g_ema, seed))
-    save_encoder(storage.join(base, WARM_ENCODER_FILE), encoder,
+    save_encoder(storage.join(base, WARM_START_ENCODER), encoder,
                  opts={"output_size": s.size, "random_init": False, "encoder_depth": "tiny",
                        "trained_by": "fstrain.world.generator warm start (autoencoder with G's synthesis)"})
     log(f"wrote {generator_uri} and {samples_uri} after {seconds:.0f} s ({warm_steps} warm-start + {gan_steps} "
         f"adversarial steps)")
     return {"seconds": seconds, "steps": warm_steps + gan_steps, "warm_steps": warm_steps, "gan_steps": gan_steps,
-            "files": [GENERATOR_FILE, GENERATOR_FILE + ".json", SAMPLES_FILE],
-            "warm_start_files": [WARM_ENCODER_FILE],
+            "files": [FILES["generator"], FILES["generator"] + ".json", GENERATOR_SAMPLES],
+            "warm_start_files": [WARM_START_ENCODER],
             "s_per_step": {"warm": plan.get("warm_s_per_step"), "gan": plan.get("gan_s_per_step"),
                            "gan_measured": figures["gan_seconds"] / max(gan_steps, 1)},
             "render_seconds": round(render_s, 1), **figures}
@@ -524,7 +522,7 @@ def continue_generator(out_dir: str | Path, *, seed: int, budget_s: float, log: 
     """
     started = time.perf_counter()
     base = str(out_dir).rstrip("/")
-    generator_uri = storage.join(base, GENERATOR_FILE)
+    generator_uri = storage.join(base, FILES["generator"])
     checkpoint = read_checkpoint(generator_uri)
     missing = [k for k in ("g", "d", "g_ema") if not isinstance(checkpoint.get(k), dict)]
     if missing:
@@ -535,11 +533,11 @@ def continue_generator(out_dir: str | Path, *, seed: int, budget_s: float, log: 
     s = GeneratorSettings(**first["settings"])
     if gan_steps is None:
         s = sized_for_budget(s, budget_s)
-    encoder_uri = next((u for u in (storage.join(base, WARM_ENCODER_FILE), storage.join(base, "encoder_wplus.pt"))
-                        if storage.exists(u)), None)
+    candidates = (storage.join(base, WARM_START_ENCODER), storage.join(base, FILES["encoder_wplus"]))
+    encoder_uri = next((u for u in candidates if storage.exists(u)), None)
     if encoder_uri is None:
-        raise ValueError(f"{base} has neither {WARM_ENCODER_FILE} nor encoder_wplus.pt; the adversarial phase needs "
-                         f"a W+ encoder of this G - run the full command instead")
+        raise ValueError(f"{base} has neither {WARM_START_ENCODER} nor {FILES['encoder_wplus']}; the adversarial phase "
+                         f"needs a W+ encoder of this G - run the full command instead")
     photos = training_photos(s)
     pool = render_latent_pool(s.latent_pool, s.size, seed)
     log(f"world generator (continued): {len(photos)} TRAIN photos and {len(pool[0])} latent-pool photos rendered in "
@@ -571,11 +569,12 @@ def continue_generator(out_dir: str | Path, *, seed: int, budget_s: float, log: 
     metadata.pop("discriminator_architecture", None)
     args = {**dict(checkpoint.get("args") or {}), "iter": total_steps}
     save_training_checkpoint(generator_uri, g, d, g_ema, latent_avg, args, metadata)
-    _write_png(storage.join(base, SAMPLES_FILE), sample_grid(g_ema, seed))
-    save_encoder(storage.join(base, WARM_ENCODER_FILE), encoder,
+    _write_png(storage.join(base, GENERATOR_SAMPLES), sample_grid(g_ema, seed))
+    save_encoder(storage.join(base, WARM_START_ENCODER), encoder,
                  opts={"output_size": s.size, "random_init": False,
                        "trained_by": "fstrain.world.generator continuation (trained alongside G)"})
     log(f"wrote {generator_uri} after {seconds:.0f} s: {taken} more adversarial steps ({total_steps} in all)")
     return {"seconds": seconds, "steps": taken, "gan_steps": taken, "gan_steps_total": total_steps,
-            "continued_from": GENERATOR_FILE, "files": [GENERATOR_FILE, GENERATOR_FILE + ".json", SAMPLES_FILE],
-            "warm_start_files": [WARM_ENCODER_FILE], **figures}
+            "continued_from": FILES["generator"],
+            "files": [FILES["generator"], FILES["generator"] + ".json", GENERATOR_SAMPLES],
+            "warm_start_files": [WARM_START_ENCODER], **figures}

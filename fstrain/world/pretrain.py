@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from fstrain.models.registry import save_json, save_torch
+from fstrain.world.files import FILES, WARM_START_ENCODER
 
 WARNING = ("WORLD instruments from fstrain.world.pretrain: trained on synthetic portraits only, not on real faces "
            "(not FFHQ / ArcFace / ImageNet)")
@@ -67,10 +68,6 @@ Log = Callable[[str], None]
 SHARES = {"identity": 0.05, "perceptual": 0.05, "generator": 0.55, "encoders": 0.09, "reader": 0.12,
           "eval_identity": 0.04, "eval_perceptual": 0.04, "report": 0.06}
 STAGES = tuple(SHARES)
-FILES = {"identity": "identity.pth", "lpips_backbone": "lpips_alex_backbone.pth", "generator": "generator.pt",
-         "encoder_wplus": "encoder_wplus.pt", "encoder_zplus": "encoder_zplus.pt",
-         "eval_features": "eval_features.pth", "eval_identity": "eval_identity.pth",
-         "eval_lpips_backbone": "eval_lpips_alex_backbone.pth"}
 
 
 @dataclasses.dataclass
@@ -484,9 +481,8 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
         if stage in wanted:
             for key in keys:
                 halve_checkpoint(out / FILES[key])
-    from fstrain.world.generator import WARM_ENCODER_FILE
     if "encoders" in wanted:
-        (out / WARM_ENCODER_FILE).unlink(missing_ok=True)    # consumed: the encoders stage started E_w+ from it
+        (out / WARM_START_ENCODER).unlink(missing_ok=True)    # consumed: the encoders stage started E_w+ from it
     reference_info: dict[str, Any] = {}
 
     def report_stage(budget: float) -> dict[str, Any]:
