@@ -1,0 +1,123 @@
+"""Choose the fine-tune recipe on VALIDATION identities, never on the study's test block.
+
+    python scripts/recipe_probe.py --root demo-out --out OUT --styles cartoon anime \\
+        --recipe "1/1:lambda_sem=1,lambda_pair=1" --recipe "10/10:lambda_sem=10,lambda_pair=10"
+
+Each recipe overrides `train.*` keys of the pipeline config (default configs/demo_five_styles.yaml) and fine-tunes
+G' (sc+pc) per style from the pseudo-pairs a `make demo` root already holds (runs/demo/<style>/pairs: they come from
+the baseline G*, which no sc+pc setting changes), so recipes differ only in what they set. Every G' is measured as
+the study measures it (fstrain.study.evaluation) on the validation block of configs/study_validation.yaml (held-out
+identities 5000..5099, FID reference 5100..5199), next to the un-tuned base G. Writes OUT/probe.json, OUT/probe.md
+(the table) and OUT/<style>.png (photo, truth, base G and each recipe's G' on the first 12 identities).
+One seed per cell: read differences smaller than the study's seed spread as noise.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHOWN = ("gt_perceptual", "gt_attribute", "retrieval_top1", "fid", "semantic", "perceptual")
+
+
+def parse_recipe(text: str, train) -> tuple[str, dict]:
+    """'name:key=value,key=value' -> (name, {key: value typed as the TrainConfig field})."""
+    name, _, body = text.partition(":")
+    overrides = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        if not hasattr(train, key):
+            raise SystemExit(f"--recipe {text!r}: train has no key {key!r}")
+        overrides[key] = type(getattr(train, key))(value)
+    return name, overrides
+
+
+def main() -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fstrain import layout
+    from fstrain.config import load_config
+    from fstrain.models.hub import ModelHub
+    from fstrain.settings import PipelineConfig
+    from fstrain.stylize.images import to_uint8
+    from fstrain.study.evaluation import TestSet, evaluate_rows, render_test_images
+    from fstrain.study.instruments import load_instruments
+    from fstrain.study.settings import load_study_config
+    from fstrain.train import resources
+    from fstrain.train.loop import run_finetune
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="a root `make demo` wrote (models, datasets, runs/demo pairs)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", default=str(REPO / "configs/demo_five_styles.yaml"))
+    parser.add_argument("--validation", default=str(REPO / "configs/study_validation.yaml"))
+    parser.add_argument("--styles", nargs="+", default=["cartoon"])
+    parser.add_argument("--recipe", action="append", required=True, help="name:key=value,... (train.* keys)")
+    args = parser.parse_args()
+
+    root = str(Path(args.root).resolve())   # run_finetune returns URIs as given; the hub resolves them under root
+    config = load_config(args.config, PipelineConfig)
+    recipes = [parse_recipe(r, config.train) for r in args.recipe]
+    study = load_study_config(args.validation)
+    device = torch.device("cpu")
+    hub = ModelHub(config.models, root)
+    base = resources.load_base_generator(config.models, root, expected_size=config.data.image_size)
+    base = base.loaded.generator.eval()
+    encoder = hub.encoder("encoder_wplus", device)
+    instruments = load_instruments(study.evaluation, config, root, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"validation": {"first_identity": study.first_test_identity, "identities": study.test_identities,
+                                    "fid_reference": study.fid_reference_identities, "view": study.test_view},
+                     "config": args.config, "recipes": dict(recipes), "styles": {}}
+    for style in args.styles:
+        generators = {}
+        seconds = {}
+        for name, overrides in recipes:
+            run_id = f"probe-{name.replace('/', '-')}"
+            shutil.rmtree(Path(root) / "runs" / run_id / style, ignore_errors=True)
+            shutil.copytree(Path(root) / "runs" / "demo" / style / "pairs", Path(root) / "runs" / run_id / style / "pairs")
+            recipe_config = dataclasses.replace(config, train=dataclasses.replace(config.train, **overrides))
+            started = time.perf_counter()
+            generators[name] = run_finetune(recipe_config, style=style, mode="sc+pc", root=root,
+                                            run_id=run_id)["generator"]
+            seconds[name] = round(time.perf_counter() - started, 1)
+        images = render_test_images(TestSet(style=style, size=base.size, identities=study.test_identities,
+                                            view=study.test_view,
+                                            fid_reference_identities=study.fid_reference_identities,
+                                            first_identity=study.first_test_identity))
+        rows = {name: (lambda uri=uri: hub.generator_at(uri, load_discriminator=False).generator)
+                for name, uri in generators.items()}
+        measured = evaluate_rows(rows, base=base, encoder=encoder, images=images, instruments=instruments,
+                                 lambda_id=study.evaluation.semantic_lambda_id,
+                                 semantic_samples=study.evaluation.semantic_samples, seed=0,
+                                 batch_size=study.evaluation.batch_size, device=device,
+                                 strips_uri=str(out / "strips" / style), grid_identities=12)
+        results["styles"][style] = {name: {k: row.get(k) for k in SHOWN + ("gt_attribute_per_attribute",)}
+                                    | {"train_seconds": seconds.get(name)}
+                                    for name, row in measured["rows"].items()}
+        strips = [np.asarray(Image.open(measured["strips"][k]).convert("RGB"))
+                  for k in ["photo", "ground truth", "base G", *generators]]
+        Image.fromarray(np.concatenate(strips)).save(out / f"{style}.png")
+    (out / "probe.json").write_text(json.dumps(results, indent=1))
+    lines = ["| style | generator | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 2) + "|"]
+    for style, rows in results["styles"].items():
+        for name, row in rows.items():
+            lines.append(f"| {style} | {name} | " + " | ".join("-" if row[k] is None else f"{row[k]:.3f}"
+                                                             for k in SHOWN) + " |")
+    (out / "probe.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
