@@ -35,8 +35,8 @@ from typing import Any, Callable
 import ray
 
 from cluster.pipeline import ProgressBoard, format_duration, progress_line
-from cluster.train import (baseline_stage, model_inputs, pair_levels, pairs_stage, ray_target, stage_models,
-                           styled_stage, style_resources)
+from cluster.train import (baseline_stage, connect_ray, model_inputs, pair_levels, pairs_stage, ray_target,
+                           stage_models, styled_stage, style_resources)
 from fstrain import layout
 from fstrain.config import ConfigError, load_config
 from fstrain.data import storage
@@ -474,8 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"study of {', '.join(styles)} under {args.root} on {target}; report: {args.out}", flush=True)
-    if args.local:
-        ray.init(address="local")
+    connect_ray(args.local)
     command = " ".join(["python -m cluster.study", *(argv if argv is not None else sys.argv[1:])])
     record = run_study(study, pipeline, root=args.root, out=args.out, styles=styles, quick=args.quick,
                        command=command)

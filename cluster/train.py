@@ -196,6 +196,14 @@ def ray_target(local: bool) -> str:
                      "cluster.train ...`,\nor set RAY_ADDRESS, or pass --local to start a Ray on this machine")
 
 
+def connect_ray(local: bool) -> None:
+    """Start the local Ray that --local asked for; otherwise the first Ray call joins RAY_ADDRESS (or the caller's)."""
+    if local:
+        import ray
+
+        ray.init(address="local")
+
+
 def main(argv: list[str] | None = None) -> int:
     from fstrain.train.__main__ import default_run_id
 
@@ -223,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"training styles {', '.join(styles)} as run {run_id} under {root} on {target}", flush=True)
-    if args.local:
-        import ray
-
-        ray.init(address="local")
+    connect_ray(args.local)
     summary = train_styles(config, root=root, run_id=run_id, styles=styles)
     return 0 if summary.ok else 1
 

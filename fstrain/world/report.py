@@ -50,9 +50,13 @@ def generator_samples(g: nn.Module, count: int, seed: int, batch_size: int = 100
     return torch.cat([render_fixed(g, z[i:i + batch_size], i, seed) for i in range(0, count, batch_size)]).clamp(-1, 1)
 
 
+def significant(value: float) -> float:
+    """4 significant digits, not decimals: a random net's features are tiny and its FIDs all rounded to 0."""
+    return float(f"{value:.4g}")
+
+
 def fid(extractor: Any, images: torch.Tensor, reference: FeatureStatistics) -> float:
-    # significant digits, not decimals: a random net's features are tiny and its FIDs all rounded to 0
-    return float(f"{frechet_distance_between(statistics(extractor, images), reference):.4g}")
+    return significant(frechet_distance_between(statistics(extractor, images), reference))
 
 
 def sample_grid(samples: torch.Tensor, columns: int = 8) -> Any:
@@ -84,7 +88,7 @@ def domain_fids(extractor: Any, photos_a: torch.Tensor, photos_b: torch.Tensor,
     for domain, images in styles.items():
         out[f"photo_vs_{domain}"] = fid(extractor, images, reference)
     nearest_style = min(v for k, v in out.items() if k != "photo_vs_photo")
-    out["nearest_style_over_photo"] = float(f"{nearest_style / max(out['photo_vs_photo'], 1e-12):.4g}")
+    out["nearest_style_over_photo"] = significant(nearest_style / max(out["photo_vs_photo"], 1e-12))
     return out
 
 
