@@ -161,8 +161,7 @@ def evaluate_seed_style(study: StudyConfig, config: PipelineConfig, *, seed: int
     base = base.loaded.generator.to(device).eval()
     encoder = hub.encoder("encoder_wplus", device)
     instruments = load_instruments(study.evaluation, config, root, device)
-    test = TestSet(style=style, size=base.size, identities=study.test_identities, view=study.test_view,
-                   fid_reference_identities=study.fid_reference_identities, first_identity=study.first_test_identity)
+    test = TestSet.of_study(study, style, base.size)
     progress(f"rendering {test.identities} held-out identities (photo + {style}) and "
              f"{test.fid_reference_identities} FID reference renders")
     images = render_test_images(test)

@@ -44,6 +44,7 @@ def main() -> int:
     import torch
     from PIL import Image
 
+    from cluster.demo import RUN_ID as DEMO_RUN_ID
     from fstrain import layout
     from fstrain.config import load_config
     from fstrain.models.hub import ModelHub
@@ -64,7 +65,7 @@ def main() -> int:
     parser.add_argument("--recipe", action="append", required=True, help="name:key=value,... (train.* keys)")
     args = parser.parse_args()
 
-    root = str(Path(args.root).resolve())   # run_finetune returns URIs as given; the hub resolves them under root
+    root = layout.absolute_root(args.root)
     config = load_config(args.config, PipelineConfig)
     recipes = [parse_recipe(r, config.train) for r in args.recipe]
     study = load_study_config(args.validation)
@@ -84,17 +85,14 @@ def main() -> int:
         seconds = {}
         for name, overrides in recipes:
             run_id = f"probe-{name.replace('/', '-')}"
-            shutil.rmtree(Path(root) / "runs" / run_id / style, ignore_errors=True)
-            shutil.copytree(Path(root) / "runs" / "demo" / style / "pairs", Path(root) / "runs" / run_id / style / "pairs")
+            shutil.rmtree(layout.style_run(root, run_id, style), ignore_errors=True)
+            shutil.copytree(layout.pairs(root, DEMO_RUN_ID, style), layout.pairs(root, run_id, style))
             recipe_config = dataclasses.replace(config, train=dataclasses.replace(config.train, **overrides))
             started = time.perf_counter()
             generators[name] = run_finetune(recipe_config, style=style, mode="sc+pc", root=root,
                                             run_id=run_id)["generator"]
             seconds[name] = round(time.perf_counter() - started, 1)
-        images = render_test_images(TestSet(style=style, size=base.size, identities=study.test_identities,
-                                            view=study.test_view,
-                                            fid_reference_identities=study.fid_reference_identities,
-                                            first_identity=study.first_test_identity))
+        images = render_test_images(TestSet.of_study(study, style, base.size))
         rows = {name: (lambda uri=uri: hub.generator_at(uri, load_discriminator=False).generator)
                 for name, uri in generators.items()}
         measured = evaluate_rows(rows, base=base, encoder=encoder, images=images, instruments=instruments,

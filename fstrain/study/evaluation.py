@@ -53,6 +53,12 @@ class TestSet:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
+    @classmethod
+    def of_study(cls, study: Any, style: str, size: int) -> "TestSet":
+        """The test block a study config (fstrain.study.settings.StudyConfig) names, for one style and size."""
+        return cls(style=style, size=size, identities=study.test_identities, view=study.test_view,
+                   fid_reference_identities=study.fid_reference_identities, first_identity=study.first_test_identity)
+
 
 @dataclass
 class TestImages:

@@ -103,8 +103,7 @@ def _warm_start_path(generator_path: str, warm_start: str | None, out_dir: str) 
     rerun continues it: fstrain.world.pretrain deletes the warm start once used); None: none; else that file."""
     if warm_start != "auto":
         return warm_start
-    warm = storage.join(str(Path(str(generator_path)).parent) if "://" not in str(generator_path)
-                        else str(generator_path).rsplit("/", 1)[0], WARM_START_ENCODER)
+    warm = storage.join(storage.dirname(str(generator_path)), WARM_START_ENCODER)
     return next((uri for uri in (warm, storage.join(out_dir, FILES["encoder_wplus"])) if storage.exists(uri)), None)
 
 
