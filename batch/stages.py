@@ -70,6 +70,13 @@ class JobSpec:
     # sha256 of the models every ok record was made with: {"encoder": sha, "generators": {style: sha}}
     provenance: dict[str, Any] = field(default_factory=dict)
     thumbnail_size: int = 96
+    # hybrid inversion (fstrain.stylize.refine): RefineSettings.describe(), {} = the encoder's codes as they are
+    refine: dict[str, Any] = field(default_factory=dict)
+    base_generator_uri: str = ""
+    base_generator_sha256: str | None = None
+    lpips_uri: str = ""
+    lpips_net: str = "vgg"
+    lpips_sha256: str | None = None
 
     def style_column(self, index: int) -> str:
         return f"style_{index}"
@@ -256,9 +263,10 @@ def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ stage 2: GPU stylize
 def load_models(spec: JobSpec, device: str):
-    """The W+ encoder and every style's G' as a `fstrain.stylize.Stylizer` on `device`."""
+    """The W+ encoder and every style's G' (with the base G and LPIPS when refining codes) as a
+    `fstrain.stylize.Stylizer` on `device`."""
     from fstrain.models.hub import encoder_at, generator_at
-    from fstrain.stylize import Stylizer
+    from fstrain.stylize import RefineSettings, Stylizer, load_refiner
 
     # The hub's loaders: fetched once per machine (locked, pinned), format detected, loaded strictly.
     encoder = encoder_at(spec.encoder_uri, "w+", spec.encoder_sha256, device)
@@ -267,7 +275,12 @@ def load_models(spec: JobSpec, device: str):
         loaded = generator_at(spec.generator_uris[style], load_discriminator=False)
         generators[style] = loaded.generator.to(device).eval().requires_grad_(False)
         latent_avgs[style] = loaded.latent_avg.to(device)
-    return Stylizer(encoder, generators, latent_avgs)
+    refiner = None
+    if spec.refine:
+        refiner = load_refiner(RefineSettings(**spec.refine), base_generator_uri=spec.base_generator_uri,
+                               base_generator_sha256=spec.base_generator_sha256, lpips_uri=spec.lpips_uri,
+                               lpips_net=spec.lpips_net, lpips_sha256=spec.lpips_sha256, device=device)
+    return Stylizer(encoder, generators, latent_avgs, refiner)
 
 
 class StylizeActor:
@@ -476,7 +489,8 @@ class EncodeUpload:
         buffer = io.BytesIO()
         np.savez(buffer, **latents, meta=np.array(json.dumps(
             {"key": key, "mode": spec.mode, "styles": spec.styles, "layer": spec.layer, "samples": spec.samples,
-             "psi": spec.psi, "seed": spec.seed, "reference_id": spec.reference_id})))
+             "psi": spec.psi, "seed": spec.seed, "reference_id": spec.reference_id,
+             "refined": spec.refine or None})))
         outputs["latents"] = latents_uri(spec, key)
         storage.write_bytes(outputs["latents"], buffer.getvalue())
         return outputs

@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--psi", type=float, default=None, help="multimodal truncation")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--reference", default=None, help="stored reference code id (reference mode)")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="refine each face's W+ code against the base G for N steps before rendering (default: "
+                             "the config's stylize.refine_steps; 0 = the encoder's codes; needs --config for "
+                             "models.base_generator and models.lpips_backbone)")
     parser.add_argument("--aligned", action="store_true", help="inputs are already aligned face crops")
     parser.add_argument("--format", dest="image_format", choices=sorted(OUTPUT_FORMATS), default="png")
     parser.add_argument("--job-id", default=None, help="names <out>/_jobs/<id>/; reuse it to resume")
@@ -155,11 +159,12 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
             detector = resolve_detector_kind(kind, detector_root)
         except DetectorMissingError as exc:
             raise SystemExit(str(exc)) from None
-    size, provenance = _model_facts(encoder, generators)
+    refine = _refine_fields(args, config, defaults, root)
+    size, provenance = _model_facts(encoder, generators, refine)
     return JobSpec(input=args.input, output=args.output, job_id=manifest.check_job_id(args.job_id),
                    styles=styles, generator_uris=generators, encoder_uri=encoder,
                    encoder_sha256=(config.models.sha256.get("encoder_wplus") if config else None),
-                   **_identity_fields(args, config, root),
+                   **_identity_fields(args, config, root), **refine,
                    mode=args.mode, layer=defaults.mix_layer if args.layer is None else args.layer,
                    samples=defaults.samples if args.samples is None else args.samples,
                    psi=defaults.truncation if args.psi is None else args.psi,
@@ -171,10 +176,12 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
                    max_pixels=args.max_pixels, image_format=args.image_format, size=size, provenance=provenance)
 
 
-def _model_facts(encoder: str, generators: dict[str, str]) -> tuple[int, dict[str, Any]]:
+def _model_facts(encoder: str, generators: dict[str, str],
+                 refine: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     """(output size, provenance): the sha256 of the encoder and of each style's G' (fetched once per machine, as
-    the workers do), and the size read off the first G' state dict, memory-mapped, without building a network
-    (other formats, e.g. NVIDIA pickles, are loaded through the model hub)."""
+    the workers do) and, when refining, the refinement settings with the base G's and perceptual net's sha256;
+    the size read off the first G' state dict, memory-mapped, without building a network (other formats, e.g.
+    NVIDIA pickles, are loaded through the model hub)."""
     import torch
 
     from fstrain.models.checkpoints import infer_generator_architecture
@@ -183,6 +190,11 @@ def _model_facts(encoder: str, generators: dict[str, str]) -> tuple[int, dict[st
     paths = {style: fetch(uri) for style, uri in generators.items()}
     provenance = {"encoder": sha256_file(fetch(encoder)),
                   "generators": {style: sha256_file(path) for style, path in paths.items()}}
+    if refine and refine.get("refine"):
+        provenance["refine"] = {**refine["refine"],
+                                "base_generator": sha256_file(fetch(refine["base_generator_uri"],
+                                                                    refine["base_generator_sha256"])),
+                                "lpips": sha256_file(fetch(refine["lpips_uri"], refine["lpips_sha256"]))}
     first_style = next(iter(generators))
     try:
         checkpoint = torch.load(str(paths[first_style]), map_location="cpu", weights_only=True, mmap=True)
@@ -209,6 +221,33 @@ def _identity_fields(args: argparse.Namespace, config, root: str) -> dict[str, A
         return {}
     return {"identity_uri": uri, "identity_kind": config.models.identity_kind if config else "auto",
             "identity_sha256": config.models.sha256.get("identity") if config and not args.identity else None}
+
+
+def _refine_fields(args: argparse.Namespace, config, defaults, root: str) -> dict[str, Any]:
+    """JobSpec fields of the hybrid inversion (fstrain.stylize.refine): its settings, the base G and the
+    perceptual net from the config; {} when not refining."""
+    import dataclasses
+
+    from fstrain.models.hub import resolve_uri
+    from fstrain.stylize.refine import settings_from_config
+
+    settings = settings_from_config(defaults)
+    if args.refine_steps is not None:
+        settings = dataclasses.replace(settings, steps=args.refine_steps)
+    if not settings.steps:
+        return {}
+    if config is None:
+        raise SystemExit(f"--refine-steps {settings.steps}: refinement renders the base G and measures LPIPS; pass "
+                         f"--config with models.base_generator and models.lpips_backbone (or --refine-steps 0)")
+    fields = {"base_generator_uri": resolve_uri(config.models.base_generator, root),
+              "lpips_uri": resolve_uri(config.models.lpips_backbone, root)}
+    for key, uri in (("base_generator", fields["base_generator_uri"]), ("lpips_backbone", fields["lpips_uri"])):
+        if not storage.exists(uri):
+            raise SystemExit(f"{uri}: models.{key} not found, needed to refine codes (stylize.refine_steps = "
+                             f"{settings.steps}); fix models.{key} in {args.config} or pass --refine-steps 0")
+    return {"refine": settings.describe(), **fields, "lpips_net": config.models.lpips_net,
+            "base_generator_sha256": config.models.sha256.get("base_generator"),
+            "lpips_sha256": config.models.sha256.get("lpips_backbone")}
 
 
 def default_job_id(args: argparse.Namespace) -> str:
@@ -314,6 +353,8 @@ def stale_reasons(records: list[manifest.Record], provenance: dict[str, Any]) ->
         if record.provenance.get("encoder") != provenance.get("encoder"):
             changed.append(f"W+ encoder changed ({str(record.provenance.get('encoder'))[:8]}… → "
                            f"{str(provenance.get('encoder'))[:8]}…)")
+        if record.provenance.get("refine") != provenance.get("refine"):
+            changed.append("code refinement changed (stylize.refine_*, base G or perceptual net)")
         for reason in changed:
             counts[reason] = counts.get(reason, 0) + 1
     return [f"{reason}: {n} ok record(s) recomputed" for reason, n in sorted(counts.items())]
@@ -393,6 +434,7 @@ def preflight_checks(args: argparse.Namespace) -> None:
 
     for flag, value, allowed in (("--layer", args.layer, Count), ("--samples", args.samples, AtLeast1),
                                  ("--psi", args.psi, Fraction), ("--seed", args.seed, Count),
+                                 ("--refine-steps", args.refine_steps, Count),
                                  ("--batch-size", args.batch_size, AtLeast1),
                                  ("--cpu-batch-size", args.cpu_batch_size, AtLeast1),
                                  ("--min-actors", args.min_actors, AtLeast1), ("--max-actors", args.max_actors, AtLeast1),

@@ -196,18 +196,22 @@ def ground_truth_fidelity(config, *, root: str, run_id: str, photos_uri: str, tr
                           batch_size: int = 16) -> dict:
     """Per style and row of FIDELITY_ROWS: G(E(photo)) of the run's fine-tune against the photo's ground truth,
     measured by fstrain.study.evaluation with the evaluation nets of `<root>/models` (fstrain.study.instruments).
+    The codes are the ones the batch job renders: E_w+(photo), refined against the base G when the config's
+    stylize.refine_steps asks for it (fstrain.stylize.refine).
     Returns {"instruments": [labels], "styles": {style: {label: {gt_perceptual, gt_attribute, ...}}}}."""
     import torch
 
     from fstrain.models.hub import ModelHub
-    from fstrain.study.evaluation import ground_truth_fidelity as measure, stylize_all
+    from fstrain.study.evaluation import ground_truth_fidelity as measure, render_codes
     from fstrain.study.instruments import load_instruments
     from fstrain.study.settings import StudyEvaluationConfig
+    from fstrain.stylize.refine import encode_in_batches, refiner_from_config
 
     device = torch.device("cpu")
     hub = ModelHub(config.models, root)
     encoder = hub.encoder("encoder_wplus", device)
     instruments = load_instruments(StudyEvaluationConfig(feature_net="none"), config, root, device)
+    refiner = refiner_from_config(config, root, device)
     photo_uris = storage.list_uris(photos_uri, suffixes=".png")
     if not photo_uris:
         raise FileNotFoundError(f"no photos (*.png) under {photos_uri}")
@@ -216,17 +220,18 @@ def ground_truth_fidelity(config, *, root: str, run_id: str, photos_uri: str, tr
     table: dict = {"instruments": [i["label"] for i in instruments.describe() if i["role"] in used],
                    "photos": len(keys),
                    "styles": {}}
-    photos_at: dict = {}     # generator size -> photos, decoded once rather than per style and row
+    codes_at: dict = {}      # generator size -> the photos' codes, encoded (and refined) once, not per style and row
     for style in styles:
         rows, truths = {}, None
         for label, mode in FIDELITY_ROWS:
             g = hub.generator_at(layout.final_generator(layout.mode_run(root, run_id, style, mode)),
                                  load_discriminator=False).generator.eval()
-            if g.size not in photos_at:
-                photos_at[g.size] = _read_images(photo_uris, g.size)
+            if g.size not in codes_at:
+                codes_at[g.size] = encode_in_batches(encoder, _read_images(photo_uris, g.size), batch_size,
+                                                     refiner)
             if truths is None or truths.shape[-1] != g.size:
                 truths = _read_images([storage.join(truth_uri, style, key) for key in keys], g.size)
-            outputs, _ = stylize_all(encoder, g, photos_at[g.size], batch_size, device)
+            outputs = render_codes(g, codes_at[g.size], batch_size, device)
             row = measure(outputs, truths, instruments, batch_size, device)
             row.pop("gt_attribute_per_attribute", None)
             rows[label] = row

@@ -23,6 +23,22 @@ ImageMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (a, b) ->
 ImageEmbedder = Callable[[torch.Tensor], torch.Tensor]              # images -> (N, D) embeddings
 
 
+# ---------------------------------------------------------------- pixel weights
+
+
+def face_weight_map(size: int, feature_weight: float) -> torch.Tensor | None:
+    """(1, 1, size, size) pixel weights for FFHQ-aligned faces: `feature_weight` on the eye/brow band (glasses sit
+    there too) and the mouth, 1 elsewhere; None for weight 1. Why: at 64 px an eye is a few pixels, so an
+    unweighted L1 reaches its floor with the eyes blurred away."""
+    if feature_weight == 1.0:
+        return None
+    weight = torch.ones(1, 1, size, size)
+    unit = size / 512.0                          # the template frame is 512 units (fstrain.data.align)
+    weight[..., int(190 * unit):int(280 * unit) + 1, int(140 * unit):int(372 * unit) + 1] = feature_weight
+    weight[..., int(345 * unit):int(395 * unit) + 1, int(190 * unit):int(322 * unit) + 1] = feature_weight
+    return weight
+
+
 # ---------------------------------------------------------------- adversarial
 
 

@@ -91,6 +91,12 @@ class StylizeConfig:
     reference_lr: Positive = 0.1
     reference_noise_reg: NonNegative = 1e5   # weight of the noise-map regularisation in reference inversion (UI2I)
     seed: Count = 0                      # multimodal samples and reference-inversion noise are drawn from it
+    # Hybrid inversion (fstrain.stylize.refine): refine E_w+(x) by Adam steps against models.base_generator with
+    # the models.lpips_backbone perceptual net; 0 = the encoder's codes as they are (the paper's stylization).
+    refine_steps: Count = 0
+    refine_lr: Positive = 0.01
+    refine_lpips_weight: NonNegative = 0.5
+    refine_anchor_weight: NonNegative = 0.1   # pull toward E_w+(x), so the code stays where G' stylizes well
 
 
 @dataclass

@@ -183,6 +183,11 @@ def test_rerun_reuses_only_records_made_with_the_same_models():
     assert stale_reasons([ok, old_ok, decode], retrained) == [
         "generator of 'cartoon' changed (11111111… → 33333333…): 1 ok record(s) recomputed",
         "no model provenance recorded (made by an earlier version): 1 ok record(s) recomputed"]
+    # Refining the codes (or changing how) makes different outputs from the same models: recomputed, and said why.
+    refined = {**models, "refine": {"steps": 200, "lr": 0.01, "base_generator": "b" * 64, "lpips": "l" * 64}}
+    assert not keep_previous(ok, False, refined)
+    assert stale_reasons([ok], refined) == [
+        "code refinement changed (stylize.refine_*, base G or perceptual net): 1 ok record(s) recomputed"]
 
 
 def test_detector_largest_face_and_no_face_through_insightface(tmp_path):
@@ -431,6 +436,65 @@ def test_stages_in_process_reference_mode_matches_stylizer(tmp_path, tiny_models
     assert len(parts) == 1 and len(manifest.read_job_records(out, "inproc")) == 4
     assert storage.exists(storage.join(out, "_gallery", "input", "f0.png.jpg"))
     assert storage.exists(storage.join(out, "_gallery", "anime", "f0.png.jpg"))
+
+
+def test_refinement_is_resolved_from_the_config_pinned_in_provenance_and_marked_in_the_latents(tmp_path,
+                                                                                                tiny_models):
+    """--refine-steps: the base G and LPIPS come from --config, their sha256 and the settings join the provenance,
+    the written w_plus is the refined code (not the encoder's) and the latents' meta says so."""
+    import json
+
+    import torch
+
+    from batch import stages
+    from batch.stylize import build_spec, parse_args
+    from fstrain.models.registry import sha256_file
+    from fstrain.stylize import CodeRefiner, RefineSettings
+    from fstrain.stylize.images import from_uint8
+    from support.portraits import portrait_photos
+
+    root, inputs, out = str(tmp_path / "root"), str(tmp_path / "in"), str(tmp_path / "out")
+    publish_styles(tiny_models, root, styles=("cartoon",))
+    faces = np.stack([p.array() for p in portrait_photos(2, tiny_models.size, seed=8)])
+    for i, pixels in enumerate(faces):
+        storage.write_bytes(storage.join(inputs, f"f{i}.png"), _png(pixels))
+    t = tiny_models
+    config = tmp_path / "job.yaml"
+    config.write_text("models:\n"
+                      f"  base_generator: {t.generator}\n  encoder_wplus: {t.encoder_wplus}\n"
+                      f"  encoder_zplus: {t.encoder_zplus}\n  identity: ''\n"
+                      f"  lpips_backbone: {t.lpips_backbone}\n  lpips_net: {t.lpips_net}\n"
+                      "stylize:\n  refine_steps: 6\n  refine_lr: 0.05\n")
+    base_args = ["--input", inputs, "--output", out, "--styles", "cartoon", "--root", root, "--aligned",
+                 "--job-id", "refined", "--min-input-side", "32"]
+    with pytest.raises(SystemExit, match="--refine-steps 3: .*pass --config with models.base_generator"):
+        build_spec(parse_args(base_args + ["--encoder", t.encoder_wplus, "--refine-steps", "3"]))
+    spec = build_spec(parse_args(base_args + ["--config", str(config)]))
+    settings = RefineSettings(steps=6, lr=0.05)
+    assert spec.refine == settings.describe()
+    assert spec.provenance["refine"] == {**settings.describe(), "base_generator": sha256_file(t.generator),
+                                         "lpips": sha256_file(t.lpips_backbone)}
+    assert "refine" not in build_spec(parse_args(base_args + ["--config", str(config), "--refine-steps", "0"])
+                                      ).provenance
+
+    spec.thumbnail_keys = []
+    items = list_inputs(inputs)
+    batch = {"key": np.array([i["key"] for i in items], dtype=object),
+             "uri": np.array([i["uri"] for i in items], dtype=object)}
+    actor = stages.StylizeActor(spec)
+    result = stages.EncodeUpload(spec)(actor(stages.PrepareFaces(spec)(batch)))
+    assert result["status"].tolist() == ["ok", "ok"], [json.loads(r)["message"] for r in result["record"]]
+
+    aligned = from_uint8(faces)
+    with torch.no_grad():
+        encoded = actor.stylizer.encoder(aligned)
+    refiner = CodeRefiner(actor.stylizer.refiner.generator, actor.stylizer.refiner.lpips, settings)
+    want = refiner(aligned, encoded)
+    for i in range(2):
+        with np.load(storage.join(out, "latents", f"f{i}.png.npz")) as latents:
+            np.testing.assert_allclose(latents["w_plus"], want[i].numpy(), rtol=1e-4, atol=1e-5)
+            assert np.abs(latents["w_plus"] - encoded[i].numpy()).max() > 1e-3
+            assert json.loads(str(latents["meta"]))["refined"] == settings.describe()
 
 
 # -------------------------------------------------------------- odd keys, storage faults, reruns (issue 21)

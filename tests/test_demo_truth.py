@@ -140,3 +140,26 @@ def test_summary_table_has_baseline_and_scpc_rows_per_style_recomputed_from_the_
         assert f"lower: perceptual {lower}" in text
     assert "GT attribute error not measured" in text and "instruments: perceptual net: " in text
     assert "FID" not in text
+
+    # With stylize.refine_steps the table measures the codes the batch job renders: E_w+ refined against the base G.
+    import dataclasses
+
+    from fstrain.stylize import refiner_from_config
+
+    refining = dataclasses.replace(config, stylize=dataclasses.replace(config.stylize, refine_steps=3))
+    refined_table = ground_truth_fidelity(refining, root=root, run_id="demo", photos_uri=photos, truth_uri=truth,
+                                          styles=STYLES[:1])
+    with torch.no_grad():
+        plain_codes = encoder(x)
+    refined_codes = refiner_from_config(refining, root)(x, plain_codes)
+    y = torch.stack([torch.from_numpy(_pixels(f"{truth}/{STYLES[0]}/{k}")).permute(2, 0, 1).float() / 127.5 - 1
+                     for k in keys])
+    for label, mode in FIDELITY_ROWS:
+        g = hub.generator_at(layout.final_generator(layout.mode_run(root, "demo", STYLES[0], mode)),
+                             load_discriminator=False).generator.eval()
+        with torch.no_grad():
+            out = g.synthesis(refined_codes, randomize_noise=False).clamp(-1, 1)
+            expected = float(perceptual_distance(lpips, out, y).double().mean())
+        measured = refined_table["styles"][STYLES[0]][label]["gt_perceptual"]
+        assert math.isclose(measured, expected, rel_tol=1e-4), label
+        assert measured != table["styles"][STYLES[0]][label]["gt_perceptual"]

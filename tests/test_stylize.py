@@ -236,3 +236,107 @@ def test_cli_grid_with_reference_inverted_once_then_reused(tiny_models, local_ro
     assert main(args + ["--reference-id", ref_id]) == 0
     assert "reused stored code" in capsys.readouterr().err
     assert np.array_equal(decode_png(storage.read_bytes(f"{out}/cartoon_grid.png")), grid)
+
+
+# ---------------------------------------------------------------------------- hybrid inversion (code refinement)
+def _reachable_faces(generator: Generator, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(faces, their true codes): renders of random w+ the generator can reach exactly."""
+    rng = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w_true = generator.get_latent(torch.randn(n, generator.n_latent, STYLE_DIM, generator=rng))
+        return generator.synthesis(w_true), w_true
+
+
+def test_refinement_moves_codes_toward_the_face_and_leaves_the_generator_alone(lpips_alex_random):
+    from fstrain.stylize import CodeRefiner, RefineSettings
+
+    base = tiny_generator(1)
+    faces, w_true = _reachable_faces(base, 3, seed=4)
+    w_start = w_true + 0.5 * torch.randn(w_true.shape, generator=torch.Generator().manual_seed(5))
+    refiner = CodeRefiner(base, lpips_alex_random, RefineSettings(steps=40, lr=0.02, anchor_weight=0.0))
+    refined = refiner(faces, w_start)
+    assert refined.shape == w_start.shape and not refined.requires_grad
+    with torch.no_grad():
+        before = refiner.per_face_loss(w_start, faces, w_start)
+        after = refiner.per_face_loss(refined, faces, refined)      # anchor 0: the reconstruction terms only
+        l1_before = (base.synthesis(w_start) - faces).abs().flatten(1).mean(1)
+        l1_after = (base.synthesis(refined) - faces).abs().flatten(1).mean(1)
+    assert (after < 0.7 * before).all(), (before, after)            # every face, not only on average
+    assert (l1_after < l1_before).all(), (l1_before, l1_after)
+    assert all(p.grad is None for p in base.parameters())
+
+    # The anchor keeps codes near the encoder's: a heavy pull moves them far less than none.
+    anchored = CodeRefiner(base, lpips_alex_random, RefineSettings(steps=40, lr=0.02, anchor_weight=1e4))(
+        faces, w_start)
+    assert (anchored - w_start).norm() < 0.2 * (refined - w_start).norm()
+
+
+def test_refinement_of_a_face_does_not_depend_on_its_batch(lpips_alex_random):
+    from fstrain.stylize import CodeRefiner, RefineSettings
+
+    base = tiny_generator(1)
+    faces, w_true = _reachable_faces(base, 3, seed=6)
+    w_start = w_true + 0.3 * torch.randn(w_true.shape, generator=torch.Generator().manual_seed(7))
+    refiner = CodeRefiner(base, lpips_alex_random, RefineSettings(steps=15))
+    together = refiner(faces, w_start)
+    alone = refiner(faces[1:2], w_start[1:2])
+    torch.testing.assert_close(alone, together[1:2], rtol=1e-3, atol=1e-4)
+
+
+def test_stylizer_with_refiner_encodes_refined_codes(stylizer: Stylizer, faces: torch.Tensor, lpips_alex_random):
+    from fstrain.stylize import CodeRefiner, RefineSettings
+
+    settings = RefineSettings(steps=5)
+    refiner = CodeRefiner(tiny_generator(1), lpips_alex_random, settings)
+    refining = Stylizer(stylizer.encoder, stylizer.generators, refiner=refiner)
+    encoded = stylizer.encode(faces)
+    refined = refining.encode(faces)
+    torch.testing.assert_close(refined, refiner(faces, encoded))
+    assert (refined - encoded).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="at least one step"):
+        CodeRefiner(tiny_generator(1), lpips_alex_random, RefineSettings(steps=0))
+    with pytest.raises(ValueError, match="n_latent"):
+        other = Generator(16, style_dim=STYLE_DIM, n_mlp=2, channel_max=32)
+        Stylizer(stylizer.encoder, stylizer.generators, refiner=CodeRefiner(other, lpips_alex_random, settings))
+    with pytest.raises(ValueError, match="share one resolution"):
+        CodeRefiner(tiny_generator(1), lpips_alex_random, settings)(faces[:, :, :16, :16], encoded)
+
+
+def test_cli_refine_steps_changes_the_codes_and_names_a_missing_base_generator(tiny_models, local_root, tmp_path):
+    from fstrain.models.checkpoints import load_generator, save_generator
+    from fstrain.stylize.__main__ import main
+    from support.portraits import write_portraits
+
+    loaded = load_generator(tiny_models.generator, load_discriminator=False)
+    save_generator(storage.join(local_root, "styles", "anime", "generator.pt"), loaded.generator, loaded.latent_avg,
+                   {"style": "anime"})
+    write_portraits(tmp_path / "faces", "photo", 2, size=SIZE, seed=4)
+    t = tiny_models
+
+    def config(base_generator: str):
+        path = tmp_path / "stylize.yaml"
+        path.write_text("models:\n"
+                        f"  base_generator: {base_generator}\n  encoder_wplus: {t.encoder_wplus}\n"
+                        f"  encoder_zplus: {t.encoder_zplus}\n  identity: {t.identity}\n"
+                        f"  lpips_backbone: {t.lpips_backbone}\n  lpips_net: {t.lpips_net}\n"
+                        "stylize:\n  samples: 1\n  refine_steps: 4\n  refine_lr: 0.05\n")
+        return str(path)
+
+    def grid(out: str, *extra: str):
+        args = [config(t.generator), str(tmp_path / "faces"), "--root", local_root, "--styles", "anime",
+                "--out", out, *extra]
+        assert main(args) == 0
+        return decode_png(storage.read_bytes(f"{out}/anime_grid.png"))
+
+    plain = grid(str(tmp_path / "plain"), "--refine-steps", "0")
+    refined = grid(str(tmp_path / "refined"))                       # the config's refine_steps: 4
+    assert plain.shape == refined.shape
+    assert not np.array_equal(plain, refined)
+    missing = str(tmp_path / "nowhere" / "generator.pt")
+    from fstrain.cli import UsageError
+    with pytest.raises(UsageError, match=r"models.base_generator: .*nowhere/generator.pt does not exist"):
+        main([config(missing), str(tmp_path / "faces"), "--root", local_root, "--styles", "anime",
+              "--out", str(tmp_path / "x")])
+    # Without refinement the base G is not needed, so its absence is no error.
+    assert main([config(missing), str(tmp_path / "faces"), "--root", local_root, "--styles", "anime",
+                 "--out", str(tmp_path / "y"), "--refine-steps", "0"]) == 0

@@ -35,6 +35,7 @@ from fstrain.losses import identity_distance, perceptual_distance
 from fstrain.metrics import FeatureStatistics, extract_features, frechet_distance_between, semantic_distance
 from fstrain.study.instruments import Instruments, attribute_error
 from fstrain.stylize.images import encode_png, to_uint8
+from fstrain.stylize.refine import encode_in_batches
 
 METRICS = ("fid", "perceptual", "semantic", "gt_perceptual", "gt_features", "gt_identity", "gt_attribute",
            "retrieval_top1")
@@ -86,15 +87,20 @@ def _batches(x: torch.Tensor, size: int):
 
 
 @torch.no_grad()
+def render_codes(g: nn.Module, codes: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """G'(w+) for every code (general mode, stored noise), clamped to [-1, 1], on the CPU."""
+    return torch.cat([g.synthesis(batch.to(device), randomize_noise=False).clamp(-1, 1).cpu()
+                      for batch in _batches(codes, batch_size)])
+
+
+@torch.no_grad()
 def stylize_all(encoder: nn.Module, g: nn.Module, photos: torch.Tensor, batch_size: int,
                 device: torch.device) -> tuple[torch.Tensor, float]:
     """G'(E(x)) for every photo (general mode, stored noise) and the seconds per image it took."""
-    outputs = []
     started = time.perf_counter()
-    for batch in _batches(photos, batch_size):
-        w_plus = encoder(batch.to(device))
-        outputs.append(g.synthesis(w_plus, randomize_noise=False).clamp(-1, 1).cpu())
-    return torch.cat(outputs), (time.perf_counter() - started) / photos.shape[0]
+    codes = encode_in_batches(encoder, photos, batch_size)
+    outputs = render_codes(g, codes, batch_size, device)
+    return outputs, (time.perf_counter() - started) / photos.shape[0]
 
 
 @torch.no_grad()

@@ -2,13 +2,14 @@
 
     python -m fstrain.stylize CONFIG INPUT --root URI --styles cartoon,anime --out DIR
         [--generator STYLE=URI ...] [--layer K] [--psi PSI] [--samples N] [--seed S]
-        [--reference IMAGE] [--reference-id ID] [--device cpu|cuda]
+        [--reference IMAGE] [--reference-id ID] [--refine-steps N] [--device cpu|cuda]
 
 Inputs must be aligned face crops (batch.stylize detects and aligns photos). Each style's G' is
 `<root>/styles/<style>/generator.pt` unless `--generator STYLE=URI` says otherwise. Grid rows are inputs; columns:
 input | general | multimodal x N | reference (when a reference is given). A reference image is inverted once per
 style and stored under `<root>/references/<style>/<id>.npz` (id = content hash, or `--reference-id`); a later run
-with the same image or `--reference-id` alone reuses the stored code.
+with the same image or `--reference-id` alone reuses the stored code. With `stylize.refine_steps` (or
+`--refine-steps`) > 0 each face's encoder code is refined against the base G first (fstrain.stylize.refine).
 """
 from __future__ import annotations
 
@@ -31,18 +32,21 @@ from fstrain.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 
 
 def load_stylizer(config, *, root: str, styles: list[str], generator_uris: dict[str, str] | None = None,
-                  device: str | torch.device = "cpu") -> Stylizer:
-    """The W+ encoder from the config and each style's G' (published location unless overridden)."""
+                  device: str | torch.device = "cpu", refine_steps: int | None = None) -> Stylizer:
+    """The W+ encoder from the config and each style's G' (published location unless overridden); with refinement
+    (`refine_steps`, default the config's stylize.refine_steps) also the base G and the perceptual net."""
     from fstrain.models.hub import ModelHub, generator_at
+    from fstrain.stylize.refine import refiner_from_config
 
     encoder = ModelHub(config.models, root).encoder("encoder_wplus")
+    refiner = refiner_from_config(config, root, device, steps=refine_steps)
     generators, latent_avgs = {}, {}
     for style in styles:
         uri = (generator_uris or {}).get(style) or layout.published_generator(root, style)
         loaded = generator_at(uri, load_discriminator=False)
         generators[style] = loaded.generator.to(device)
         latent_avgs[style] = loaded.latent_avg.to(device)
-    return Stylizer(encoder.to(device), generators, latent_avgs)
+    return Stylizer(encoder.to(device), generators, latent_avgs, refiner)
 
 
 def list_inputs(path: str) -> list[str]:
@@ -73,8 +77,9 @@ def generator_overrides(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
 
-def preflight_checks(config, args, styles: list[str], overrides: dict[str, str]) -> None:
-    """The input, every style's G', the encoder (and LPIPS for a new reference) and the output, before any work."""
+def preflight_checks(config, args, styles: list[str], overrides: dict[str, str], refine_steps: int) -> None:
+    """The input, every style's G', the encoder (the base G and LPIPS for refinement, LPIPS for a new reference)
+    and the output, before any work."""
     from fstrain import preflight
 
     if not styles:
@@ -82,8 +87,9 @@ def preflight_checks(config, args, styles: list[str], overrides: dict[str, str])
     preflight.input_exists(args.input, "INPUT")
     if args.reference:
         preflight.input_exists(args.reference, "--reference")
-    preflight.models_exist(config, args.root, ["encoder_wplus"] + (["lpips_backbone"] if args.reference else []),
-                           args.config)
+    needed = ["encoder_wplus"] + (["base_generator"] if refine_steps else []) \
+        + (["lpips_backbone"] if args.reference or refine_steps else [])
+    preflight.models_exist(config, args.root, needed, args.config)
     preflight.published_generators_exist(args.root, styles, overrides)
     preflight.storage_usable(args.out, "--out", write=True)
 
@@ -106,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--reference", default=None, help="reference image to invert (or reuse) per style")
     parser.add_argument("--reference-id", default=None, help="name of the stored reference code")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="refine each face's code against the base G for N steps (default: config "
+                             "stylize.refine_steps; 0 = the encoder's codes)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -117,11 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     psi = cfg.truncation if args.psi is None else check_value(args.psi, Fraction, "--psi")
     n = cfg.samples if args.samples is None else check_value(args.samples, AtLeast1, "--samples")
     seed = cfg.seed if args.seed is None else check_value(args.seed, Count, "--seed")
+    refine_steps = cfg.refine_steps if args.refine_steps is None else check_value(args.refine_steps, Count,
+                                                                                 "--refine-steps")
     styles = [s for s in args.styles.split(",") if s]
     overrides = generator_overrides(args.generator)
-    preflight_checks(config, args, styles, overrides)
+    preflight_checks(config, args, styles, overrides, refine_steps)
 
-    stylizer = load_stylizer(config, root=args.root, styles=styles, generator_uris=overrides, device=args.device)
+    stylizer = load_stylizer(config, root=args.root, styles=styles, generator_uris=overrides, device=args.device,
+                             refine_steps=refine_steps)
     size = next(iter(stylizer.generators.values())).size
     inputs = list_inputs(args.input)
     from tqdm import tqdm   # on stderr; TQDM_DISABLE=1 silences it

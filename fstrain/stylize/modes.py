@@ -1,6 +1,7 @@
 """The three stylization modes on batches of aligned faces: general, multimodal, reference-guided.
 
-All three start from the content code w+ = E_w+(x) of the input photo (encode once, render every style):
+All three start from the content code w+ = E_w+(x) of the input photo (encode once, render every style), refined
+by optimisation against the base G when the Stylizer has a `CodeRefiner` (fstrain.stylize.refine):
 - general:         y = G'(w+)
 - multimodal:      layers >= k of w+ replaced by random z+ mapped layer by layer and truncated toward
                    G''s mean w with psi; `n` samples per face.
@@ -19,17 +20,19 @@ from torch import nn
 
 from fstrain.models.checkpoints import MEAN_LATENT_SAMPLES
 from fstrain.models.latents import broadcast_w, mix_layers, truncate
+from fstrain.stylize.refine import CodeRefiner
 
 
 class Stylizer:
     """Stylize aligned faces with one W+ encoder and one fine-tuned generator G' per style.
 
     `latent_avgs[style]` is G''s mean w (the checkpoint's `latent_avg`); when missing it is estimated once from
-    `MEAN_LATENT_SAMPLES` mapped z with a fixed seed, so results stay reproducible.
+    `MEAN_LATENT_SAMPLES` mapped z with a fixed seed, so results stay reproducible. With a `refiner`, `encode`
+    returns the encoder's codes refined against the base G (hybrid inversion).
     """
 
     def __init__(self, encoder_wplus: nn.Module, generators: Mapping[str, nn.Module],
-                 latent_avgs: Mapping[str, torch.Tensor] | None = None):
+                 latent_avgs: Mapping[str, torch.Tensor] | None = None, refiner: CodeRefiner | None = None):
         if not generators:
             raise ValueError("Stylizer needs at least one style generator")
         n_latents = {style: g.n_latent for style, g in generators.items()}
@@ -38,6 +41,10 @@ class Stylizer:
         self.encoder = encoder_wplus.eval()
         self.generators = {style: g.eval() for style, g in generators.items()}
         self.n_latent = next(iter(n_latents.values()))
+        self.refiner = refiner
+        if refiner is not None and refiner.generator.n_latent != self.n_latent:
+            raise ValueError(f"the base generator used for refinement has n_latent {refiner.generator.n_latent}; "
+                             f"the style generators have {self.n_latent}: they must come from the same base G")
         self._latent_avgs: dict[str, torch.Tensor] = {}
         for style, avg in (latent_avgs or {}).items():
             self._latent_avgs[style] = avg.detach().reshape(1, -1)
@@ -63,13 +70,15 @@ class Stylizer:
         return self._latent_avgs[style].to(device)
 
     # -- modes
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Aligned faces (N, 3, H, W) in [-1, 1] -> content codes w+ (N, n_latent, style_dim)."""
-        w_plus = self.encoder(images)
+        with torch.no_grad():
+            w_plus = self.encoder(images)
         if w_plus.ndim != 3 or w_plus.shape[1] != self.n_latent:
             raise ValueError(f"encoder returned codes of shape {tuple(w_plus.shape)}; the style generators need "
                              f"(N, {self.n_latent}, style_dim): encoder and generators do not belong together")
+        if self.refiner is not None:
+            w_plus = self.refiner(images, w_plus)
         return w_plus
 
     @torch.no_grad()

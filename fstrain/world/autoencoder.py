@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fstrain import losses
 from fstrain.data import storage
 from fstrain.data.images import IMAGE_SUFFIXES
 from fstrain.models.checkpoints import MEAN_LATENT_SAMPLES, load_generator, save_generator
@@ -78,7 +79,7 @@ class PretrainSettings:
     mapping_lr: float = 3.0             # on EqualLinear's stored weights (lr_mul 0.01): effectively 0.03
     layer_spread_weight: float = 0.05   # phase 1: penalty on |w+_l - mean_l w+_l|^2
     edge_weight: float = 0.0            # phase 1: L1 between the images' pixel differences (pixel_loss)
-    feature_weight: float = 1.0         # phase 1: pixel-loss weight of the eye/brow band and mouth (face_weight_map)
+    feature_weight: float = 1.0         # phase 1: pixel-loss weight of the eye/brow band and mouth (fstrain.losses.face_weight_map)
 
     def init_args(self) -> dict[str, Any]:
         return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
@@ -136,24 +137,11 @@ def _batches(n: int, batch_size: int, steps: int, rng: torch.Generator):
         position += batch_size
 
 
-def face_weight_map(size: int, feature_weight: float) -> torch.Tensor | None:
-    """(1, 1, size, size) pixel weights for FFHQ-aligned faces: `feature_weight` on the eye/brow band (glasses sit
-    there too) and the mouth, 1 elsewhere; None for weight 1. Why: at 64 px an eye is a few pixels, so an
-    unweighted L1 reaches its floor with the eyes blurred away."""
-    if feature_weight == 1.0:
-        return None
-    weight = torch.ones(1, 1, size, size)
-    unit = size / 512.0                          # the template frame is 512 units (fstrain.data.align)
-    weight[..., int(190 * unit):int(280 * unit) + 1, int(140 * unit):int(372 * unit) + 1] = feature_weight
-    weight[..., int(345 * unit):int(395 * unit) + 1, int(190 * unit):int(322 * unit) + 1] = feature_weight
-    return weight
-
-
 def pixel_loss(rendered: torch.Tensor, target: torch.Tensor, edge_weight: float = 0.0,
                weight: torch.Tensor | None = None) -> torch.Tensor:
     """L1 at full and half resolution (the half-resolution term weights colour and layout over edges), plus
     `edge_weight` x L1 between horizontal and vertical pixel differences: a blurred eye or glasses rim misses its
-    edges entirely, which plain L1 on a few pixels hardly notices. `weight` (face_weight_map) weights pixels."""
+    edges entirely, which plain L1 on a few pixels hardly notices. `weight` (fstrain.losses.face_weight_map) weights pixels."""
     diff = rendered - target
     half = F.avg_pool2d(rendered, 2) - F.avg_pool2d(target, 2)
     if weight is None:
@@ -207,7 +195,7 @@ def train_autoencoder(encoder: PSPEncoder, g: Generator, photos: torch.Tensor, s
                          (time.perf_counter() - started) / max(deadline - started, 1e-3)))
     schedule = torch.optim.lr_scheduler.LambdaLR(optim,
                                                  lambda step: 0.5 * (1 + math.cos(math.pi * min(progress(step), 1))))
-    weight = face_weight_map(photos.shape[-1], s.feature_weight)
+    weight = losses.face_weight_map(photos.shape[-1], s.feature_weight)
     step = 0
     for step, idx in enumerate(_batches(len(photos), s.batch_size, s.autoencoder_steps, rng), 1):
         x = photos[idx]

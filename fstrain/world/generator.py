@@ -46,8 +46,8 @@ from PIL import Image
 from torch import nn
 
 from fstrain.data import storage
-from fstrain.losses import (discriminator_adversarial_loss, generator_adversarial_loss, lazy_regularization_ratio,
-                            r1_penalty)
+from fstrain.losses import (discriminator_adversarial_loss, face_weight_map, generator_adversarial_loss,
+                            lazy_regularization_ratio, r1_penalty)
 from fstrain.models.checkpoints import FORMAT_NAME, MEAN_LATENT_SAMPLES, metadata_uri, read_checkpoint
 from fstrain.models.psp import PSPEncoder, build_encoder, load_encoder, save_encoder
 from fstrain.models.stylegan2 import Discriminator, Generator
@@ -76,7 +76,7 @@ class GeneratorSettings:
     plan_margin: float = 0.8        # planned steps use this share of the budget (speed varies on a shared CPU)
     latent_pool: int = 8192         # photos drawn through the world's Gaussian latent (see `world_z`)
     mapping_steps: int = 3000       # ~20 ms each: u -> code is a curved function (hair style, glasses are discrete)
-    feature_weight: float = 3.0     # pixel-loss weight of the eye/brow band and mouth (autoencoder.face_weight_map)
+    feature_weight: float = 3.0     # pixel-loss weight of the eye/brow band and mouth (fstrain.losses.face_weight_map)
     lr: float = 0.002
     d_lr_multiplier: float = 2.0    # D's lr = lr x this (a D that learns faster tells G sooner what blur looks like)
     reconstruction_weight: float = 1.0  # > 0: the adversarial phase keeps the warm start's pixel loss (below)
@@ -215,7 +215,7 @@ class AdversarialTrainer:
         self.g, self.d, self.s, self.rng = g, d, s, rng
         self.encoder = encoder if s.reconstruction_weight > 0 else None
         self.pool = pool if s.reconstruction_weight > 0 else None
-        self.weight = autoencoder.face_weight_map(s.size, s.feature_weight)
+        self.weight = face_weight_map(s.size, s.feature_weight)
         self.g_ema = copy.deepcopy(g).eval()
         _set_trainable(self.g_ema, False)
         g_ratio = lazy_regularization_ratio(s.g_reg_every) if s.path_length_weight > 0 else 1.0
