@@ -1,0 +1,83 @@
+"""Does a fine-tuned G' keep what the base G drew? The attribute reader on G(z) and G'(z), same z.
+
+    python scripts/attribute_keep.py --root demo-out [--run demo] [--samples 400] [--out OUT.md]
+
+For `--samples` fixed random z (seed 0), the evaluation attribute reader (<root>/models, fstrain.study.instruments)
+reads glasses and hair style on the base G's render and on each style's published SC&PC G' and baseline G* render
+of the same z (stored noise). Per generator: of the samples with glasses on G(z), the fraction with glasses on the
+fine-tune's render (kept); of those without, the fraction with (added); and the fraction whose hair style class is
+the same. The reader was trained on true renders of all six domains; on blurry fine-tune outputs its readings are
+themselves uncertain, so read the table as a trend, not as accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STYLES = ("cartoon", "anime", "fantasy", "illustration", "impasto")
+
+
+def main() -> int:
+    import torch
+
+    from fstrain import layout
+    from fstrain.config import load_config
+    from fstrain.models.hub import ModelHub
+    from fstrain.settings import PipelineConfig
+    from fstrain.study.evaluation import render_codes
+    from fstrain.study.instruments import load_instruments
+    from fstrain.study.settings import StudyEvaluationConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="a root `make demo` wrote")
+    parser.add_argument("--run", default="demo", help="run id whose baseline G* is measured too")
+    parser.add_argument("--config", default=str(REPO / "configs/demo_five_styles.yaml"))
+    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--out", default=None, help="also write the table to this markdown file")
+    args = parser.parse_args()
+
+    torch.set_num_threads(2)
+    root = layout.absolute_root(args.root)
+    config = load_config(args.config, PipelineConfig)
+    device = torch.device("cpu")
+    hub = ModelHub(config.models, root)
+    reader = load_instruments(StudyEvaluationConfig(feature_net="none"), config, root, device).attributes
+    if reader is None:
+        raise SystemExit(f"{root}/models has no attribute reader (models.json): nothing to read attributes with")
+    base = hub.generator(load_discriminator=False).generator.eval()
+    z = torch.randn(args.samples, base.style_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        codes = base.get_latent(z).unsqueeze(1).repeat(1, base.n_latent, 1)
+
+    def read(g):
+        images = render_codes(g, codes, 50, device)
+        with torch.no_grad():
+            out = reader(images)
+        return out["glasses"].argmax(1) == 1, out["hair_style"].argmax(1)
+
+    glasses, hair = read(base)
+    lines = [f"{args.samples} random z (seed 0); base G: glasses on {int(glasses.sum())} "
+             f"({float(glasses.float().mean()):.0%})", "",
+             "| style | generator | glasses kept | glasses added | hair style same |", "|---|---|---|---|---|"]
+    for style in STYLES:
+        for label, uri in (("SC&PC G' (published)", layout.published_generator(root, style)),
+                           ("baseline G*", layout.final_generator(layout.mode_run(root, args.run, style,
+                                                                                  "baseline")))):
+            g = hub.generator_at(uri, load_discriminator=False).generator.eval()
+            g_glasses, g_hair = read(g)
+            lines.append(f"| {style} | {label} | {float(g_glasses[glasses].float().mean()):.2f} | "
+                         f"{float(g_glasses[~glasses].float().mean()):.2f} | "
+                         f"{float((g_hair == hair).float().mean()):.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
