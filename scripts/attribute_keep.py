@@ -60,8 +60,21 @@ def main() -> int:
         return out["glasses"].argmax(1) == 1, out["hair_style"].argmax(1)
 
     glasses, hair = read(base)
+    from fstrain.data.synthetic.params import HAIR_STYLES
+    from fstrain.world.splits import HELDOUT, render_identities
+
+    photos = render_identities(HELDOUT, args.samples, 1, "photo", base.size, first_view=1000).tensor()
+    with torch.no_grad():
+        photo_hair = torch.cat([reader(photos[i:i + 50])["hair_style"].argmax(1) for i in range(0, len(photos), 50)])
+
+    def histogram(classes):
+        counts = torch.bincount(classes, minlength=len(HAIR_STYLES)).tolist()
+        return ", ".join(f"{name} {count}" for name, count in zip(HAIR_STYLES, counts))
+
     lines = [f"{args.samples} random z (seed 0); base G: glasses on {int(glasses.sum())} "
              f"({float(glasses.float().mean()):.0%})", "",
+             f"hair styles as the reader reads them: base G(z) {histogram(hair)}; {args.samples} held-out photos "
+             f"{histogram(photo_hair)}", "",
              "| style | generator | glasses kept | glasses added | hair style same |", "|---|---|---|---|---|"]
     for style in STYLES:
         for label, uri in (("SC&PC G' (published)", layout.published_generator(root, style)),
