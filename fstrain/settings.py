@@ -64,12 +64,18 @@ class TrainConfig:
     pair_level: PairLevel = 3       # which pseudo-pair level L_pair trains on
     # style -> level, for styles whose best level differs (the method study's pair-level table says which)
     pair_level_by_style: dict[str, PairLevel] = field(default_factory=dict)
+    # style -> learning rate, for a style whose fine-tune needs another (e.g. one that collapses at the shared lr)
+    lr_by_style: dict[str, Positive] = field(default_factory=dict)
     seed: Count = 0
     sample_grid_size: AtLeast1 = 8  # fixed z per sample grid (G(z) row above G'(z) row)
 
     def level_for(self, style: str) -> int:
         """The pseudo-pair level `style`'s L_pair trains on."""
         return self.pair_level_by_style.get(style, self.pair_level)
+
+    def lr_for(self, style: str) -> float:
+        """The learning rate of `style`'s fine-tunes (G and D; D's scaled for lazy R1 as usual)."""
+        return self.lr_by_style.get(style, self.lr)
 
 
 @dataclass
@@ -140,8 +146,10 @@ class PipelineConfig:
     styles: list[str] = field(default_factory=lambda: ["cartoon", "anime", "fantasy", "illustration", "impasto"])
 
     def config_problems(self) -> list[tuple[str, str]]:
-        strays = sorted(set(self.train.pair_level_by_style) - set(self.styles))
-        if strays:
-            return [("train.pair_level_by_style", f"{strays} are not in the config's styles {self.styles}; name "
-                                                  f"styles of this config (or remove the entry)")]
-        return []
+        problems = []
+        for key in ("pair_level_by_style", "lr_by_style"):
+            strays = sorted(set(getattr(self.train, key)) - set(self.styles))
+            if strays:
+                problems.append((f"train.{key}", f"{strays} are not in the config's styles {self.styles}; name "
+                                                 f"styles of this config (or remove the entry)"))
+        return problems

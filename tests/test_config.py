@@ -130,6 +130,14 @@ styles: [cartoon]
     with pytest.raises(ConfigError, match=r"inline: key 'train\.pair_level_by_style': \['anime'\] are not in"):
         config_from_dict({"models": models, "styles": ["cartoon"], "train": {"pair_level_by_style": {"anime": 1}}},
                          PipelineConfig, source="inline")
+    with pytest.raises(ConfigError, match=r"inline: key 'train\.lr_by_style': \['fantsy'\] are not in"):
+        config_from_dict({"models": models, "styles": ["fantasy"], "train": {"lr_by_style": {"fantsy": 0.001}}},
+                         PipelineConfig, source="inline")
+    with pytest.raises(ConfigError, match=r"train\.lr_by_style\.fantasy"):
+        config_from_dict({"models": models, "styles": ["fantasy"], "train": {"lr_by_style": {"fantasy": -1}}},
+                         PipelineConfig, source="inline")
+    assert config_from_dict({"models": models, "styles": ["fantasy"], "train": {"lr_by_style": {"fantasy": 5e-4}}},
+                            PipelineConfig, source="inline").train.lr_for("fantasy") == 5e-4
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -229,6 +229,7 @@ def test_published_generator_is_rosinality_layout_with_metadata(world, tmp_path)
     meta = loaded.metadata
     assert (meta["style"], meta["mode"], meta["steps"]) == (STYLE, "sc+pc", 2)
     assert meta["lambda_sem"] == 1.0 and meta["lambda_pair"] == 1.0 and meta["lambda_id"] == 0.1
+    assert meta["lr"] == config.train.lr
     assert len(meta["base_generator_sha256"]) == 64
     # The sample grid shows G(z) over G'(z), labelled, at least 256 px wide (it was 138 x 70 px with no labels).
     grid = np.asarray(Image.open(Path(result["run_dir"]) / "samples" / "step-000002.png").convert("RGB"))
@@ -348,6 +349,22 @@ def test_missing_and_empty_datasets_name_the_prefix(world):
     assert [per_style.train.level_for(s) for s in (STYLE, "anime", "impasto")] == [2, 1, 3]
     with pytest.raises(DatasetError, match=r"runs/x/cartoon/pairs/level2"):
         run_finetune(per_style, style=STYLE, mode="pc", root=str(world), run_id="x", steps=1)
+
+
+def test_a_styles_own_learning_rate_drives_its_optimisers(world):
+    """train.lr_by_style: that style's G and D optimisers run at its lr (D's scaled for lazy R1), others at train.lr,
+    and the published generator's metadata says which."""
+    from fstrain.losses import lazy_regularization_ratio
+    from fstrain.train.loop import FineTuneRun
+
+    config = tiny_config(lr_by_style={STYLE: 0.0005, "anime": 0.01})
+    assert [config.train.lr_for(s) for s in (STYLE, "anime", "impasto")] == [0.0005, 0.01, config.train.lr]
+    run = FineTuneRun(config, style=STYLE, mode="baseline", root=str(world), run_id="lr")
+    ratio = lazy_regularization_ratio(config.train.d_reg_every)
+    assert [g["lr"] for g in run.g_optim.param_groups] == [0.0005]
+    assert [g["lr"] for g in run.d_optim.param_groups] == [pytest.approx(0.0005 * ratio)]
+    result = run_finetune(config, style=STYLE, mode="baseline", root=str(world), run_id="lr", steps=1)
+    assert load_generator(result["generator"]).metadata["lr"] == 0.0005
 
 
 def test_missing_model_names_config_key_and_path(world):

@@ -150,8 +150,9 @@ class FineTuneRun:
                                     r1_every=self.tcfg.d_reg_every)
 
         ratio = lazy_regularization_ratio(self.tcfg.d_reg_every)
-        g_optim = torch.optim.Adam(self.nets.g.parameters(), lr=self.tcfg.lr, betas=(0.0, 0.99))
-        d_optim = torch.optim.Adam(self.nets.d.parameters(), lr=self.tcfg.lr * ratio,
+        lr = self.tcfg.lr_for(self.style)
+        g_optim = torch.optim.Adam(self.nets.g.parameters(), lr=lr, betas=(0.0, 0.99))
+        d_optim = torch.optim.Adam(self.nets.d.parameters(), lr=lr * ratio,
                                    betas=(0.0 ** ratio, 0.99 ** ratio))
         self.step = 0
         self.inputs = self._input_provenance(lpips_used=lpips is not None, identity_used=identity is not None)
@@ -360,6 +361,7 @@ class FineTuneRun:
             "lambda_id": self.tcfg.lambda_id if self.use_sem else 0.0,
             "lambda_pair": self.tcfg.lambda_pair if self.use_pair else 0.0,
             "pair_level": self.tcfg.level_for(self.style) if self.use_pair else None,
+            "lr": self.tcfg.lr_for(self.style),
             "base_generator": self.base.uri, "base_generator_sha256": self.base.sha256,
             "seed": self.tcfg.seed, "latent_avg_source": f"mean_latent({MEAN_LATENT_SAMPLES}, seed=0) of g_ema",
             "inputs": {**self.inputs, "settings": {**config_to_dict(self.tcfg), "steps": self.step}},
