@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from validation_probe import add_common_flags, load_setup  # noqa: E402 - scripts/, beside this file
+
 SHOWN = ("gt_perceptual", "gt_attribute", "retrieval_top1", "fid", "semantic", "perceptual")
 
 
@@ -41,45 +43,24 @@ def parse_recipe(text: str, train) -> tuple[str, dict]:
 
 def main() -> int:
     import numpy as np
-    import torch
     from PIL import Image
 
     from cluster.demo import RUN_ID as DEMO_RUN_ID
     from fstrain import layout
-    from fstrain.config import load_config
-    from fstrain.models.hub import ModelHub
-    from fstrain.settings import PipelineConfig
-    from fstrain.stylize.images import to_uint8
     from fstrain.study.evaluation import TestSet, evaluate_rows, render_test_images
-    from fstrain.study.instruments import load_instruments
-    from fstrain.study.settings import load_study_config
-    from fstrain.train import resources
     from fstrain.train.loop import run_finetune
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="a root `make demo` wrote (models, datasets, runs/demo pairs)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--config", default=str(REPO / "configs/demo_five_styles.yaml"))
-    parser.add_argument("--validation", default=str(REPO / "configs/study_validation.yaml"))
-    parser.add_argument("--styles", nargs="+", default=["cartoon"])
+    add_common_flags(parser, root_help="a root `make demo` wrote (models, datasets, runs/demo pairs)",
+                     styles=["cartoon"])
     parser.add_argument("--recipe", action="append", required=True, help="name:key=value,... (train.* keys)")
     args = parser.parse_args()
 
-    root = layout.absolute_root(args.root)
-    config = load_config(args.config, PipelineConfig)
+    setup = load_setup(args)
+    root, config, study, hub, base, out = setup.root, setup.config, setup.study, setup.hub, setup.base, setup.out
     recipes = [parse_recipe(r, config.train) for r in args.recipe]
-    study = load_study_config(args.validation)
-    device = torch.device("cpu")
-    hub = ModelHub(config.models, root)
-    base = resources.load_base_generator(config.models, root, expected_size=config.data.image_size)
-    base = base.loaded.generator.eval()
-    encoder = hub.encoder("encoder_wplus", device)
-    instruments = load_instruments(study.evaluation, config, root, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"validation": {"first_identity": study.first_test_identity, "identities": study.test_identities,
-                                    "fid_reference": study.fid_reference_identities, "view": study.test_view},
-                     "config": args.config, "recipes": dict(recipes), "styles": {}}
+    results: dict = {"validation": setup.validation_facts(), "config": args.config, "recipes": dict(recipes),
+                     "styles": {}}
     for style in args.styles:
         generators = {}
         seconds = {}
@@ -95,10 +76,11 @@ def main() -> int:
         images = render_test_images(TestSet.of_study(study, style, base.size))
         rows = {name: (lambda uri=uri: hub.generator_at(uri, load_discriminator=False).generator)
                 for name, uri in generators.items()}
-        measured = evaluate_rows(rows, base=base, encoder=encoder, images=images, instruments=instruments,
+        measured = evaluate_rows(rows, base=base, encoder=setup.encoder, images=images,
+                                 instruments=setup.instruments,
                                  lambda_id=study.evaluation.semantic_lambda_id,
                                  semantic_samples=study.evaluation.semantic_samples, seed=0,
-                                 batch_size=study.evaluation.batch_size, device=device,
+                                 batch_size=study.evaluation.batch_size, device=setup.device,
                                  strips_uri=str(out / "strips" / style), grid_identities=12)
         results["styles"][style] = {name: {k: row.get(k) for k in SHOWN + ("gt_attribute_per_attribute",)}
                                     | {"train_seconds": seconds.get(name)}

@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from validation_probe import add_common_flags, load_setup  # noqa: E402 - scripts/, beside this file
+
 SHOWN = ("gt_perceptual", "gt_attribute", "glasses", "hair_style", "gt_identity", "retrieval_top1")
 PER_ATTRIBUTE = ("glasses", "hair_style")    # the reader's disagreement with the truth's reading, per attribute
 
@@ -47,40 +49,25 @@ def parse_setting(text: str):
 
 def main() -> int:
     import numpy as np
-    import torch
     from PIL import Image
 
     from fstrain import layout
-    from fstrain.config import load_config
-    from fstrain.models.hub import ModelHub
-    from fstrain.settings import PipelineConfig
     from fstrain.study.evaluation import TestSet, ground_truth_fidelity, render_codes, render_test_images
-    from fstrain.study.instruments import load_instruments
-    from fstrain.study.settings import load_study_config
     from fstrain.stylize.images import to_uint8
     from fstrain.stylize.refine import CodeRefiner, encode_in_batches
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="a root `make demo` wrote (models, published styles)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--config", default=str(REPO / "configs/demo_five_styles.yaml"))
-    parser.add_argument("--validation", default=str(REPO / "configs/study_validation.yaml"))
-    parser.add_argument("--styles", nargs="+", default=["cartoon", "anime", "fantasy", "illustration", "impasto"])
+    add_common_flags(parser, root_help="a root `make demo` wrote (models, published styles)",
+                     styles=["cartoon", "anime", "fantasy", "illustration", "impasto"])
     parser.add_argument("--setting", action="append", required=True, help="name:key=value,... (RefineSettings)")
     parser.add_argument("--batch-size", type=int, default=25)
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
-    root = layout.absolute_root(args.root)
-    config = load_config(args.config, PipelineConfig)
+    setup = load_setup(args)
+    root, study, hub, base, out = setup.root, setup.study, setup.hub, setup.base, setup.out
+    encoder, instruments, device = setup.encoder, setup.instruments, setup.device
     settings = [parse_setting(s) for s in args.setting]
-    study = load_study_config(args.validation)
-    device = torch.device("cpu")
-    hub = ModelHub(config.models, root)
-    base = hub.generator(load_discriminator=False).generator.eval()
-    encoder = hub.encoder("encoder_wplus", device)
     lpips = hub.lpips(device)
-    instruments = load_instruments(study.evaluation, config, root, device)
     photos = render_test_images(TestSet.of_study(study, args.styles[0], base.size)).photos
 
     codes, seconds = {}, {}
@@ -100,10 +87,7 @@ def main() -> int:
         row.update({name: per_attribute.get(name) for name in PER_ATTRIBUTE})
         return {k: row.get(k) for k in SHOWN}
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {"validation": {"first_identity": study.first_test_identity, "identities": study.test_identities,
-                              "view": study.test_view},
+    results = {"validation": setup.validation_facts(),
                "settings": {name: s.describe() for name, s in settings}, "seconds_per_face": seconds,
                "instruments": [i["label"] for i in instruments.describe()],
                "rows": {"base G reconstruction (vs photo)": {name: measured(render(base, w), photos)
