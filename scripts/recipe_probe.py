@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from validation_probe import add_common_flags, load_setup  # noqa: E402 - scripts/, beside this file
+from validation_probe import add_common_flags, load_setup, markdown_table  # noqa: E402 - scripts/, beside this file
 
 SHOWN = ("gt_perceptual", "gt_attribute", "retrieval_top1", "fid", "semantic", "perceptual")
 
@@ -89,11 +89,7 @@ def main() -> int:
                   for k in ["photo", "ground truth", "base G", *generators]]
         Image.fromarray(np.concatenate(strips)).save(out / f"{style}.png")
     (out / "probe.json").write_text(json.dumps(results, indent=1))
-    lines = ["| style | generator | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 2) + "|"]
-    for style, rows in results["styles"].items():
-        for name, row in rows.items():
-            lines.append(f"| {style} | {name} | " + " | ".join("-" if row[k] is None else f"{row[k]:.3f}"
-                                                             for k in SHOWN) + " |")
+    lines = markdown_table(("style", "generator"), results["styles"], SHOWN)
     (out / "probe.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from validation_probe import add_common_flags, load_setup  # noqa: E402 - scripts/, beside this file
+from validation_probe import add_common_flags, load_setup, markdown_table  # noqa: E402 - scripts/, beside this file
 
 SHOWN = ("gt_perceptual", "gt_attribute", "glasses", "hair_style", "gt_identity", "retrieval_top1")
 PER_ATTRIBUTE = ("glasses", "hair_style")    # the reader's disagreement with the truth's reading, per attribute
@@ -101,11 +101,7 @@ def main() -> int:
         sheet = np.concatenate([np.concatenate(list(to_uint8(s)), axis=1) for s in strips])
         Image.fromarray(sheet).save(out / f"{style}.jpg", quality=92)
     (out / "refine.json").write_text(json.dumps(results, indent=1))
-    lines = ["| rendered by | codes | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 2) + "|"]
-    for what, rows in results["rows"].items():
-        for name, row in rows.items():
-            lines.append(f"| {what} | {name} | " + " | ".join("-" if row[k] is None else f"{row[k]:.3f}"
-                                                            for k in SHOWN) + " |")
+    lines = markdown_table(("rendered by", "codes"), results["rows"], SHOWN)
     lines.append("")
     lines.append("seconds per face (refinement, this machine): "
                  + ", ".join(f"{name} {s}" for name, s in seconds.items()))

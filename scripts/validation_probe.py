@@ -58,3 +58,13 @@ def load_setup(args: argparse.Namespace) -> ProbeSetup:
     return ProbeSetup(root=root, config=config, study=study, hub=hub, base=base,
                       encoder=hub.encoder("encoder_wplus", device),
                       instruments=load_instruments(study.evaluation, config, root, device), device=device, out=out)
+
+
+def markdown_table(headers: tuple[str, str], groups: dict[str, dict[str, dict]], shown: tuple[str, ...]) -> list[str]:
+    """A probe's table: one line per (group, row name) with the `shown` figures to 3 decimals ("-" = not measured)."""
+    lines = [f"| {headers[0]} | {headers[1]} | " + " | ".join(shown) + " |", "|---" * (len(shown) + 2) + "|"]
+    for group, rows in groups.items():
+        for name, row in rows.items():
+            lines.append(f"| {group} | {name} | " + " | ".join("-" if row[k] is None else f"{row[k]:.3f}"
+                                                             for k in shown) + " |")
+    return lines
