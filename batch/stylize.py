@@ -226,14 +226,10 @@ def _identity_fields(args: argparse.Namespace, config, root: str) -> dict[str, A
 def _refine_fields(args: argparse.Namespace, config, defaults, root: str) -> dict[str, Any]:
     """JobSpec fields of the hybrid inversion (fstrain.stylize.refine): its settings, the base G and the
     perceptual net from the config; {} when not refining."""
-    import dataclasses
-
     from fstrain.models.hub import resolve_uri
     from fstrain.stylize.refine import settings_from_config
 
-    settings = settings_from_config(defaults)
-    if args.refine_steps is not None:
-        settings = dataclasses.replace(settings, steps=args.refine_steps)
+    settings = settings_from_config(defaults, args.refine_steps)
     if not settings.steps:
         return {}
     if config is None:

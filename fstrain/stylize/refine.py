@@ -37,7 +37,8 @@ class RefineSettings:
 
 
 class CodeRefiner:
-    """`refiner(images, w_init)` -> refined w+ (same shape), images aligned faces in [-1, 1] at G's size."""
+    """`refiner(images, w_init)` -> refined w+ (same shape), images aligned faces in [-1, 1] at G's size.
+    The base generator is frozen in place (requires_grad False, eval): only the codes receive gradients."""
 
     def __init__(self, base_generator: nn.Module, lpips: ImageMetric, settings: RefineSettings):
         if settings.steps < 1:
@@ -95,9 +96,10 @@ def encode_in_batches(encoder: nn.Module, images: torch.Tensor, batch_size: int,
     return torch.cat(codes)
 
 
-def settings_from_config(stylize_config) -> RefineSettings:
-    """The `stylize.refine_*` keys of a pipeline config (fstrain.settings.StylizeConfig)."""
-    return RefineSettings(steps=stylize_config.refine_steps, lr=stylize_config.refine_lr,
+def settings_from_config(stylize_config, steps: int | None = None) -> RefineSettings:
+    """The `stylize.refine_*` keys of a pipeline config (fstrain.settings.StylizeConfig); `steps` (a command
+    line's --refine-steps) overrides refine_steps when given."""
+    return RefineSettings(steps=stylize_config.refine_steps if steps is None else steps, lr=stylize_config.refine_lr,
                           lpips_weight=stylize_config.refine_lpips_weight,
                           anchor_weight=stylize_config.refine_anchor_weight)
 
@@ -107,13 +109,9 @@ def refiner_from_config(config, root: str, device: str | torch.device = "cpu",
     """The refiner a pipeline config asks for (stylize.refine_*, `steps` overriding refine_steps), with its
     models.base_generator and models.lpips_backbone (fetched once, verified against the config's sha256 pins);
     None when it asks for no refinement."""
-    import dataclasses
-
     from fstrain.models.hub import ModelHub
 
-    settings = settings_from_config(config.stylize)
-    if steps is not None:
-        settings = dataclasses.replace(settings, steps=steps)
+    settings = settings_from_config(config.stylize, steps)
     if not settings.steps:
         return None
     hub = ModelHub(config.models, root)
