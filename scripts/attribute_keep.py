@@ -3,7 +3,8 @@
     python scripts/attribute_keep.py --root demo-out [--run demo] [--samples 400] [--out OUT.md]
 
 For `--samples` fixed random z (seed 0), the evaluation attribute reader (<root>/models, fstrain.study.instruments)
-reads glasses and hair style on the base G's render and on each style's published SC&PC G' and baseline G* render
+reads glasses and hair style on the base G's render and on each style's (the config's styles) published SC&PC G' and
+baseline G* render
 of the same z (stored noise). Per generator: of the samples with glasses on G(z), the fraction with glasses on the
 fine-tune's render (kept); of those without, the fraction with (added); and the fraction whose hair style class is
 the same. The reader was trained on true renders of all six domains; on blurry fine-tune outputs its readings are
@@ -18,14 +19,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STYLES = ("cartoon", "anime", "fantasy", "illustration", "impasto")
-
 
 def main() -> int:
     import torch
 
     from fstrain import layout
     from fstrain.config import load_config
+    from fstrain.models.latents import broadcast_w
     from fstrain.models.hub import ModelHub
     from fstrain.settings import PipelineConfig
     from fstrain.study.evaluation import render_codes
@@ -51,7 +51,7 @@ def main() -> int:
     base = hub.generator(load_discriminator=False).generator.eval()
     z = torch.randn(args.samples, base.style_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        codes = base.get_latent(z).unsqueeze(1).repeat(1, base.n_latent, 1)
+        codes = broadcast_w(base.get_latent(z), base.n_latent)
 
     def read(g):
         images = render_codes(g, codes, 50, device)
@@ -76,7 +76,7 @@ def main() -> int:
              f"hair styles as the reader reads them: base G(z) {histogram(hair)}; {args.samples} held-out photos "
              f"{histogram(photo_hair)}", "",
              "| style | generator | glasses kept | glasses added | hair style same |", "|---|---|---|---|---|"]
-    for style in STYLES:
+    for style in config.styles:
         for label, uri in (("SC&PC G' (published)", layout.published_generator(root, style)),
                            ("baseline G*", layout.final_generator(layout.mode_run(root, args.run, style,
                                                                                   "baseline")))):

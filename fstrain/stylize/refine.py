@@ -47,6 +47,8 @@ class CodeRefiner:
         self.generator = base_generator.eval().requires_grad_(False)
         self.lpips = lpips
         self.settings = settings
+        # faces must be at G's size (checked per call), so the eye-band weights are built once, not per step
+        self.pixel_weight = face_weight_map(base_generator.size, FEATURE_WEIGHT)
 
     def _device(self) -> torch.device:
         return self.generator.input.input.device
@@ -55,10 +57,9 @@ class CodeRefiner:
         """(N,) objective of each face's code."""
         s = self.settings
         rendered = self.generator.synthesis(w_plus, randomize_noise=False)
-        weight = face_weight_map(images.shape[-1], FEATURE_WEIGHT)
         pixel = (rendered - images).abs()
-        if weight is not None:
-            pixel = pixel * weight.to(pixel)
+        if self.pixel_weight is not None:
+            pixel = pixel * self.pixel_weight.to(pixel)
         loss = pixel.flatten(1).mean(1) + s.anchor_weight * (w_plus - w_anchor).pow(2).flatten(1).mean(1)
         if s.lpips_weight:
             loss = loss + s.lpips_weight * perceptual_distance(self.lpips, rendered, images)

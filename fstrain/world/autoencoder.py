@@ -79,7 +79,8 @@ class PretrainSettings:
     mapping_lr: float = 3.0             # on EqualLinear's stored weights (lr_mul 0.01): effectively 0.03
     layer_spread_weight: float = 0.05   # phase 1: penalty on |w+_l - mean_l w+_l|^2
     edge_weight: float = 0.0            # phase 1: L1 between the images' pixel differences (pixel_loss)
-    feature_weight: float = 1.0         # phase 1: pixel-loss weight of the eye/brow band and mouth (fstrain.losses.face_weight_map)
+    feature_weight: float = 1.0         # phase 1: pixel-loss weight of the eye/brow band and mouth
+                                        # (fstrain.losses.face_weight_map)
 
     def init_args(self) -> dict[str, Any]:
         return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
@@ -141,7 +142,8 @@ def pixel_loss(rendered: torch.Tensor, target: torch.Tensor, edge_weight: float 
                weight: torch.Tensor | None = None) -> torch.Tensor:
     """L1 at full and half resolution (the half-resolution term weights colour and layout over edges), plus
     `edge_weight` x L1 between horizontal and vertical pixel differences: a blurred eye or glasses rim misses its
-    edges entirely, which plain L1 on a few pixels hardly notices. `weight` (fstrain.losses.face_weight_map) weights pixels."""
+    edges entirely, which plain L1 on a few pixels hardly notices. `weight` (fstrain.losses.face_weight_map) weights
+    pixels."""
     diff = rendered - target
     half = F.avg_pool2d(rendered, 2) - F.avg_pool2d(target, 2)
     if weight is None:
