@@ -2,7 +2,8 @@
 
 - `generator_adversarial_loss` / `discriminator_adversarial_loss`: non-saturating logistic GAN loss.
 - `r1_penalty`: R1 gradient penalty on real images (applied lazily, every `d_reg_every` steps).
-- `SemanticLoss` (Eq. 1): L_sem(G(z), G'(z)) = LPIPS + lambda_id * (1 - cos(ID(G(z)), ID(G'(z)))).
+- `SemanticLoss` (Eq. 1): L_sem(G(z), G'(z)) = LPIPS + lambda_id * (1 - cos(ID(G(z)), ID(G'(z)))), plus our optional
+  eye-band term lambda_eyes * LPIPS(eye band of G(z), eye band of G'(z)) (not in the paper; 0 = the paper's L_sem).
 - `PairLoss` (Eq. 2): L_pair = LPIPS(G'(w+), S) on pseudo-pairs.
 - `StylizationLoss` (Eq. 3): L = L_adv + lambda_sem * L_sem + lambda_pair * L_pair, by phase as NVlabs'
   StyleGAN2Loss does it (G main, D main, D reg), each phase returning its named terms; the mode decides which
@@ -26,6 +27,13 @@ ImageEmbedder = Callable[[torch.Tensor], torch.Tensor]              # images -> 
 # ---------------------------------------------------------------- pixel weights
 
 
+def eye_band_box(size: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), bottom/right exclusive, of the eye/brow band of a `size` px FFHQ-aligned face:
+    where eyes, brows and glasses sit. The template frame is 512 units (fstrain.data.align)."""
+    unit = size / 512.0
+    return int(190 * unit), int(280 * unit) + 1, int(140 * unit), int(372 * unit) + 1
+
+
 def face_weight_map(size: int, feature_weight: float) -> torch.Tensor | None:
     """(1, 1, size, size) pixel weights for FFHQ-aligned faces: `feature_weight` on the eye/brow band (glasses sit
     there too) and the mouth, 1 elsewhere; None for weight 1. Why: at 64 px an eye is a few pixels, so an
@@ -33,10 +41,24 @@ def face_weight_map(size: int, feature_weight: float) -> torch.Tensor | None:
     if feature_weight == 1.0:
         return None
     weight = torch.ones(1, 1, size, size)
-    unit = size / 512.0                          # the template frame is 512 units (fstrain.data.align)
-    weight[..., int(190 * unit):int(280 * unit) + 1, int(140 * unit):int(372 * unit) + 1] = feature_weight
+    top, bottom, left, right = eye_band_box(size)
+    weight[..., top:bottom, left:right] = feature_weight
+    unit = size / 512.0
     weight[..., int(345 * unit):int(395 * unit) + 1, int(190 * unit):int(322 * unit) + 1] = feature_weight
     return weight
+
+
+def eye_band(images: torch.Tensor, min_height: int = 64) -> torch.Tensor:
+    """The eye/brow band of FFHQ-aligned faces (NCHW), enlarged (aspect kept) to at least `min_height` rows. Why: at
+    64 px a glasses frame is a 1-2 px line that a perceptual net's strided stem averages away in the whole face;
+    enlarged, it is an edge the trunk sees."""
+    top, bottom, left, right = eye_band_box(images.shape[-1])
+    band = images[..., top:bottom, left:right]
+    height, width = band.shape[-2:]
+    if height >= min_height:
+        return band
+    scale = min_height / height
+    return F.interpolate(band, size=(min_height, round(width * scale)), mode="bilinear", align_corners=False)
 
 
 # ---------------------------------------------------------------- adversarial
@@ -111,22 +133,26 @@ class SemanticTerms(NamedTuple):
     total: torch.Tensor
     perceptual: torch.Tensor
     identity: torch.Tensor
+    eyes: torch.Tensor
 
 
 class SemanticLoss(nn.Module):
     """Eq. 1: keep a stylised render semantically close to the base render of the same latent.
 
-    L_sem(x, y) = LPIPS(x, y) + lambda_id * (1 - cos(ID(x), ID(y))). The identity term is skipped (reported as 0)
-    when no identity net is given or lambda_id == 0. Gradients flow into both inputs; in training the base render
-    G(z) is computed under no_grad, in pseudo-pair optimisation the reference is fixed.
+    L_sem(x, y) = LPIPS(x, y) + lambda_id * (1 - cos(ID(x), ID(y))) + lambda_eyes * LPIPS(eye_band(x), eye_band(y)).
+    The identity term is skipped (reported as 0) when no identity net is given or lambda_id == 0, the eye-band term
+    (ours, not the paper's: the fine-tunes drop glasses, docs/study/attribute_keep.md) when lambda_eyes == 0.
+    Gradients flow into both inputs; in training the base render G(z) is computed under no_grad, in pseudo-pair
+    optimisation the reference is fixed.
     """
 
     def __init__(self, lpips: ImageMetric, identity: ImageEmbedder | None = None, lambda_id: float = 0.1,
-                 reduction: str = "mean"):
+                 reduction: str = "mean", lambda_eyes: float = 0.0):
         super().__init__()
         self.lpips = lpips
         self.identity = identity
         self.lambda_id = float(lambda_id)
+        self.lambda_eyes = float(lambda_eyes)
         self.reduction = reduction
 
     def terms(self, reference: torch.Tensor, candidate: torch.Tensor) -> SemanticTerms:
@@ -135,8 +161,15 @@ class SemanticLoss(nn.Module):
             ident = identity_distance(self.identity(reference), self.identity(candidate))
         else:
             ident = torch.zeros_like(perceptual)
-        total = perceptual + self.lambda_id * ident
-        return SemanticTerms(*(_reduce(t, self.reduction) for t in (total, perceptual, ident)))
+        if self.lambda_eyes != 0:
+            if candidate.shape[-2:] != reference.shape[-2:]:
+                candidate = F.interpolate(candidate, size=reference.shape[-2:], mode="bilinear", align_corners=False,
+                                          antialias=True)
+            eyes = self.lpips(eye_band(reference), eye_band(candidate)).reshape(reference.shape[0], -1).mean(1)
+        else:
+            eyes = torch.zeros_like(perceptual)
+        total = perceptual + self.lambda_id * ident + self.lambda_eyes * eyes
+        return SemanticTerms(*(_reduce(t, self.reduction) for t in (total, perceptual, ident, eyes)))
 
     def forward(self, reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
         return self.terms(reference, candidate).total
@@ -179,8 +212,8 @@ class StylizationLoss:
     def g_main(self, fake_logits: torch.Tensor, *, reference: torch.Tensor | None = None,
                fake: torch.Tensor | None = None, rendered: torch.Tensor | None = None,
                style_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Eq. 3 for G': `g_adv`, with L_sem `sem` (`sem_lpips`, `sem_id`) of (G(z) `reference`, G'(z) `fake`) and
-        L_pair `pair` of (G'(w+) `rendered`, S `style_images`) when on, and their weighted sum `g_total`."""
+        """Eq. 3 for G': `g_adv`, with L_sem `sem` (`sem_lpips`, `sem_id`, `sem_eyes`) of (G(z) `reference`, G'(z)
+        `fake`) and L_pair `pair` of (G'(w+) `rendered`, S `style_images`) when on, and their weighted sum `g_total`."""
         g_adv = generator_adversarial_loss(fake_logits)
         terms = {"g_adv": g_adv}
         total = g_adv
@@ -189,7 +222,7 @@ class StylizationLoss:
                 raise ValueError("the semantic term needs the base render `reference` and the styled render `fake`")
             sem = self.semantic.terms(reference, fake)
             total = total + self.lambda_sem * sem.total
-            terms.update(sem=sem.total, sem_lpips=sem.perceptual, sem_id=sem.identity)
+            terms.update(sem=sem.total, sem_lpips=sem.perceptual, sem_id=sem.identity, sem_eyes=sem.eyes)
         if self.pair is not None:
             if rendered is None or style_images is None:
                 raise ValueError("the pair term needs the pseudo-pair render `rendered` and its `style_images`")

@@ -53,6 +53,9 @@ class TrainConfig:
     lr: Positive = 0.002
     lambda_sem: NonNegative = 1.0
     lambda_id: NonNegative = 0.1
+    # L_sem's eye-band term (ours, not the paper's; 0 = off): LPIPS between the enlarged eye/brow bands of G(z) and
+    # G'(z), where glasses sit (fstrain.losses.eye_band)
+    lambda_eyes: NonNegative = 0.0
     lambda_pair: NonNegative = 1.0
     r1_gamma: NonNegative = 10.0
     d_reg_every: Count = 16          # 0 = no R1

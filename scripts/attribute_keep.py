@@ -1,11 +1,13 @@
 """Does a fine-tuned G' keep what the base G drew? The attribute reader on G(z) and G'(z), same z.
 
-    python scripts/attribute_keep.py --root demo-out [--run demo] [--samples 400] [--out OUT.md]
+    python scripts/attribute_keep.py --root demo-out [--run demo] [--samples 400] [--out OUT.md] \
+        [--also-run probe-eyes1 ...]
 
 For `--samples` fixed random z (seed 0), the evaluation attribute reader (<root>/models, fstrain.study.instruments)
 reads glasses and hair style on the base G's render and on each style's (the config's styles) published SC&PC G' and
 baseline G* render
-of the same z (stored noise). Per generator: of the samples with glasses on G(z), the fraction with glasses on the
+of the same z (stored noise); `--also-run` adds the SC&PC G' of other runs under the root (a recipe probe's, e.g.),
+for the styles where that run has one. Per generator: of the samples with glasses on G(z), the fraction with glasses on the
 fine-tune's render (kept); of those without, the fraction with (added); and the fraction whose hair style class is
 the same. The reader was trained on true renders of all six domains; on blurry fine-tune outputs its readings are
 themselves uncertain, so read the table as a trend, not as accuracy.
@@ -38,6 +40,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "configs/demo_five_styles.yaml"))
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--out", default=None, help="also write the table to this markdown file")
+    parser.add_argument("--also-run", action="append", default=[], help="another run id whose SC&PC G' to measure")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -76,10 +79,14 @@ def main() -> int:
              f"hair styles as the reader reads them: base G(z) {histogram(hair)}; {args.samples} held-out photos "
              f"{histogram(photo_hair)}", "",
              "| style | generator | glasses kept | glasses added | hair style same |", "|---|---|---|---|---|"]
+    from fstrain.data import storage
+
     for style in config.styles:
-        for label, uri in (("SC&PC G' (published)", layout.published_generator(root, style)),
-                           ("baseline G*", layout.final_generator(layout.mode_run(root, args.run, style,
-                                                                                  "baseline")))):
+        generators = [("SC&PC G' (published)", layout.published_generator(root, style)),
+                      ("baseline G*", layout.final_generator(layout.mode_run(root, args.run, style, "baseline")))]
+        generators += [(f"SC&PC G' ({run})", uri) for run in args.also_run
+                       if storage.exists(uri := layout.final_generator(layout.mode_run(root, run, style, "sc+pc")))]
+        for label, uri in generators:
             g = hub.generator_at(uri, load_discriminator=False).generator.eval()
             g_glasses, g_hair = read(g)
             lines.append(f"| {style} | {label} | {float(g_glasses[glasses].float().mean()):.2f} | "

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from validation_probe import add_common_flags, load_setup, markdown_table  # noqa: E402 - scripts/, beside this file
 
-SHOWN = ("gt_perceptual", "gt_attribute", "retrieval_top1", "fid", "semantic", "perceptual")
+SHOWN = ("gt_perceptual", "gt_attribute", "retrieval_top1", "fid", "diversity", "semantic", "perceptual")
 
 
 def parse_recipe(text: str, train) -> tuple[str, dict]:

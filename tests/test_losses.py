@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fstrain.losses import (PairLoss, SemanticLoss, StylizationLoss, discriminator_adversarial_loss,
-                            generator_adversarial_loss, identity_distance, lazy_regularization_ratio,
+from fstrain.losses import (PairLoss, SemanticLoss, StylizationLoss, discriminator_adversarial_loss, eye_band,
+                            eye_band_box, generator_adversarial_loss, identity_distance, lazy_regularization_ratio,
                             perceptual_distance, r1_penalty, resize_for_metric)
 
 
@@ -81,6 +81,37 @@ def test_semantic_loss_adds_weighted_identity_term(alex_lpips):
     assert per_sample.shape == (2,)
 
 
+def test_eye_band_is_the_template_eye_region_enlarged_to_64_rows():
+    # 190..280 x 140..372 of the 512-unit template: at 64 px rows 23..35, columns 17..46.
+    assert eye_band_box(64) == (23, 36, 17, 47)
+    assert eye_band_box(512) == (190, 281, 140, 373)
+    images = torch.zeros(2, 3, 64, 64)
+    images[:, :, 23:36, 17:47] = 1.0                         # the band is white, the rest black
+    band = eye_band(images)
+    assert band.shape == (2, 3, 64, round(30 * 64 / 13))     # aspect kept
+    assert torch.allclose(band, torch.ones_like(band))       # nothing from outside the band
+    big = torch.rand(1, 3, 512, 512)
+    assert torch.equal(eye_band(big), big[..., 190:281, 140:373])   # already tall enough: cropped, not resized
+
+
+def test_semantic_eye_term_sees_only_the_eye_band_and_adds_with_its_weight(alex_lpips):
+    torch.manual_seed(5)
+    base = torch.rand(2, 3, 64, 64) * 2 - 1
+    glasses = base.clone()
+    glasses[:, :, 28:30, 20:44] = -1.0                       # a dark frame line across the eyes
+    chin = base.clone()
+    chin[:, :, 54:56, 20:44] = -1.0                          # the same line below the mouth
+    loss = SemanticLoss(alex_lpips, lambda_id=0.0, lambda_eyes=2.0)
+    with_glasses, on_chin = loss.terms(base, glasses), loss.terms(base, chin)
+    assert with_glasses.eyes.item() > 0 and on_chin.eyes.item() == 0.0
+    assert torch.allclose(with_glasses.total, with_glasses.perceptual + 2.0 * with_glasses.eyes)
+    # Enlarged, the 2-row line weighs more in the band than in the whole face.
+    assert with_glasses.eyes.item() > with_glasses.perceptual.item()
+    # Off (the paper's L_sem): reported as zero, total unchanged.
+    off = SemanticLoss(alex_lpips, lambda_id=0.0).terms(base, glasses)
+    assert off.eyes.item() == 0.0 and torch.allclose(off.total, with_glasses.perceptual)
+
+
 def test_pair_loss_gradient_moves_render_towards_style(alex_lpips):
     torch.manual_seed(3)
     style = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -120,7 +151,7 @@ def test_stylization_loss_names_the_terms_of_eq3_with_the_inline_numbers(alex_lp
         if use_sem:
             sem = semantic.terms(reference, fake)
             total = total + lambda_sem * sem.total
-            expected.update(sem=sem.total, sem_lpips=sem.perceptual, sem_id=sem.identity)
+            expected.update(sem=sem.total, sem_lpips=sem.perceptual, sem_id=sem.identity, sem_eyes=sem.eyes)
         if use_pair:
             expected["pair"] = pair(rendered, style)
             total = total + lambda_pair * expected["pair"]

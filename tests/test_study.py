@@ -101,7 +101,7 @@ def test_quick_study_trains_every_row_evaluates_against_ground_truth_and_reruns_
     assert set(rows) == expected
     for row in expected:
         for metric in ("fid", "perceptual", "gt_perceptual", "gt_features", "gt_identity", "gt_attribute",
-                       "retrieval_top1"):
+                       "retrieval_top1", "diversity"):
             assert rows[row][metric]["n"] == 1 and np.isfinite(rows[row][metric]["mean"]), (row, metric)
     assert record["complete"] and record["quick"] and record["seeds"] == [0]
     assert record["default_pair_level"] == {"cartoon": 3}
@@ -273,6 +273,22 @@ def test_ground_truth_fidelity_reads_the_evaluation_feature_net_zero_for_the_tru
     assert itself["gt_perceptual"] == pytest.approx(0.0, abs=1e-5)
     assert 0 < other_view["gt_features"] < other_people["gt_features"], (other_view, other_people)
     assert itself["gt_identity"] is None and itself["gt_attribute"] is None       # nets not given: not measured
+    # diversity: the truths are as varied as themselves; one picture for everyone (a collapsed G') reads 0.
+    assert itself["diversity"] == pytest.approx(1.0)
+    collapsed = ground_truth_fidelity(truths[:1].expand_as(truths).clone(), truths, instruments, 6, cpu)
+    assert collapsed["diversity"] == pytest.approx(0.0, abs=1e-6)
+    assert 0.5 < other_people["diversity"] < 2.0          # the same people in another view: about as varied
+
+
+def test_mean_pairwise_distance_is_one_minus_cosine_over_distinct_pairs():
+    from fstrain.study.evaluation import diversity_ratio, mean_pairwise_distance
+
+    assert mean_pairwise_distance(torch.eye(3)) == pytest.approx(1.0)              # orthogonal: cos 0 for each pair
+    pair = torch.tensor([[1.0, 0.0], [1.0, 1.0]])                                  # one pair, cos 45 degrees
+    assert mean_pairwise_distance(pair) == pytest.approx(1 - 2 ** -0.5)
+    assert diversity_ratio(pair, torch.eye(2)) == pytest.approx(1 - 2 ** -0.5)
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_pairwise_distance(torch.ones(1, 4))
 
 
 def test_one_feature_pass_per_image_set_gives_the_same_fid_and_gt_features_as_separate_passes():

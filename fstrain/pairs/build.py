@@ -54,6 +54,8 @@ def level_settings(config, level: int) -> dict:
     if level == 2:
         settings.update(optimise_steps=config.pairs.optimise_steps, lr=config.pairs.lr,
                         lambda_id=config.train.lambda_id, lpips_net=config.models.lpips_net)
+        if config.train.lambda_eyes:   # only when on, so pairs made before the term existed stay current
+            settings["lambda_eyes"] = config.train.lambda_eyes
     return settings
 
 
@@ -154,7 +156,8 @@ def load_pair_models(config, *, root: str, levels: Sequence[int], baseline_gener
         models.generator_star = star.generator.to(device).eval()
         lpips = hashed("lpips_backbone", hub.lpips())
         identity = hashed("identity", hub.identity()) if config.train.lambda_id else None
-        models.semantic_loss = SemanticLoss(lpips, identity, lambda_id=config.train.lambda_id, reduction="none")
+        models.semantic_loss = SemanticLoss(lpips, identity, lambda_id=config.train.lambda_id, reduction="none",
+                                            lambda_eyes=config.train.lambda_eyes)
     return models
 
 

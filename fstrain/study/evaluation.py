@@ -15,6 +15,10 @@ noise):
 - gt_identity     mean 1 - cos(ID(out_i), ID(y_i))
 - gt_attribute    attribute-reader error of out_i against the reader on y_i (fstrain.study.instruments)
 - retrieval_top1  fraction of i whose nearest true render (cosine, identity net) among all y_j is y_i
+- diversity       how different the outputs are from each other, relative to the truths: mean 1 - cos(F(out_i),
+                  F(out_j)) over pairs i != j, divided by the same over the y_i (F: the FID feature net). 1 = as
+                  varied as the true renders; a G' that collapsed to one picture for everyone reads near 0, which
+                  FID on 100 images and GT perceptual distance can miss (docs/study/recipe_probe.md, fantasy)
 - seconds_per_image  encode + render time per test image on this machine (batch `batch_size`)
 """
 from __future__ import annotations
@@ -38,7 +42,7 @@ from fstrain.stylize.images import encode_png, to_uint8
 from fstrain.stylize.refine import encode_in_batches
 
 METRICS = ("fid", "perceptual", "semantic", "gt_perceptual", "gt_features", "gt_identity", "gt_attribute",
-           "retrieval_top1")
+           "retrieval_top1", "diversity")
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,21 @@ def feature_statistics(features: torch.Tensor) -> FeatureStatistics:
     return FeatureStatistics(features.shape[1]).update(features)
 
 
+def mean_pairwise_distance(features: torch.Tensor) -> float:
+    """Mean 1 - cos over all pairs i != j of the rows of `features` (n >= 2)."""
+    unit = torch.nn.functional.normalize(features.double(), dim=1)
+    n = unit.shape[0]
+    if n < 2:
+        raise ValueError(f"diversity needs at least 2 images; got {n}")
+    similarity = unit @ unit.T
+    return float((n * n - similarity.sum()) / (n * (n - 1)))     # the diagonal's n ones drop out of n*n - sum
+
+
+def diversity_ratio(output_features: torch.Tensor, truth_features: torch.Tensor) -> float:
+    """The `diversity` metric (module docstring): the outputs' mean pairwise feature distance over the truths'."""
+    return mean_pairwise_distance(output_features) / mean_pairwise_distance(truth_features)
+
+
 def retrieval_top1(out_embeddings: torch.Tensor, truth_embeddings: torch.Tensor) -> float:
     """Fraction of outputs whose most similar true render (cosine) is their own identity's."""
     a = torch.nn.functional.normalize(out_embeddings, dim=1)
@@ -165,16 +184,19 @@ def ground_truth_fidelity(outputs: torch.Tensor, truths: torch.Tensor, instrumen
                           device: torch.device, output_features: torch.Tensor | None = None,
                           truth_features: torch.Tensor | None = None) -> dict[str, Any]:
     """How close each stylized photo is to the world's render of the same person in the style: gt_perceptual,
-    and where the instruments have the nets, gt_features, gt_identity, retrieval_top1 and gt_attribute (None
-    otherwise). Feature-net features already extracted (`image_features`) are reused, not extracted again."""
+    and where the instruments have the nets, gt_features, diversity, gt_identity, retrieval_top1 and gt_attribute
+    (None otherwise). Feature-net features already extracted (`image_features`) are reused, not extracted again."""
     row: dict[str, Any] = {"gt_perceptual": _mean_lpips(instruments.lpips, outputs, truths, batch_size, device),
-                           "gt_features": None, "gt_identity": None, "retrieval_top1": None, "gt_attribute": None}
+                           "gt_features": None, "gt_identity": None, "retrieval_top1": None, "gt_attribute": None,
+                           "diversity": None}
     if instruments.extractor is not None:
         if output_features is None:
             output_features = image_features(instruments.extractor, outputs, batch_size, device)
         if truth_features is None:
             truth_features = image_features(instruments.extractor, truths, batch_size, device)
         row["gt_features"] = float(identity_distance(output_features, truth_features).double().mean())
+        if outputs.shape[0] > 1:
+            row["diversity"] = diversity_ratio(output_features, truth_features)
     if instruments.identity is not None:
         out_emb = _embed(instruments.identity, outputs, batch_size, device)
         truth_emb = _embed(instruments.identity, truths, batch_size, device)

@@ -29,8 +29,9 @@ ROWS = ("baseline", "sc", "pc", "sc+pc")
 ROW_LABELS = {"baseline": "baseline", "sc": "+SC", "pc": "+PC", "sc+pc": "+SC&PC", "base G": "G (no fine-tuning)"}
 METRIC_TITLES = {"fid": "FID", "perceptual": "perceptual", "semantic": "semantic", "gt_perceptual": "GT perceptual",
                  "gt_features": "GT eval-features", "gt_identity": "GT identity", "gt_attribute": "GT attribute err",
-                 "retrieval_top1": "retrieval top-1"}
-HIGHER_IS_BETTER = {"retrieval_top1"}
+                 "retrieval_top1": "retrieval top-1", "diversity": "diversity"}
+# diversity: the outputs' spread over the truths' (1 = as varied); below 1 is the usual case and low means collapse
+HIGHER_IS_BETTER = {"retrieval_top1", "diversity"}
 GRID_CELL = 112    # px per picture-grid cell at least, so column labels fit
 
 # The paper's reported results (../shared/FORMATS.md): Table 4 (FID, semantic distance) and Table 1.

@@ -144,7 +144,9 @@ class FineTuneRun:
         identity = None
         if self.use_sem and self.tcfg.lambda_id > 0:
             identity = resources.load_identity_net(config.models, root).to(self.device)
-        self.loss = StylizationLoss(SemanticLoss(lpips, identity, self.tcfg.lambda_id) if self.use_sem else None,
+        semantic = SemanticLoss(lpips, identity, self.tcfg.lambda_id, lambda_eyes=self.tcfg.lambda_eyes) \
+            if self.use_sem else None
+        self.loss = StylizationLoss(semantic,
                                     PairLoss(lpips) if self.use_pair else None, lambda_sem=self.tcfg.lambda_sem,
                                     lambda_pair=self.tcfg.lambda_pair, r1_gamma=self.tcfg.r1_gamma,
                                     r1_every=self.tcfg.d_reg_every)
@@ -359,6 +361,7 @@ class FineTuneRun:
             "style": self.style, "mode": self.mode, "run_id": self.run_id, "steps": self.step,
             "lambda_sem": self.tcfg.lambda_sem if self.use_sem else 0.0,
             "lambda_id": self.tcfg.lambda_id if self.use_sem else 0.0,
+            "lambda_eyes": self.tcfg.lambda_eyes if self.use_sem else 0.0,
             "lambda_pair": self.tcfg.lambda_pair if self.use_pair else 0.0,
             "pair_level": self.tcfg.level_for(self.style) if self.use_pair else None,
             "lr": self.tcfg.lr_for(self.style),
