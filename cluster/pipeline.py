@@ -42,7 +42,7 @@ from fstrain import layout, provenance
 from fstrain.data import storage
 
 StageFolder = Callable[[str, str, str], str]     # (root, run_id, style) -> the folder of the stage's outputs
-StageInputs = Callable[[str, str, str], Mapping[str, str]]   # (root, run_id, style) -> {input name: sha256}
+StageInputs = Callable[[str, str, str], Mapping[str, Any]]   # (root, run_id, style) -> {input name: sha256 or settings}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import ray
 
 from cluster.pipeline import ProgressBoard, format_duration, progress_line
-from cluster.train import (baseline_stage, connect_ray, model_inputs, pair_levels, pairs_stage, ray_target,
+from cluster.train import (baseline_stage, connect_ray, pair_levels, pairs_stage, ray_target, stage_inputs,
                            stage_models, styled_stage, style_resources)
 from fstrain import layout
 from fstrain.config import ConfigError, load_config
@@ -262,7 +262,7 @@ def build_cells(study: StudyConfig, pipeline: PipelineConfig, *, root: str, styl
     # A training cell's fingerprint is the sha256 of each model file its stage reads (cluster.train's stage inputs,
     # through the model hub): replacing a file in place makes the cells that read it stale. Hashed once here.
     first = seed_config(pipeline, study, (study.seeds or [0])[0], root, quick=quick)
-    hashes = model_inputs(first, models_needed(study, pipeline, root, quick))(root, "", "")
+    hashes = stage_inputs(first, models_needed(study, pipeline, root, quick))(root, "", "")
 
     def models_read(config: PipelineConfig, stage: str) -> str:
         return _fingerprint({key: hashes[key] for key in stage_models(config, stage)})

@@ -24,7 +24,7 @@ import dataclasses
 import difflib
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from cluster.pipeline import Stage, StageContext, StageInputs, Summary, run_styles
 from fstrain import layout, preflight, provenance
@@ -36,14 +36,35 @@ from fstrain.settings import PipelineConfig
 STAGES = ("baseline", "pairs", "styled", "publish")
 
 
-def model_inputs(config: PipelineConfig, keys: Sequence[str]) -> StageInputs:
-    """The sha256 of the configured models (`models.<key>`) a stage reads, through the model hub (fetched once
-    per machine, `models.sha256` pins verified): the driver compares them with the stage's marker."""
-    def inputs(root: str, run_id: str, style: str) -> dict[str, str]:
+def stage_inputs(config: PipelineConfig, keys: Sequence[str],
+                 settings: Callable[[str], dict[str, Any]] | None = None) -> StageInputs:
+    """What a stage is made from besides earlier stages' products: the sha256 of the configured models
+    (`models.<key>`) it reads, through the model hub (fetched once per machine, `models.sha256` pins verified), and
+    `settings(style)`, the config values that shape its output. The driver compares them with the stage's marker, so
+    an edited config reruns the stages it shapes (and says which keys changed) instead of reusing stale outputs."""
+    def inputs(root: str, run_id: str, style: str) -> dict[str, Any]:
         from fstrain.models.hub import ModelHub
         hub = ModelHub(config.models, root)
-        return {key: hub.sha256(key) for key in keys}
+        return {**{key: hub.sha256(key) for key in keys}, **(settings(style) if settings else {})}
     return inputs
+
+
+def fine_tune_stage_settings(config: PipelineConfig, mode: str, steps: int) -> Callable[[str], dict[str, Any]]:
+    """A fine-tune stage's settings: what its mode learns from (fstrain.train.loop.fine_tune_settings) and its step
+    count, apart, so that more steps continue the run and any other change restarts it."""
+    def settings(style: str) -> dict[str, Any]:
+        from fstrain.train.loop import fine_tune_settings
+        return {"settings": fine_tune_settings(config, style, mode), "steps": steps}
+    return settings
+
+
+def pairs_stage_settings(config: PipelineConfig) -> Callable[[str], dict[str, Any]]:
+    """The pairs stage's settings: each level's sample settings (its shards record the same, shard by shard)."""
+    def settings(style: str) -> dict[str, Any]:
+        from fstrain.pairs.build import level_settings
+        return {"settings": {f"level {level}.{key}": value for level in pair_levels(config)
+                             for key, value in level_settings(config, level).items()}}
+    return settings
 
 
 def pair_levels(config: PipelineConfig) -> list[int]:
@@ -88,8 +109,9 @@ def _fine_tune(config: PipelineConfig, ctx: StageContext, *, mode: str, steps: i
     found = latest_checkpoint(layout.mode_run(ctx.root, ctx.run_id, ctx.style, mode))
     if found is not None:
         ctx.resumed(found[0])
+    # The driver reran this stage because its inputs or settings changed: checkpoints of another config start over.
     result = run_finetune(config, style=ctx.style, mode=mode, root=ctx.root, run_id=ctx.run_id, steps=steps,
-                          progress=_report_losses(ctx))
+                          progress=_report_losses(ctx), restart_on_config_change=True)
     return {"mode": mode, "generator": result["generator"], "final_step": result["final_step"],
             "sha256": {"generator": provenance.sha256_uri(result["generator"])},
             "resumed_from": result["resumed_from"], "skipped_samples": result.get("skipped_samples"),
@@ -140,14 +162,17 @@ def style_stages(config: PipelineConfig) -> list[Stage]:
     """The four stages of one style, each marking its done-ness in the folder of its outputs with the models it
     read; publish only copies files, so it asks for one CPU and no GPU."""
     mode = config.cluster.constrained_mode
+    baseline_steps = config.cluster.baseline_steps or config.train.steps
     return [Stage("baseline", baseline_stage(config),
                   folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, "baseline"),
-                  inputs=model_inputs(config, stage_models(config, "baseline"))),
+                  inputs=stage_inputs(config, stage_models(config, "baseline"),
+                                      fine_tune_stage_settings(config, "baseline", baseline_steps))),
             Stage("pairs", pairs_stage(config), folder=layout.pairs,
-                  inputs=model_inputs(config, stage_models(config, "pairs"))),
+                  inputs=stage_inputs(config, stage_models(config, "pairs"), pairs_stage_settings(config))),
             Stage("styled", styled_stage(config),
                   folder=lambda root, run_id, style: layout.mode_run(root, run_id, style, mode),
-                  inputs=model_inputs(config, stage_models(config, mode))),
+                  inputs=stage_inputs(config, stage_models(config, mode),
+                                      fine_tune_stage_settings(config, mode, config.train.steps))),
             Stage("publish", publish_stage(config), resources={"num_cpus": 1, "num_gpus": 0},
                   folder=lambda root, run_id, style: layout.published_style(root, style))]
 

@@ -159,6 +159,45 @@ def test_a_replaced_base_generator_retrains_the_baseline_and_rebuilds_the_pairs(
     assert published.metadata["inputs"]["base_generator"] == new
 
 
+def test_an_edited_train_setting_reruns_only_the_stages_it_shapes_and_says_which(ray_local, tmp_path):
+    """A fine-tune setting changed between two runs of a job: the constrained fine-tune starts again (its old
+    checkpoints were made with the old value) and is republished; the baseline, which that term plays no part in,
+    and the pairs are reused. More steps continue the run instead of restarting it."""
+    root = str(tmp_path / "root")
+    prepare_world(root, images_per_style=4, styles=("cartoon",), log=lambda _: None)
+    config = load_config(str(TINY), PipelineConfig)
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, steps=2, checkpoint_every=2, sample_every=2),
+        pairs=dataclasses.replace(config.pairs, levels=[3]),
+        cluster=dataclasses.replace(config.cluster, baseline_steps=2, progress_interval_s=60.0))
+
+    def run(cfg: PipelineConfig, lines: list[str]):
+        summary = train_styles(cfg, root=root, run_id="edit", styles=["cartoon"], log=lines.append)
+        assert summary.ok, "\n".join(lines)
+        return {record.name: record for record in summary.styles["cartoon"].stages}
+
+    first = run(config, [])
+    assert [r.status for r in first.values()] == ["ok"] * 4
+    edited = dataclasses.replace(config, train=dataclasses.replace(config.train, lambda_eyes=2.0))
+    lines: list[str] = []
+    second = run(edited, lines)
+    assert [second[s].status for s in STAGES] == ["skipped", "skipped", "ok", "ok"], "\n".join(lines)
+    assert "[cartoon] styled rerun: settings.train.lambda_eyes changed (0.0 → 2.0)" in lines
+    assert second["styled"].output["resumed_from"] is None and second["styled"].output["final_step"] == 2
+    published = load_generator(layout.published_generator(root, "cartoon"))
+    assert published.metadata["lambda_eyes"] == 2.0
+
+    longer = dataclasses.replace(edited, train=dataclasses.replace(edited.train, steps=4))
+    lines = []
+    third = run(longer, lines)
+    assert [third[s].status for s in STAGES] == ["skipped", "skipped", "ok", "ok"], "\n".join(lines)
+    assert "[cartoon] styled rerun: steps changed (2 → 4)" in lines
+    assert third["styled"].output["resumed_from"] == 2 and third["styled"].output["final_step"] == 4
+    # A setting only the stylizer reads changes no training stage.
+    restyled = dataclasses.replace(longer, stylize=dataclasses.replace(longer.stylize, truncation=0.5))
+    assert [r.status for r in run(restyled, []).values()] == ["skipped"] * 4
+
+
 def test_pairs_stage_builds_every_level_a_style_trains_on():
     from cluster.train import pair_levels
     config = load_config(str(TINY), PipelineConfig)

@@ -429,3 +429,17 @@ def test_run_on_s3_root_resumes(world, s3_bucket):
     assert storage.exists(storage.join(run_dir, "samples", "step-000002.png"))
     assert storage.list_uris(storage.join(run_dir, "tensorboard"))
     assert load_generator(second["generator"]).metadata["steps"] == 3
+
+
+def test_fine_tune_settings_hold_what_a_mode_learns_from_with_per_style_values_resolved():
+    from fstrain.train.loop import fine_tune_settings
+    config = tiny_config(lr_by_style={STYLE: 0.0005}, pair_level_by_style={STYLE: 1}, lambda_eyes=1.0)
+    both = fine_tune_settings(config, STYLE, "sc+pc")
+    assert both["train.lr"] == 0.0005 and both["train.pair_level"] == 1 and both["train.lambda_eyes"] == 1.0
+    assert fine_tune_settings(config, "anime", "sc+pc")["train.lr"] == config.train.lr
+    assert not {"train.steps", "train.checkpoint_every", "train.lr_by_style"} & set(both)
+    assert both["data.batch_size"] == config.data.batch_size
+    baseline = fine_tune_settings(config, STYLE, "baseline")          # L_adv only: no lambda reruns it
+    assert not any(k.startswith(("train.lambda", "train.pair_level")) for k in baseline)
+    assert "train.lambda_pair" not in fine_tune_settings(config, STYLE, "sc")
+    assert "train.lambda_sem" not in fine_tune_settings(config, STYLE, "pc")

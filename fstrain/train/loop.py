@@ -107,10 +107,37 @@ class Networks:
     latent_avg: torch.Tensor
 
 
-class FineTuneRun:
-    """State and one training step of a run. `run_finetune` drives it; tests may drive it directly."""
+# Train keys that do not change what a fine-tune learns (when it logs, samples or checkpoints), and the per-style
+# tables that `fine_tune_settings` resolves to the style's own value.
+_NOT_SHAPING = ("steps", "checkpoint_every", "sample_every", "sample_grid_size", "lr_by_style", "pair_level_by_style")
+_SEMANTIC_KEYS = ("lambda_sem", "lambda_id", "lambda_eyes")
+_PAIR_KEYS = ("lambda_pair", "pair_level")
 
-    def __init__(self, config: PipelineConfig, *, style: str, mode: str, root: str, run_id: str):
+
+def fine_tune_settings(config: PipelineConfig, style: str, mode: str) -> dict[str, Any]:
+    """The settings that shape what a fine-tune of `style` in `mode` learns (without its step count): the data
+    settings and the train keys its terms use, per-style tables resolved (`lr`, `pair_level` are the style's own).
+    A pipeline stage records them, so changing one reruns the stages it shapes and only those."""
+    use_sem, use_pair = resources.mode_terms(mode)
+    train = {k: v for k, v in config_to_dict(config.train).items() if k not in _NOT_SHAPING
+             and (use_sem or k not in _SEMANTIC_KEYS) and (use_pair or k not in _PAIR_KEYS)}
+    train["lr"] = config.train.lr_for(style)
+    if use_pair:
+        train["pair_level"] = config.train.level_for(style)
+    return {**{f"train.{k}": v for k, v in train.items()},
+            **{f"data.{k}": v for k, v in config_to_dict(config.data).items()}}
+
+
+class FineTuneRun:
+    """State and one training step of a run. `run_finetune` drives it; tests may drive it directly.
+
+    A run whose checkpoints were made with another config is refused (ResumeError), unless
+    `restart_on_config_change`: then it starts again from step 0 and says why (the pipeline's rerun of a stage whose
+    settings changed)."""
+
+    def __init__(self, config: PipelineConfig, *, style: str, mode: str, root: str, run_id: str,
+                 restart_on_config_change: bool = False):
+        self.restart_on_config_change = restart_on_config_change
         self.config = config
         self.tcfg = config.train
         self.style, self.mode, self.root, self.run_id = style, mode, root, run_id
@@ -206,6 +233,9 @@ class FineTuneRun:
         step, uri = latest
         ckpt = checkpointing.load_checkpoint(uri)
         changed = provenance.changes(ckpt["inputs"], self.inputs) if "inputs" in ckpt else []
+        diffs = checkpointing.config_differences(ckpt["config"], comparable_config(self.config))
+        if diffs and self.restart_on_config_change:
+            changed.append(f"config changed ({', '.join(diffs)})")
         if changed:
             # Its checkpoints were trained on other inputs (say the pairs of a retrained baseline): start again.
             print(f"{self.run_dir} restarted from step 0: {'; '.join(changed)}", flush=True)
@@ -215,7 +245,6 @@ class FineTuneRun:
                     storage.delete(stale)
             self.accelerator.wait_for_everyone()
             return None
-        diffs = checkpointing.config_differences(ckpt["config"], comparable_config(self.config))
         if diffs:
             raise checkpointing.ResumeError(
                 f"{uri}: run '{self.run_id}' was started with a different config (keys: {', '.join(diffs)}); "
@@ -374,14 +403,17 @@ class FineTuneRun:
 
 
 def run_finetune(config: PipelineConfig, *, style: str, mode: str, root: str, run_id: str,
-                 steps: int | None = None, progress: visibility.ProgressCallback | None = None) -> dict[str, Any]:
-    """Fine-tune G' for one style and mode; resume from `<root>/runs/<run_id>/<style>/<mode>/` when it exists.
+                 steps: int | None = None, progress: visibility.ProgressCallback | None = None,
+                 restart_on_config_change: bool = False) -> dict[str, Any]:
+    """Fine-tune G' for one style and mode; resume from `<root>/runs/<run_id>/<style>/<mode>/` when it exists
+    (made with another config: refused, or restarted from step 0 with `restart_on_config_change`).
 
     Returns {"final_step", "resumed_from", "checkpoint", "generator" (final g_ema, rosinality layout),
     "run_dir", "metrics" (last record), "skipped_samples"}.
     """
     total = config.train.steps if steps is None else int(steps)
-    run = FineTuneRun(config, style=style, mode=mode, root=root, run_id=run_id)
+    run = FineTuneRun(config, style=style, mode=mode, root=root, run_id=run_id,
+                      restart_on_config_change=restart_on_config_change)
     if run.step > total:
         raise checkpointing.ResumeError(f"{run.run_dir}: the checkpoint is at step {run.step}, past the requested "
                                         f"{total} steps; ask for at least {run.step} steps or use a new run id")
