@@ -8,8 +8,9 @@ reads glasses and hair style on the base G's render and on each style's (the con
 baseline G* render
 of the same z (stored noise); `--also-run` adds the SC&PC G' of other runs under the root (a recipe probe's, e.g.),
 for the styles where that run has one. Per generator: of the samples with glasses on G(z), the fraction with glasses on the
-fine-tune's render (kept); of those without, the fraction with (added); and the fraction whose hair style class is
-the same. The reader was trained on true renders of all six domains; on blurry fine-tune outputs its readings are
+fine-tune's render (kept); of those without, the fraction with (added); their balance, agreement = (kept + 1 -
+added) / 2 (0.5 = no better than drawing glasses at random; a G' that draws them on everyone keeps all and agrees
+0.5); and the fraction whose hair style class is the same. The reader was trained on true renders of all six domains; on blurry fine-tune outputs its readings are
 themselves uncertain, so read the table as a trend, not as accuracy.
 """
 from __future__ import annotations
@@ -78,7 +79,8 @@ def main() -> int:
              f"({float(glasses.float().mean()):.0%})", "",
              f"hair styles as the reader reads them: base G(z) {histogram(hair)}; {args.samples} held-out photos "
              f"{histogram(photo_hair)}", "",
-             "| style | generator | glasses kept | glasses added | hair style same |", "|---|---|---|---|---|"]
+             "| style | generator | glasses kept | glasses added | glasses agreement | hair style same |",
+             "|---|---|---|---|---|---|"]
     from fstrain.data import storage
 
     for style in config.styles:
@@ -89,8 +91,8 @@ def main() -> int:
         for label, uri in generators:
             g = hub.generator_at(uri, load_discriminator=False).generator.eval()
             g_glasses, g_hair = read(g)
-            lines.append(f"| {style} | {label} | {float(g_glasses[glasses].float().mean()):.2f} | "
-                         f"{float(g_glasses[~glasses].float().mean()):.2f} | "
+            kept, added = float(g_glasses[glasses].float().mean()), float(g_glasses[~glasses].float().mean())
+            lines.append(f"| {style} | {label} | {kept:.2f} | {added:.2f} | {(kept + 1 - added) / 2:.2f} | "
                          f"{float((g_hair == hair).float().mean()):.2f} |")
     text = "\n".join(lines)
     print(text)
