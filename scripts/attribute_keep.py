@@ -5,13 +5,13 @@
 
 For `--samples` fixed random z (seed 0), the evaluation attribute reader (<root>/models, fstrain.study.instruments)
 reads glasses and hair style on the base G's render and on each style's (the config's styles) published SC&PC G' and
-baseline G* render
-of the same z (stored noise); `--also-run` adds the SC&PC G' of other runs under the root (a recipe probe's, e.g.),
-for the styles where that run has one. Per generator: of the samples with glasses on G(z), the fraction with glasses on the
-fine-tune's render (kept); of those without, the fraction with (added); their balance, agreement = (kept + 1 -
-added) / 2 (0.5 = no better than drawing glasses at random; a G' that draws them on everyone keeps all and agrees
-0.5); and the fraction whose hair style class is the same. The reader was trained on true renders of all six domains; on blurry fine-tune outputs its readings are
-themselves uncertain, so read the table as a trend, not as accuracy.
+baseline G* render of the same z (stored noise); `--also-run` adds the SC&PC G' of other runs under the root (a
+recipe probe's, e.g.), for the styles where that run has one. Per generator: of the samples with glasses on G(z), the
+fraction with glasses on the fine-tune's render (kept); of those without, the fraction with (added); their balance,
+agreement = (kept + 1 - added) / 2 (0.5 = no better than drawing glasses at random; a G' that draws them on everyone
+keeps all and agrees 0.5); and the fraction whose hair style class is the same. The reader was trained on true
+renders of all six domains; on blurry fine-tune outputs its readings are themselves uncertain, so read the table as a
+trend, not as accuracy.
 """
 from __future__ import annotations
 
