@@ -280,7 +280,11 @@ def test_refinement_of_a_face_does_not_depend_on_its_batch(lpips_alex_random):
     refiner = CodeRefiner(base, lpips_alex_random, RefineSettings(steps=15))
     together = refiner(faces, w_start)
     alone = refiner(faces[1:2], w_start[1:2])
-    torch.testing.assert_close(alone, together[1:2], rtol=1e-3, atol=1e-4)
+    # Equal up to float reduction order, which Adam's per-coordinate normalisation can amplify where a gradient is
+    # near zero (measured: up to 2.3e-4 on one machine, 8e-7 on another); the codes move ~0.15, and a loss coupled
+    # across the batch would move them apart by far more than 1e-3.
+    assert (together[1:2] - w_start[1:2]).abs().max() > 0.05
+    torch.testing.assert_close(alone, together[1:2], rtol=0, atol=1e-3)
 
 
 def test_stylizer_with_refiner_encodes_refined_codes(stylizer: Stylizer, faces: torch.Tensor, lpips_alex_random):
