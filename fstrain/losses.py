@@ -106,10 +106,16 @@ def resize_for_metric(images: torch.Tensor, min_size: int = 64, max_size: int = 
     return images
 
 
+def resize_like(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`images` at `like`'s height and width (antialiased bilinear), unchanged when they already match."""
+    if images.shape[-2:] == like.shape[-2:]:
+        return images
+    return F.interpolate(images, size=like.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+
+
 def perceptual_distance(lpips: ImageMetric, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample LPIPS distance (N,) after `resize_for_metric`; `b` is resized to `a`'s size first."""
-    if b.shape[-2:] != a.shape[-2:]:
-        b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+    b = resize_like(b, a)
     d = lpips(resize_for_metric(a), resize_for_metric(b))
     return d.reshape(a.shape[0], -1).mean(1)
 
@@ -162,10 +168,8 @@ class SemanticLoss(nn.Module):
         else:
             ident = torch.zeros_like(perceptual)
         if self.lambda_eyes != 0:
-            if candidate.shape[-2:] != reference.shape[-2:]:
-                candidate = F.interpolate(candidate, size=reference.shape[-2:], mode="bilinear", align_corners=False,
-                                          antialias=True)
-            eyes = self.lpips(eye_band(reference), eye_band(candidate)).reshape(reference.shape[0], -1).mean(1)
+            eyes = self.lpips(eye_band(reference), eye_band(resize_like(candidate, reference)))
+            eyes = eyes.reshape(reference.shape[0], -1).mean(1)
         else:
             eyes = torch.zeros_like(perceptual)
         total = perceptual + self.lambda_id * ident + self.lambda_eyes * eyes

@@ -28,8 +28,9 @@ def main() -> int:
 
     from fstrain import layout
     from fstrain.config import load_config
-    from fstrain.models.latents import broadcast_w
+    from fstrain.data import storage
     from fstrain.models.hub import ModelHub
+    from fstrain.models.latents import broadcast_w
     from fstrain.settings import PipelineConfig
     from fstrain.study.evaluation import render_codes
     from fstrain.study.instruments import load_instruments
@@ -81,8 +82,6 @@ def main() -> int:
              f"{histogram(photo_hair)}", "",
              "| style | generator | glasses kept | glasses added | glasses agreement | hair style same |",
              "|---|---|---|---|---|---|"]
-    from fstrain.data import storage
-
     for style in config.styles:
         generators = [("SC&PC G' (published)", layout.published_generator(root, style)),
                       ("baseline G*", layout.final_generator(layout.mode_run(root, args.run, style, "baseline")))]
