@@ -84,6 +84,19 @@ def test_lpips_heads_beyond_float16_range_survive_saving_and_broken_heads_are_re
         load_lpips(str(tmp_path / "broken.pth"), net="alex")
 
 
+def test_attributes_kept_counts_glasses_wearers_and_hair_styles_separately():
+    """The E_w+ table's attribute columns: glasses kept among wearers only, not added among the others."""
+    from fstrain.world.report import attributes_kept
+    glasses_logits = torch.tensor([[0., 1.], [1., 0.], [1., 0.], [0., 1.], [1., 0.]])   # read: yes no no yes no
+    hair_logits = torch.eye(6)[[0, 1, 2, 2, 5]]                                        # read: 0 1 2 2 5
+    truth = {"glasses": torch.tensor([1, 1, 0, 0, 0]), "hair_style": torch.tensor([0, 1, 2, 3, 4])}
+    kept = attributes_kept({"glasses": glasses_logits, "hair_style": hair_logits}, truth)
+    assert kept == {"glasses_kept": 0.5, "glasses_not_added": 0.6667, "hair_style_kept": 0.6, "glasses_wearers": 2}
+    nobody = attributes_kept({"glasses": glasses_logits, "hair_style": hair_logits},
+                             {"glasses": torch.zeros(5, dtype=torch.long), "hair_style": truth["hair_style"]})
+    assert nobody["glasses_kept"] is None and nobody["glasses_wearers"] == 0
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     """The pretraining command itself at a tiny budget (32 px; 45 s: at 30 s G sometimes ended no nearer the photos
@@ -120,6 +133,10 @@ def test_tiny_pretraining_instruments_beat_their_random_rows_on_heldout_identiti
         > features["photo_vs_photo"] and features["nearest_style_over_photo"] > 1
     g = _table(report, "Base generator")
     assert g["trained G"]["fid"] < g["random G (same architecture)"]["fid"]
+    encoders = _table(report, "E_w+ reconstruction")
+    rows = ("trained E_w+", "random E_w+ (same architecture, same G)", "the photos themselves (reader's ceiling)")
+    assert len({encoders[r]["glasses_wearers"] for r in rows}) == 1
+    assert all(0 <= encoders[r]["hair_style_kept"] <= 1 for r in rows)
     assert {"identity", "perceptual", "generator", "encoders", "reader", "eval_identity", "eval_perceptual",
             "report"} <= set(report["stages"]) and all(s["seconds"] > 0 for s in report["stages"].values())
     scales = _table(report, "Perceptual net: mean distance")

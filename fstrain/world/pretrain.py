@@ -299,7 +299,8 @@ def stage_report(out: Path, plan: Plan, budget: float, log: Log, reference: str 
     from fstrain.world.identity import embed, verify
     from fstrain.world.perceptual import (domain_scales, make_triplets, new_lpips, parameter_scale, pixel_l2,
                                           pixel_two_afc, same_person_two_afc, two_afc)
-    from fstrain.world.reader import attribute_scores, new_reader, ReaderSettings, validation_set
+    from fstrain.world.reader import attribute_scores, new_reader, read_attributes, ReaderSettings, validation_set
+    from fstrain.world.reading import batch_targets, index_targets
     from fstrain.world.splits import HELDOUT, TRAIN, render_domain_per_identity, render_identities
 
     tables: dict[str, Any] = {}
@@ -386,10 +387,12 @@ def stage_report(out: Path, plan: Plan, budget: float, log: Log, reference: str 
     # Encoders
     encoder = load_encoder(str(out / FILES["encoder_wplus"]), space="w+")
     enc_photos = x[:plan.encoder_photos]
+    truth = index_targets(batch_targets(photos), torch.arange(len(enc_photos)))
     tables["E_w+ reconstruction of held-out photos (LPIPS: world perceptual net; identity: evaluation net)"] = {
-        "trained E_w+": R.encoder_scores(encoder, g, enc_photos, lpips, eval_identity),
+        "trained E_w+": R.encoder_scores(encoder, g, enc_photos, lpips, eval_identity, reader, truth),
         "random E_w+ (same architecture, same G)": R.encoder_scores(randomized(encoder, plan.seed + 9600), g,
-                                                                     enc_photos, lpips, eval_identity)}
+                                                                     enc_photos, lpips, eval_identity, reader, truth),
+        "the photos themselves (reader's ceiling)": R.attributes_kept(read_attributes(reader, enc_photos), truth)}
     return {"tables": tables}
 
 

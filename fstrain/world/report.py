@@ -8,7 +8,9 @@ load_lpips, load_inception), so the figures are those of the shipped (fp16 where
   draws them) against as many held-out photos; the same for a random G of the same architecture and, when given,
   the 32 px autoencoder warm start (its samples upsampled by the feature net's own resize); a sample grid.
 - E_w+: LPIPS (the world perceptual net) and cosine similarity under the *evaluation* identity net between held-out
-  photos x and G(E_w+(x)); random row = an untrained encoder of the same architecture with the same G.
+  photos x and G(E_w+(x)), and which attributes the evaluation reader still reads off G(E_w+(x)) (glasses kept /
+  not added, hair style kept; the photos' own row is the reader's ceiling); random row = an untrained encoder of
+  the same architecture with the same G.
 - identity nets: 1:1 verification accuracy and TAR@FAR=1e-3 on held-out photo pairs (and chance: random
   embeddings).
 - perceptual net: 2AFC agreement with the world's parameter-distance labels on held-out triplets, for random,
@@ -66,17 +68,38 @@ def sample_grid(samples: torch.Tensor, columns: int = 8) -> Any:
 
 @torch.no_grad()
 def encoder_scores(encoder: nn.Module, g: nn.Module, photos: torch.Tensor, lpips: nn.Module,
-                   identity: nn.Module, batch_size: int = 100) -> dict[str, float]:
-    """Mean LPIPS and identity cosine between photos x and G.synthesis(E_w+(x))."""
-    distances, cosines = [], []
+                   identity: nn.Module, reader: nn.Module | None = None,
+                   truth: dict[str, torch.Tensor] | None = None, batch_size: int = 100) -> dict[str, float]:
+    """Mean LPIPS and identity cosine between photos x and G.synthesis(E_w+(x)); with an attribute `reader` and the
+    photos' `truth` (fstrain.world.reading.batch_targets), also which of the person's attributes the
+    reconstruction still shows (`attributes_kept`): what the base G can carry into any stylization."""
+    distances, cosines, read = [], [], []
     for i in range(0, len(photos), batch_size):
         x = photos[i:i + batch_size]
         y = g.synthesis(encoder(x)).clamp(-1, 1)
         distances.append(lpips(x, y).reshape(-1))
         cosines.append(torch.nn.functional.cosine_similarity(identity(x), identity(y), dim=1))
+        if reader is not None:
+            read.append(reader(y))
     d, c = torch.cat(distances), torch.cat(cosines)
-    return {"lpips": round(float(d.mean()), 4), "identity_cosine_mean": round(float(c.mean()), 4),
-            "identity_cosine_min": round(float(c.min()), 4), "photos": int(len(photos))}
+    out = {"lpips": round(float(d.mean()), 4), "identity_cosine_mean": round(float(c.mean()), 4),
+           "identity_cosine_min": round(float(c.min()), 4), "photos": int(len(photos))}
+    if reader is not None and truth is not None:
+        out.update(attributes_kept({k: torch.cat([r[k] for r in read]) for k in read[0]}, truth))
+    return out
+
+
+def attributes_kept(predicted: dict[str, torch.Tensor], truth: dict[str, torch.Tensor]) -> dict[str, float]:
+    """From a reader's outputs on reconstructions: the share of glasses wearers still read as wearing glasses, of
+    the others read as wearing none, and of all read with their true hair style."""
+    glasses = predicted["glasses"].argmax(1)
+    wearers = truth["glasses"] == 1
+    return {"glasses_kept": round(float((glasses[wearers] == 1).double().mean()), 4) if wearers.any() else None,
+            "glasses_not_added": round(float((glasses[~wearers] == 0).double().mean()), 4)
+            if (~wearers).any() else None,
+            "hair_style_kept": round(float((predicted["hair_style"].argmax(1) == truth["hair_style"])
+                                           .double().mean()), 4),
+            "glasses_wearers": int(wearers.sum())}
 
 
 def domain_fids(extractor: Any, photos_a: torch.Tensor, photos_b: torch.Tensor,
