@@ -35,6 +35,7 @@ def main() -> int:
     from fstrain.study.evaluation import render_codes
     from fstrain.study.instruments import load_instruments
     from fstrain.study.settings import StudyEvaluationConfig
+    from fstrain.world.report import attributes_kept
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="a root `make demo` wrote")
@@ -61,10 +62,11 @@ def main() -> int:
     def read(g):
         images = render_codes(g, codes, 50, device)
         with torch.no_grad():
-            out = reader(images)
-        return out["glasses"].argmax(1) == 1, out["hair_style"].argmax(1)
+            return reader(images)
 
-    glasses, hair = read(base)
+    on_base = read(base)
+    glasses, hair = on_base["glasses"].argmax(1) == 1, on_base["hair_style"].argmax(1)
+    base_reading = {"glasses": glasses.long(), "hair_style": hair}      # what each fine-tune is held against
     from fstrain.data.synthetic.params import HAIR_STYLES
     from fstrain.world.splits import HELDOUT, render_identities
 
@@ -89,10 +91,10 @@ def main() -> int:
                        if storage.exists(uri := layout.final_generator(layout.mode_run(root, run, style, "sc+pc")))]
         for label, uri in generators:
             g = hub.generator_at(uri, load_discriminator=False).generator.eval()
-            g_glasses, g_hair = read(g)
-            kept, added = float(g_glasses[glasses].float().mean()), float(g_glasses[~glasses].float().mean())
+            same = attributes_kept(read(g), base_reading)
+            kept, added = same["glasses_kept"], 1 - same["glasses_not_added"]
             lines.append(f"| {style} | {label} | {kept:.2f} | {added:.2f} | {(kept + 1 - added) / 2:.2f} | "
-                         f"{float((g_hair == hair).float().mean()):.2f} |")
+                         f"{same['hair_style_kept']:.2f} |")
     text = "\n".join(lines)
     print(text)
     if args.out:
