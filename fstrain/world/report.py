@@ -34,6 +34,7 @@ from fstrain.data.synthetic import DOMAINS
 from fstrain.metrics import FeatureStatistics, extract_features, frechet_distance_between
 from fstrain.metrics.distances import fixed_latents, render_fixed
 from fstrain.stylize.images import image_grid, to_uint8
+from fstrain.world.reader import read_attributes
 from fstrain.world.splits import WorldBatch
 
 Log = Callable[[str], None]
@@ -69,27 +70,29 @@ def sample_grid(samples: torch.Tensor, columns: int = 8) -> Any:
 @torch.no_grad()
 def encoder_scores(encoder: nn.Module, g: nn.Module, photos: torch.Tensor, lpips: nn.Module,
                    identity: nn.Module, reader: nn.Module | None = None,
-                   truth: dict[str, torch.Tensor] | None = None, batch_size: int = 100) -> dict[str, float]:
+                   truth: dict[str, torch.Tensor] | None = None,
+                   batch_size: int = 100) -> dict[str, float | int | None]:
     """Mean LPIPS and identity cosine between photos x and G.synthesis(E_w+(x)); with an attribute `reader` and the
     photos' `truth` (fstrain.world.reading.batch_targets), also which of the person's attributes the
     reconstruction still shows (`attributes_kept`): what the base G can carry into any stylization."""
-    distances, cosines, read = [], [], []
+    distances, cosines, reconstructions = [], [], []
     for i in range(0, len(photos), batch_size):
         x = photos[i:i + batch_size]
         y = g.synthesis(encoder(x)).clamp(-1, 1)
         distances.append(lpips(x, y).reshape(-1))
         cosines.append(torch.nn.functional.cosine_similarity(identity(x), identity(y), dim=1))
-        if reader is not None:
-            read.append(reader(y))
+        reconstructions.append(y)
     d, c = torch.cat(distances), torch.cat(cosines)
-    out = {"lpips": round(float(d.mean()), 4), "identity_cosine_mean": round(float(c.mean()), 4),
-           "identity_cosine_min": round(float(c.min()), 4), "photos": int(len(photos))}
+    out: dict[str, float | int | None] = {
+        "lpips": round(float(d.mean()), 4), "identity_cosine_mean": round(float(c.mean()), 4),
+        "identity_cosine_min": round(float(c.min()), 4), "photos": int(len(photos))}
     if reader is not None and truth is not None:
-        out.update(attributes_kept({k: torch.cat([r[k] for r in read]) for k in read[0]}, truth))
+        out.update(attributes_kept(read_attributes(reader, torch.cat(reconstructions), batch_size), truth))
     return out
 
 
-def attributes_kept(predicted: dict[str, torch.Tensor], truth: dict[str, torch.Tensor]) -> dict[str, float]:
+def attributes_kept(predicted: dict[str, torch.Tensor],
+                    truth: dict[str, torch.Tensor]) -> dict[str, float | int | None]:
     """From a reader's outputs on reconstructions: the share of glasses wearers still read as wearing glasses, of
     the others read as wearing none, and of all read with their true hair style."""
     glasses = predicted["glasses"].argmax(1)
