@@ -282,6 +282,36 @@ def test_rerunning_the_generator_stage_continues_its_training_and_the_encoders_f
     assert verify_manifest(copy) == []
 
 
+def test_a_generator_rerun_at_a_new_width_trains_a_fresh_g_and_the_encoders_follow(tiny_world, tmp_path, capsys):
+    """--generator-channel-max with --stages generator,encoders replaces the folder's G/D with a fresh one of that
+    width (not a continuation); the shipped files load at the new width and the manifest still verifies. Asking for
+    a width without retraining G is a usage error that names the fix."""
+    from fstrain.models.checkpoints import load_generator
+    from fstrain.world.pretrain import main, verify_manifest
+    out, _ = tiny_world
+    copy = _copy_of(out, tmp_path)
+    with pytest.raises(SystemExit):
+        main([str(copy), "--budget-min", "0.5", "--size", "32", "--stages", "encoders", "--generator-channel-max", "8"])
+    assert "add generator,encoders to --stages" in capsys.readouterr().err
+    before = json.loads((copy / "generator.pt.json").read_text())["world_generator"]["settings"]["channel_max"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([str(copy), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none",
+              "--stages", "generator,encoders", "--generator-channel-max", "8"])
+    finally:
+        torch.set_num_threads(threads)
+    assert before != 8
+    sidecar = json.loads((copy / "generator.pt.json").read_text())["world_generator"]
+    assert sidecar["settings"]["channel_max"] == 8 and "continued" not in sidecar
+    generator = load_generator(str(copy / "generator.pt"), load_discriminator=True)
+    assert generator.generator.channel_max == 8 and generator.generator.channels[32] == 8
+    report = json.loads((copy / "instruments.json").read_text())
+    assert "continued_from" not in report["stages"]["generator"]
+    assert "--generator-channel-max 8" in report["reruns"][-1]["command"]
+    assert verify_manifest(copy) == []
+
+
 def test_calibrated_heads_keep_one_distance_scale_for_every_domain():
     """2AFC choices are scale-free, so an unconstrained fit may make one domain's people 100x nearer than
     another's (the first shipped heads did: anime people 0.003 apart, photos 1.4). The balanced fit may not."""

@@ -1,7 +1,7 @@
 """Train every instrument the method needs on the synthetic world's images only, and report how good each is.
 
     python -m fstrain.world.pretrain OUT [--budget-min 60] [--size 64] [--seed 0] [--reference-autoencoder DIR]
-                                         [--stages perceptual,eval_perceptual]
+                                         [--stages perceptual,eval_perceptual] [--generator-channel-max 16]
 
 OUT receives the files `fstrain.models.init` writes, under the same models.json keys, so every config that points
 at a models folder works unchanged (lpips_net: alex):
@@ -31,6 +31,8 @@ gets its share of --budget-min), then rewrites the report, models.json and manif
 run's command and lists every rerun's, so the folder still says exactly how each file was made. A rerun of
 `generator` continues the folder's G/D with more adversarial steps, and one of `encoders` continues its E_w+
 (from the encoder trained alongside G when a generator rerun left one); `generator` needs `encoders` with it.
+--generator-channel-max N sets G/D's width (fstrain.world.generator's default: 16); with --stages generator,encoders
+it trains a fresh G/D of that width in place of the folder's (a new width cannot continue the old weights).
 
 !! World instruments, not real ones: they know the synthetic world only. Real runs use FFHQ StyleGAN2, pSp,
 !! ArcFace, LPIPS (ImageNet) and Inception weights through the same config keys (README, "Real checkpoints").
@@ -229,13 +231,17 @@ def stage_reader(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, An
     return {**info, "render_seconds": round(render_s, 1)}
 
 
-def stage_generator(out: Path, plan: Plan, budget: float, log: Log, rerun: bool) -> dict[str, Any]:
-    from fstrain.world.generator import continue_generator, train_generator
-    if rerun:   # a rerun of this stage continues the folder's G/D (more adversarial steps), as encoders' does E_w+
+def stage_generator(out: Path, plan: Plan, budget: float, log: Log, rerun: bool,
+                    channel_max: int | None = None) -> dict[str, Any]:
+    """A fresh G/D (a full run, or a rerun given `channel_max`: a new width cannot continue the old weights), or
+    more adversarial steps on the folder's G/D (a rerun without it), as a rerun of the encoders continues E_w+."""
+    from fstrain.world.generator import GeneratorSettings, continue_generator, train_generator
+    if rerun and channel_max is None:
         return {"source": "fstrain.world.generator (continued)",
                 **continue_generator(out, seed=plan.seed, budget_s=budget, log=log)}
+    settings = GeneratorSettings() if channel_max is None else GeneratorSettings(channel_max=channel_max)
     return {"source": "fstrain.world.generator", **train_generator(out, size=plan.size, seed=plan.seed,
-                                                                   budget_s=budget, log=log)}
+                                                                   budget_s=budget, log=log, settings=settings)}
 
 
 def stage_encoders(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
@@ -450,8 +456,11 @@ def checks(tables: dict[str, Any]) -> list[dict[str, Any]]:
 
 def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, seed: int = 0,
                    reference: str | None = None, command: str = "", log: Log = print,
-                   only: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Every stage (or, with `only`, just those stages in a folder a full run wrote), then the report."""
+                   only: tuple[str, ...] | None = None,
+                   generator_channel_max: int | None = None) -> dict[str, Any]:
+    """Every stage (or, with `only`, just those stages in a folder a full run wrote), then the report.
+    `generator_channel_max` sets G/D's width (default: fstrain.world.generator.GeneratorSettings'); in a rerun
+    of the generator stage it trains a fresh G/D at that width instead of continuing the folder's."""
     from fstrain.world.splits import EVAL, TRAIN
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -468,7 +477,8 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
                                              views=plan.identity_views),
         "perceptual": lambda b: stage_perceptual(out, plan, b, log, identity_set=TRAIN, seed=seed,
                                                  file=FILES["lpips_backbone"]),
-        "generator": lambda b: stage_generator(out, plan, b, log, rerun=previous is not None),
+        "generator": lambda b: stage_generator(out, plan, b, log, rerun=previous is not None,
+                                               channel_max=generator_channel_max),
         "encoders": lambda b: stage_encoders(out, plan, b, log),
         "reader": lambda b: stage_reader(out, plan, b, log),
         "eval_identity": lambda b: stage_identity(out, plan, b, log, arch="irse", identity_set=EVAL, seed=seed + 300,
@@ -628,11 +638,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-autoencoder", default=None,
                         help="folder with the 32 px autoencoder's generator.pt for the FID comparison; 'none' to "
                              "skip it; default: train it now with fstrain.world.autoencoder's defaults")
+    parser.add_argument("--generator-channel-max", type=int, default=None,
+                        help="G/D feature channels per layer (default: fstrain.world.generator's 16); with "
+                             "--stages generator,encoders a fresh G/D of this width replaces the folder's")
     a = parser.parse_args(argv)
     if a.budget_min <= 0:
         parser.error(f"--budget-min must be positive; got {a.budget_min}")
     if a.size < 16 or a.size & (a.size - 1):
         parser.error(f"--size must be a power of two >= 16; got {a.size}")
+    if a.generator_channel_max is not None and a.generator_channel_max < 1:
+        parser.error(f"--generator-channel-max must be a positive channel count; got {a.generator_channel_max}")
     only = None
     if a.stages is not None:
         only = tuple(x.strip() for x in a.stages.split(",") if x.strip())
@@ -642,8 +657,12 @@ def main(argv: list[str] | None = None) -> None:
         if "generator" in only and "encoders" not in only:
             parser.error("--stages: the encoders are trained against G, so a generator rerun needs them too; "
                          "pass --stages generator,encoders")
+    if a.generator_channel_max is not None and only is not None and "generator" not in only:
+        parser.error(f"--generator-channel-max {a.generator_channel_max} changes G, but --stages {a.stages} does "
+                     f"not retrain it; add generator,encoders to --stages")
     command = "python -m fstrain.world.pretrain " + " ".join(argv if argv is not None else sys.argv[1:])
-    pretrain_world(a.out, a.budget_min, a.size, a.seed, a.reference_autoencoder, command, only=only)
+    pretrain_world(a.out, a.budget_min, a.size, a.seed, a.reference_autoencoder, command, only=only,
+                   generator_channel_max=a.generator_channel_max)
 
 
 if __name__ == "__main__":
