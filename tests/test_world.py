@@ -193,14 +193,14 @@ def _copy_of(folder, tmp_path):
     return copy
 
 
-def _rerun_stages(folder, stages: str) -> None:
-    """`fstrain.world.pretrain FOLDER --stages STAGES` at the tiny world's budget and size, on one thread."""
+def _rerun_stages(folder, stages: str, *flags: str) -> None:
+    """`fstrain.world.pretrain FOLDER --stages STAGES [FLAGS]` at the tiny world's budget and size, on one thread."""
     from fstrain.world.pretrain import main
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         main([str(folder), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none",
-              "--stages", stages])
+              "--stages", stages, *flags])
     finally:
         torch.set_num_threads(threads)
 
@@ -294,13 +294,7 @@ def test_a_generator_rerun_at_a_new_width_trains_a_fresh_g_and_the_encoders_foll
         main([str(copy), "--budget-min", "0.5", "--size", "32", "--stages", "encoders", "--generator-channel-max", "8"])
     assert "add generator,encoders to --stages" in capsys.readouterr().err
     before = json.loads((copy / "generator.pt.json").read_text())["world_generator"]["settings"]["channel_max"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main([str(copy), "--budget-min", "0.5", "--size", "32", "--reference-autoencoder", "none",
-              "--stages", "generator,encoders", "--generator-channel-max", "8"])
-    finally:
-        torch.set_num_threads(threads)
+    _rerun_stages(copy, "generator,encoders", "--generator-channel-max", "8")
     assert before != 8
     sidecar = json.loads((copy / "generator.pt.json").read_text())["world_generator"]
     assert sidecar["settings"]["channel_max"] == 8 and "continued" not in sidecar
