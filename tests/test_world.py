@@ -306,6 +306,37 @@ def test_a_generator_rerun_at_a_new_width_trains_a_fresh_g_and_the_encoders_foll
     assert verify_manifest(copy) == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_asking_for_a_gpu_where_there_is_none_is_a_usage_error_that_says_what_to_do(tmp_path, capsys):
+    from fstrain.world.pretrain import main
+    for device, expected in (("cuda", "no CUDA device torch can use; leave --device out"),
+                             ("tpu", "--device must be cpu, cuda or cuda:N; got 'tpu'")):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "out"), "--device", device])
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_generator_and_encoders_stages_train_on_a_gpu(tiny_world, tmp_path):
+    """--device cuda: G/D and the encoders train on the GPU, the files they write load on the CPU, the report and
+    manifest are rewritten and name the GPU."""
+    from fstrain.models.checkpoints import load_generator
+    from fstrain.models.psp import load_encoder
+    from fstrain.world.pretrain import verify_manifest
+    out, _ = tiny_world
+    copy = _copy_of(out, tmp_path)
+    _rerun_stages(copy, "generator,encoders", "--generator-channel-max", "16", "--device", "cuda")
+    generator = load_generator(str(copy / "generator.pt"), load_discriminator=True).generator
+    encoder = load_encoder(str(copy / "encoder_wplus.pt"), space="w+")
+    with torch.no_grad():
+        images = generator.synthesis(encoder(torch.zeros(2, 3, 32, 32)))
+    assert images.device.type == "cpu" and torch.isfinite(images).all()
+    report = json.loads((copy / "instruments.json").read_text())
+    assert "--device cuda" in report["reruns"][-1]["command"] and "GPU" in report["reruns"][-1]["machine"]
+    assert verify_manifest(copy) == []
+
+
 def test_calibrated_heads_keep_one_distance_scale_for_every_domain():
     """2AFC choices are scale-free, so an unconstrained fit may make one domain's people 100x nearer than
     another's (the first shipped heads did: anime people 0.003 apart, photos 1.4). The balanced fit may not."""

@@ -166,8 +166,9 @@ def _synthesis_parameters(g: Generator) -> list[torch.nn.Parameter]:
 def reconstruction_error(encoder: PSPEncoder, g: Generator, photos: torch.Tensor, batch_size: int = 64) -> float:
     """Mean absolute pixel error of G.synthesis(E_w+(x)) against x (images in [-1, 1])."""
     total = 0.0
+    device = g.input.input.device
     for start in range(0, len(photos), batch_size):
-        x = photos[start:start + batch_size]
+        x = photos[start:start + batch_size].to(device)
         total += float((g.synthesis(encoder(x)) - x).abs().sum())
     return total / photos.numel()
 
@@ -197,10 +198,12 @@ def train_autoencoder(encoder: PSPEncoder, g: Generator, photos: torch.Tensor, s
                          (time.perf_counter() - started) / max(deadline - started, 1e-3)))
     schedule = torch.optim.lr_scheduler.LambdaLR(optim,
                                                  lambda step: 0.5 * (1 + math.cos(math.pi * min(progress(step), 1))))
+    device = g.input.input.device        # the models' device; `photos` may stay on the CPU
     weight = losses.face_weight_map(photos.shape[-1], s.feature_weight)
+    weight = weight.to(device) if weight is not None else None
     step = 0
     for step, idx in enumerate(_batches(len(photos), s.batch_size, s.autoencoder_steps, rng), 1):
-        x = photos[idx]
+        x = photos[idx].to(device)
         w_plus = encoder(x)
         w_mean = w_plus.mean(1, keepdim=True)
         spread = (w_plus - w_mean).pow(2).mean()

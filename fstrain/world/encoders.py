@@ -43,6 +43,7 @@ from fstrain.models.stylegan2 import Generator
 from fstrain.stylize.images import image_grid, to_uint8
 from fstrain.world.files import ENCODERS_PREVIEW, FILES, WARM_START_ENCODER
 from fstrain.world.splits import HELDOUT, TRAIN, render_identities
+from fstrain.world.training import seconds_per_call
 
 Log = Callable[[str], None]
 
@@ -155,8 +156,9 @@ def _train(name: str, encoder: PSPEncoder, step_loss: Callable[[torch.Tensor], d
     history: list[dict[str, float]] = []
     log_every = max(steps // 8, 1)
     started = time.perf_counter()
+    device = next(encoder.parameters()).device      # photos stay on the CPU; each batch moves to the models
     for step, idx in enumerate(_batches(len(photos), s.batch_size, steps, rng), 1):
-        terms = step_loss(photos[idx])
+        terms = step_loss(photos[idx].to(device))
         optim.zero_grad(set_to_none=True)
         terms["total"].backward()
         optim.step()
@@ -175,16 +177,9 @@ def _train(name: str, encoder: PSPEncoder, step_loss: Callable[[torch.Tensor], d
     return len(history), ({k: round(sum(h[k] for h in tail) / len(tail), 5) for k in tail[0]} if tail else {})
 
 
-def _seconds_per_call(fn: Callable[[], Any], repeats: int = 2) -> float:
-    fn()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - started) / repeats
-
-
 @torch.no_grad()
 def preview(g: Generator, encoder_w: PSPEncoder, encoder_z: PSPEncoder, photos: torch.Tensor):
+    photos = photos.to(g.input.input.device)
     rows = [photos, _render_wplus(g, encoder_w, photos), _render_zplus(g, encoder_z, photos)[0]]
     return image_grid([list(to_uint8(row)) for row in rows], pad=0)
 
@@ -192,13 +187,14 @@ def preview(g: Generator, encoder_w: PSPEncoder, encoder_z: PSPEncoder, photos: 
 def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: str, lpips_backbone_path: str,
                    size: int, seed: int, budget_s: float, log: Log = print, settings: EncoderSettings | None = None,
                    wplus_steps: int | None = None, zplus_steps: int | None = None,
-                   warm_start: str | None = "auto") -> dict[str, Any]:
+                   warm_start: str | None = "auto", device: torch.device | str = "cpu") -> dict[str, Any]:
     """Train E_w+ then E_z+ against the generator in `generator_path` and write them (pSp layout) to `out_dir`.
 
     `warm_start`: a pSp W+ encoder file E_w+ starts from; "auto" takes the generator's warm-start encoder
     (fstrain.world.files.WARM_START_ENCODER) next to `generator_path` when it is there, else the E_w+ already in
     `out_dir` (`_warm_start_path`).
     Step counts given: deterministic for a seed, budget not enforced; else planned from the budget.
+    `device` runs G, the loss nets and the encoders there (e.g. "cuda"); photos and random draws stay on the CPU.
 
     Returns {"seconds", "steps", "files", "started_from", ...final loss terms of each encoder}.
     """
@@ -208,14 +204,14 @@ def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: s
         s = dataclasses.replace(s, identities=min(s.identities, max(32, int(budget_s * 3))))
     base = str(out_dir).rstrip("/")
     loaded = load_generator(str(generator_path), load_discriminator=False)
-    g, latent_avg = loaded.generator.eval(), loaded.latent_avg
+    g, latent_avg = loaded.generator.eval().to(device), loaded.latent_avg
     if g.size != size:
         raise ValueError(f"{generator_path}: the generator renders {g.size} px, but size={size} was asked; pass "
                          f"size={g.size} or train a {size} px generator")
     g.requires_grad_(False)
     lpips = load_lpips(str(lpips_backbone_path), net=lpips_net_of(str(lpips_backbone_path)))
     identity = load_identity(str(identity_path))
-    loss = ReconstructionLoss(lpips, identity, s)
+    loss = ReconstructionLoss(lpips, identity, s).to(device)
 
     photos = render_identities(TRAIN, s.identities, s.views_per_identity, "photo", size,
                                first_view=s.first_view).tensor()
@@ -227,6 +223,7 @@ def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: s
     if warm_path is not None:
         _start_from(encoder_w, load_encoder(warm_path, space="w+"))
         log(f"  E_w+ starts from {warm_path}")
+    encoder_w, encoder_z = encoder_w.to(device), encoder_z.to(device)
 
     def wplus_loss(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return loss(x, _render_wplus(g, encoder_w, x))
@@ -242,10 +239,10 @@ def train_encoders(out_dir: str | Path, *, generator_path: str, identity_path: s
 
     plan: dict[str, float] = {}
     if wplus_steps is None or zplus_steps is None:
-        probe = photos[:s.batch_size]
+        probe = photos[:s.batch_size].to(device)
         with torch.random.fork_rng(devices=[]):
-            w_s = _seconds_per_call(lambda: wplus_loss(probe)["total"].backward())
-            z_s = _seconds_per_call(lambda: zplus_loss(probe)["total"].backward())
+            w_s = seconds_per_call(lambda: wplus_loss(probe)["total"].backward())
+            z_s = seconds_per_call(lambda: zplus_loss(probe)["total"].backward())
         for p in list(encoder_w.parameters()) + list(encoder_z.parameters()):
             p.grad = None
         left = max(budget_s - (time.perf_counter() - started) - 20, 1.0)   # 20 s: preview and writing

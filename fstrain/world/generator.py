@@ -55,6 +55,7 @@ from fstrain.stylize.images import image_grid, to_uint8
 from fstrain.world import autoencoder
 from fstrain.world.files import FILES, GENERATOR_SAMPLES, WARM_START_ENCODER
 from fstrain.world.splits import TRAIN, render_identities, render_latent_pool
+from fstrain.world.training import seconds_per_call
 
 Log = Callable[[str], None]
 
@@ -131,7 +132,8 @@ def _start_at(mapping: nn.Sequential, codes: torch.Tensor, rng: torch.Generator)
     codes' scale (as pSp starts from latent_avg) instead of wherever a random MLP points (about ten times the
     codes' spread), and converges in far fewer steps while mapping(z) still varies with z."""
     last = mapping[-1]
-    hidden = mapping[:-1](torch.randn(1024, codes.shape[1], generator=rng))
+    hidden = mapping[:-1](torch.randn(1024, codes.shape[1], generator=rng).to(last.weight.device))
+    codes = codes.to(last.weight.device)
     pre = torch.nn.functional.linear(hidden, last.weight * last.scale)
     target = torch.where(codes >= 0, codes, codes / 0.2) / math.sqrt(2)
     gain = float(target.std(0).mean() / pre.std(0).mean().clamp_min(1e-8))
@@ -148,6 +150,7 @@ def fit_mapping_to_pairs(g: Generator, latents: torch.Tensor, codes: torch.Tenso
     MSE relative to the codes' total variance.
     """
     mapping = g.style
+    device = _device_of(g)
     _start_at(mapping, codes, rng)
     mapping.train()
     optim = torch.optim.Adam(mapping.parameters(), lr=lr, betas=(0.9, 0.99))
@@ -156,7 +159,8 @@ def fit_mapping_to_pairs(g: Generator, latents: torch.Tensor, codes: torch.Tenso
     loss = torch.zeros(())
     for step in range(1, steps + 1):
         idx = torch.randint(len(latents), (min(batch_size, len(latents)),), generator=rng)
-        loss = (mapping(world_z(latents[idx], g.style_dim, rng)) - codes[idx]).pow(2).sum(1).mean() / scale
+        z = world_z(latents[idx], g.style_dim, rng).to(device)
+        loss = (mapping(z) - codes[idx].to(device)).pow(2).sum(1).mean() / scale
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -172,13 +176,19 @@ def fit_mapping_to_pairs(g: Generator, latents: torch.Tensor, codes: torch.Tenso
 
 def _latents(g: Generator, batch: int, mixing: float, rng: torch.Generator) -> list[torch.Tensor]:
     """One z, or two (style mixing) with probability `mixing`, as rosinality's mixing_noise."""
+    device = _device_of(g)
     if mixing > 0 and float(torch.rand((), generator=rng)) < mixing:
-        return [torch.randn(batch, g.style_dim, generator=rng), torch.randn(batch, g.style_dim, generator=rng)]
-    return [torch.randn(batch, g.style_dim, generator=rng)]
+        return [torch.randn(batch, g.style_dim, generator=rng).to(device),
+                torch.randn(batch, g.style_dim, generator=rng).to(device)]
+    return [torch.randn(batch, g.style_dim, generator=rng).to(device)]
 
 
 def _mix_index(g: Generator, styles: list[torch.Tensor], rng: torch.Generator) -> int | None:
     return int(torch.randint(1, g.n_latent, (), generator=rng)) if len(styles) == 2 else None
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _set_trainable(module: nn.Module, flag: bool) -> None:
@@ -192,7 +202,7 @@ def _path_length_penalty(g: Generator, s: GeneratorSettings, mean_path: torch.Te
     batch = max(s.batch_size // 2, 1)
     styles = _latents(g, batch, s.mixing, rng)
     fake, latents = g(styles, return_latents=True, inject_index=_mix_index(g, styles, rng))
-    noise = torch.randn(fake.shape, generator=rng) / math.sqrt(fake.shape[2] * fake.shape[3])
+    noise = torch.randn(fake.shape, generator=rng).to(fake.device) / math.sqrt(fake.shape[2] * fake.shape[3])
     (grad,) = torch.autograd.grad((fake * noise).sum(), latents, create_graph=True)
     lengths = grad.pow(2).sum(2).mean(1).sqrt()
     new_mean = mean_path + 0.01 * (lengths.detach().mean() - mean_path)
@@ -200,7 +210,8 @@ def _path_length_penalty(g: Generator, s: GeneratorSettings, mean_path: torch.Te
 
 
 class AdversarialTrainer:
-    """rosinality's training loop, on CPU, for one G/D pair (and g_ema).
+    """rosinality's training loop for one G/D pair (and g_ema), on the models' device (random draws come from the
+    CPU generator `rng` and move there, so a seed gives the same draws on any device).
 
     With `encoder` and `s.reconstruction_weight` > 0, half of G's step renders G.synthesis(E_w+(x)) for real photos
     x instead of G(z): those reconstructions get the adversarial loss and the warm start's pixel loss (as VQGAN
@@ -215,7 +226,10 @@ class AdversarialTrainer:
         self.g, self.d, self.s, self.rng = g, d, s, rng
         self.encoder = encoder if s.reconstruction_weight > 0 else None
         self.pool = pool if s.reconstruction_weight > 0 else None
+        self.device = _device_of(g)
         self.weight = face_weight_map(s.size, s.feature_weight)
+        if self.weight is not None:
+            self.weight = self.weight.to(self.device)
         self.g_ema = copy.deepcopy(g).eval()
         _set_trainable(self.g_ema, False)
         g_ratio = lazy_regularization_ratio(s.g_reg_every) if s.path_length_weight > 0 else 1.0
@@ -226,11 +240,12 @@ class AdversarialTrainer:
         self.e_optim = (torch.optim.Adam(self.encoder.parameters(), lr=s.lr, betas=(0.9, 0.99))
                         if self.encoder is not None else None)
         self.ema_decay = 0.5 ** (s.batch_size / s.ema_half_life_images)
-        self.mean_path = torch.zeros(())
+        self.mean_path = torch.zeros((), device=self.device)
         self.step_count = 0
 
     def step(self, real: torch.Tensor) -> dict[str, float]:
         g, d, s, rng = self.g, self.d, self.s, self.rng
+        real = real.to(self.device)
         figures: dict[str, float] = {}
         # D: logistic loss on reals vs fakes.
         _set_trainable(g, False)
@@ -262,15 +277,15 @@ class AdversarialTrainer:
             total = g_loss
         else:
             half = s.batch_size // 2
-            paired = torch.zeros(())
+            paired = torch.zeros((), device=self.device)
             if self.pool is None:
                 styles = _latents(g, s.batch_size - half, s.mixing, rng)
                 fake = g(styles, inject_index=_mix_index(g, styles, rng))[0]
             else:   # z drawn through the world's latent: each sample has its own rendering as a target
                 pool_latents, pool_photos = self.pool
                 idx = torch.randint(len(pool_latents), (s.batch_size - half,), generator=rng)
-                fake = g([world_z(pool_latents[idx], g.style_dim, rng)])[0]
-                paired = autoencoder.pixel_loss(fake, pool_photos[idx], s.edge_weight, self.weight)
+                fake = g([world_z(pool_latents[idx], g.style_dim, rng).to(self.device)])[0]
+                paired = autoencoder.pixel_loss(fake, pool_photos[idx].to(self.device), s.edge_weight, self.weight)
                 figures["pixel_paired"] = float(paired.detach())
             photos = real[:half]
             self.encoder.train()
@@ -302,28 +317,20 @@ class AdversarialTrainer:
 # ---------------------------------------------------------------- measuring and planning
 
 
-def _seconds_per_call(fn: Callable[[], Any], repeats: int = 2) -> float:
-    fn()   # first call pays allocation / kernel selection
-    started = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - started) / repeats
-
-
 def plan_steps(s: GeneratorSettings, photos: torch.Tensor, pool: tuple[torch.Tensor, torch.Tensor], budget_s: float,
-               seed: int) -> dict[str, float]:
+               seed: int, device: torch.device | str = "cpu") -> dict[str, float]:
     """Steps of each phase that fit `budget_s`, from the measured speed of throw-away copies of the models."""
     rng = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        g, d = s.generator(), s.discriminator()
+        g, d = s.generator().to(device), s.discriminator().to(device)
         encoder = PSPEncoder(build_encoder("tiny", g.n_latent, s.style_dim, min(s.size, 64), seed=seed),
-                             torch.zeros(g.n_latent, s.style_dim), "w+")
+                             torch.zeros(g.n_latent, s.style_dim), "w+").to(device)
         warm = autoencoder.PretrainSettings(size=s.size, batch_size=s.batch_size, autoencoder_steps=1,
                                             feature_weight=s.feature_weight)
-        warm_s = _seconds_per_call(lambda: autoencoder.train_autoencoder(encoder, g, photos, warm, rng,
+        warm_s = seconds_per_call(lambda: autoencoder.train_autoencoder(encoder, g, photos, warm, rng,
                                                                          lambda line: None))
         trainer = AdversarialTrainer(g, d, s, rng, encoder, pool)
-        gan_s = _seconds_per_call(lambda: trainer.step(_real_batch(photos, s, rng)), repeats=3)
+        gan_s = seconds_per_call(lambda: trainer.step(_real_batch(photos, s, rng)), repeats=3)
         gan_s *= 1 + 0.5 / max(s.d_reg_every, 1)        # the lazy R1 step costs about half a D step
     spend = max(budget_s * s.plan_margin, 1.0)
     warm_spend = min(s.warm_fraction * spend, s.warm_max_s)
@@ -388,7 +395,7 @@ def save_training_checkpoint(uri: str, g: Generator, d: Discriminator, g_ema: Ge
 @torch.no_grad()
 def sample_grid(g: Generator, seed: int, rows: int = 8, columns: int = 8) -> Image.Image:
     """rows x columns samples of `g` from z drawn with `seed`, rendered with the stored noise maps."""
-    z = torch.randn(rows * columns, g.style_dim, generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(rows * columns, g.style_dim, generator=torch.Generator().manual_seed(seed)).to(_device_of(g))
     images = to_uint8(g([z], randomize_noise=False)[0])
     return image_grid([list(images[r * columns:(r + 1) * columns]) for r in range(rows)], pad=0)
 
@@ -412,12 +419,13 @@ def sized_for_budget(s: GeneratorSettings, budget_s: float) -> GeneratorSettings
 
 def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s: float, log: Log = print,
                     settings: GeneratorSettings | None = None, warm_steps: int | None = None,
-                    gan_steps: int | None = None) -> dict[str, Any]:
+                    gan_steps: int | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Train the world's base G/D within `budget_s` seconds and write generator.pt + generator_samples.png.
 
     `warm_steps` / `gan_steps` fix the step counts (deterministic for a seed; the budget is then not enforced);
     otherwise the warm start's steps are planned from the budget and this machine's measured speed (stopping early
-    when its share is spent) and the adversarial phase runs until the budget is spent.
+    when its share is spent) and the adversarial phase runs until the budget is spent. `device` runs the models
+    there (e.g. "cuda"); the data and the random draws stay on the CPU, so a seed draws the same batches anywhere.
     Returns {"seconds", "steps", "files", ...training figures}.
     """
     started = time.perf_counter()
@@ -434,7 +442,7 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
     plan: dict[str, float] = {}
     if warm_steps is None or gan_steps is None:
         plan = plan_steps(s, photos, pool, budget_s - (time.perf_counter() - started) - s.mapping_steps * 0.03,
-                          seed)
+                          seed, device)
         log(f"  measured {plan['warm_s_per_step']:.2f} s/step warm start, {plan['gan_s_per_step']:.2f} s/step "
             f"adversarial; planned {plan['warm_steps']} warm-start steps, then adversarial ones until the budget is "
             f"spent (~{plan['gan_steps']})")
@@ -453,6 +461,7 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
             buffer.zero_()
         encoder = PSPEncoder(build_encoder("tiny", g.n_latent, s.style_dim, min(s.size, 64), seed=seed + 1),
                              torch.zeros(g.n_latent, s.style_dim), "w+")
+        g, d, encoder = g.to(device), d.to(device), encoder.to(device)
 
         # Phase 1: warm start (autoencoder, then the mapping fitted to the codes' Gaussian).
         phase = time.perf_counter()
@@ -465,7 +474,8 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
             warm_steps = autoencoder.train_autoencoder(encoder, g, photos, warm, rng, log,
                                                        deadline=warm_deadline if enforce_budget else None)
             with torch.no_grad():
-                codes = torch.cat([encoder(pool[1][i:i + 256]).mean(1) for i in range(0, len(pool[1]), 256)])
+                codes = torch.cat([encoder(pool[1][i:i + 256].to(device)).mean(1).cpu()
+                                   for i in range(0, len(pool[1]), 256)])
             figures["mapping_relative_mse"] = round(
                 fit_mapping_to_pairs(g, pool[0], codes, s.mapping_steps, warm.mapping_lr, rng, log), 5)
         figures["warm_seconds"] = round(time.perf_counter() - phase, 1)
@@ -511,7 +521,7 @@ def train_generator(out_dir: str | Path, *, size: int = 64, seed: int, budget_s:
 
 
 def continue_generator(out_dir: str | Path, *, seed: int, budget_s: float, log: Log = print,
-                       gan_steps: int | None = None) -> dict[str, Any]:
+                       gan_steps: int | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
     """More adversarial steps for the G, D and g_ema already in `out_dir`/generator.pt (what a rerun of the pretrain
     command's generator stage does): the same settings and data as the run that wrote it, fresh Adam state.
 
@@ -519,6 +529,7 @@ def continue_generator(out_dir: str | Path, *, seed: int, budget_s: float, log: 
     has it, else the folder's trained E_w+; the one trained alongside is written as the warm-start encoder, which
     the encoders stage then starts from. `gan_steps` fixes the step count (budget not enforced); otherwise the phase
     runs until the budget is spent. The sidecar keeps the first run's figures and appends this continuation's.
+    `device` as for `train_generator`.
     """
     started = time.perf_counter()
     base = str(out_dir).rstrip("/")
@@ -550,7 +561,8 @@ def continue_generator(out_dir: str | Path, *, seed: int, budget_s: float, log: 
         g, d, g_ema = s.generator(), s.discriminator(), s.generator()
         for module, key in ((g, "g"), (d, "d"), (g_ema, "g_ema")):
             module.load_state_dict({k: v.float() for k, v in checkpoint[key].items()})
-        encoder = load_encoder(encoder_uri, space="w+").requires_grad_(True)
+        g, d, g_ema = g.to(device), d.to(device), g_ema.to(device)
+        encoder = load_encoder(encoder_uri, space="w+").to(device).requires_grad_(True)
         g.train()
         d.train()
         trainer = AdversarialTrainer(g, d, s, rng, encoder, pool)

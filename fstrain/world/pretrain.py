@@ -2,6 +2,7 @@
 
     python -m fstrain.world.pretrain OUT [--budget-min 60] [--size 64] [--seed 0] [--reference-autoencoder DIR]
                                          [--stages perceptual,eval_perceptual] [--generator-channel-max 16]
+                                         [--device cpu|cuda]
 
 OUT receives the files `fstrain.models.init` writes, under the same models.json keys, so every config that points
 at a models folder works unchanged (lpips_net: alex):
@@ -33,6 +34,8 @@ run's command and lists every rerun's, so the folder still says exactly how each
 (from the encoder trained alongside G when a generator rerun left one); `generator` needs `encoders` with it.
 --generator-channel-max N sets G/D's width (fstrain.world.generator's default: 16); with --stages generator,encoders
 it trains a fresh G/D of that width in place of the folder's (a new width cannot continue the old weights).
+--device cuda trains the generator and encoders stages on a GPU (the data and random draws stay on the CPU, so a
+seed draws the same batches); every other stage and the report run on the CPU.
 
 !! World instruments, not real ones: they know the synthetic world only. Real runs use FFHQ StyleGAN2, pSp,
 !! ArcFace, LPIPS (ImageNet) and Inception weights through the same config keys (README, "Real checkpoints").
@@ -52,7 +55,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -232,19 +234,20 @@ def stage_reader(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, An
 
 
 def stage_generator(out: Path, plan: Plan, budget: float, log: Log, rerun: bool,
-                    channel_max: int | None = None) -> dict[str, Any]:
+                    channel_max: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """A fresh G/D (a full run, or a rerun given `channel_max`: a new width cannot continue the old weights), or
     more adversarial steps on the folder's G/D (a rerun without it), as a rerun of the encoders continues E_w+."""
     from fstrain.world.generator import GeneratorSettings, continue_generator, train_generator
     if rerun and channel_max is None:
         return {"source": "fstrain.world.generator (continued)",
-                **continue_generator(out, seed=plan.seed, budget_s=budget, log=log)}
+                **continue_generator(out, seed=plan.seed, budget_s=budget, log=log, device=device)}
     settings = GeneratorSettings() if channel_max is None else GeneratorSettings(channel_max=channel_max)
     return {"source": "fstrain.world.generator", **train_generator(out, size=plan.size, seed=plan.seed,
-                                                                   budget_s=budget, log=log, settings=settings)}
+                                                                   budget_s=budget, log=log, settings=settings,
+                                                                   device=device)}
 
 
-def stage_encoders(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, Any]:
+def stage_encoders(out: Path, plan: Plan, budget: float, log: Log, device: str = "cpu") -> dict[str, Any]:
     from fstrain.world.encoders import train_encoders
     # E_w+ starts from the generator's warm-start encoder in a full run; a rerun of this stage, after the run has
     # deleted that file, continues from the folder's own E_w+ (train_encoders' "auto" warm start).
@@ -252,7 +255,7 @@ def stage_encoders(out: Path, plan: Plan, budget: float, log: Log) -> dict[str, 
             **train_encoders(out, generator_path=str(out / FILES["generator"]),
                              identity_path=str(out / FILES["identity"]),
                              lpips_backbone_path=str(out / FILES["lpips_backbone"]), size=plan.size, seed=plan.seed,
-                             budget_s=budget, log=log)}
+                             budget_s=budget, log=log, device=device)}
 
 
 def reference_autoencoder(path: str | None, log: Log) -> tuple[str | None, dict[str, Any]]:
@@ -457,10 +460,11 @@ def checks(tables: dict[str, Any]) -> list[dict[str, Any]]:
 def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, seed: int = 0,
                    reference: str | None = None, command: str = "", log: Log = print,
                    only: tuple[str, ...] | None = None,
-                   generator_channel_max: int | None = None) -> dict[str, Any]:
+                   generator_channel_max: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """Every stage (or, with `only`, just those stages in a folder a full run wrote), then the report.
     `generator_channel_max` sets G/D's width (default: fstrain.world.generator.GeneratorSettings'); in a rerun
-    of the generator stage it trains a fresh G/D at that width instead of continuing the folder's."""
+    of the generator stage it trains a fresh G/D at that width instead of continuing the folder's. `device` runs
+    the generator and encoders stages there (e.g. "cuda"); the other stages and the report run on the CPU."""
     from fstrain.world.splits import EVAL, TRAIN
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -478,8 +482,8 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
         "perceptual": lambda b: stage_perceptual(out, plan, b, log, identity_set=TRAIN, seed=seed,
                                                  file=FILES["lpips_backbone"]),
         "generator": lambda b: stage_generator(out, plan, b, log, rerun=previous is not None,
-                                               channel_max=generator_channel_max),
-        "encoders": lambda b: stage_encoders(out, plan, b, log),
+                                               channel_max=generator_channel_max, device=device),
+        "encoders": lambda b: stage_encoders(out, plan, b, log, device=device),
         "reader": lambda b: stage_reader(out, plan, b, log),
         "eval_identity": lambda b: stage_identity(out, plan, b, log, arch="irse", identity_set=EVAL, seed=seed + 300,
                                                   file=FILES["eval_identity"], n_ids=plan.eval_identity_ids,
@@ -570,8 +574,9 @@ def _previous_report(out: Path, size: int, seed: int) -> dict[str, Any]:
 
 def machine() -> str:
     import os
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{os.cpu_count()}-core {platform.machine()} CPU, shared, torch threads {torch.get_num_threads()}, " \
-           f"Python {sys.version.split()[0]}, torch {torch.__version__}"
+           f"Python {sys.version.split()[0]}, torch {torch.__version__}{gpu}"
 
 
 def write_models_json(out: Path, plan: Plan, command: str, reruns: list[dict] | None = None) -> dict[str, Any]:
@@ -641,6 +646,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generator-channel-max", type=int, default=None,
                         help="G/D feature channels per layer (default: fstrain.world.generator's 16); with "
                              "--stages generator,encoders a fresh G/D of this width replaces the folder's")
+    parser.add_argument("--device", default="cpu",
+                        help="where the generator and encoders stages train: cpu (default) or cuda[:N]; the other "
+                             "stages and the report run on the CPU")
     a = parser.parse_args(argv)
     if a.budget_min <= 0:
         parser.error(f"--budget-min must be positive; got {a.budget_min}")
@@ -648,6 +656,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--size must be a power of two >= 16; got {a.size}")
     if a.generator_channel_max is not None and a.generator_channel_max < 1:
         parser.error(f"--generator-channel-max must be a positive channel count; got {a.generator_channel_max}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", a.device):
+        parser.error(f"--device must be cpu, cuda or cuda:N; got {a.device!r}")
+    if a.device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {a.device}: this machine has no CUDA device torch can use; leave --device out to "
+                     f"train on the CPU, or run where a GPU is")
     only = None
     if a.stages is not None:
         only = tuple(x.strip() for x in a.stages.split(",") if x.strip())
@@ -662,7 +675,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"not retrain it; add generator,encoders to --stages")
     command = "python -m fstrain.world.pretrain " + " ".join(argv if argv is not None else sys.argv[1:])
     pretrain_world(a.out, a.budget_min, a.size, a.seed, a.reference_autoencoder, command, only=only,
-                   generator_channel_max=a.generator_channel_max)
+                   generator_channel_max=a.generator_channel_max, device=a.device)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared pieces of the world instruments' training loops: a time-budgeted step schedule and seeded batches."""
+"""Shared pieces of the world instruments' training loops: a time-budgeted step schedule, seeded batches, and the
+speed measurement that plans a budget's steps."""
 from __future__ import annotations
 
 import math
@@ -95,3 +96,21 @@ def recent_mean(values: list[float], last: int = 50) -> float:
     """Mean of the last `last` values (the figure a training log and a training record report)."""
     tail = values[-last:]
     return sum(tail) / max(len(tail), 1)
+
+
+def seconds_per_call(fn: Callable[[], Any], repeats: int = 2) -> float:
+    """Wall-clock seconds per call of `fn`, after one untimed call (allocation, kernel selection or compilation);
+    queued GPU work is waited for, so the figure is the work's and not its launch's."""
+    fn()
+    synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize()
+    return (time.perf_counter() - started) / repeats
+
+
+def synchronize() -> None:
+    """Wait for queued CUDA work (a no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
