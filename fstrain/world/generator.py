@@ -150,7 +150,7 @@ def fit_mapping_to_pairs(g: Generator, latents: torch.Tensor, codes: torch.Tenso
     MSE relative to the codes' total variance.
     """
     mapping = g.style
-    device = _device_of(g)
+    device = g.input.input.device
     _start_at(mapping, codes, rng)
     mapping.train()
     optim = torch.optim.Adam(mapping.parameters(), lr=lr, betas=(0.9, 0.99))
@@ -176,7 +176,7 @@ def fit_mapping_to_pairs(g: Generator, latents: torch.Tensor, codes: torch.Tenso
 
 def _latents(g: Generator, batch: int, mixing: float, rng: torch.Generator) -> list[torch.Tensor]:
     """One z, or two (style mixing) with probability `mixing`, as rosinality's mixing_noise."""
-    device = _device_of(g)
+    device = g.input.input.device
     if mixing > 0 and float(torch.rand((), generator=rng)) < mixing:
         return [torch.randn(batch, g.style_dim, generator=rng).to(device),
                 torch.randn(batch, g.style_dim, generator=rng).to(device)]
@@ -185,10 +185,6 @@ def _latents(g: Generator, batch: int, mixing: float, rng: torch.Generator) -> l
 
 def _mix_index(g: Generator, styles: list[torch.Tensor], rng: torch.Generator) -> int | None:
     return int(torch.randint(1, g.n_latent, (), generator=rng)) if len(styles) == 2 else None
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _set_trainable(module: nn.Module, flag: bool) -> None:
@@ -226,7 +222,7 @@ class AdversarialTrainer:
         self.g, self.d, self.s, self.rng = g, d, s, rng
         self.encoder = encoder if s.reconstruction_weight > 0 else None
         self.pool = pool if s.reconstruction_weight > 0 else None
-        self.device = _device_of(g)
+        self.device = g.input.input.device
         self.weight = face_weight_map(s.size, s.feature_weight)
         if self.weight is not None:
             self.weight = self.weight.to(self.device)
@@ -395,7 +391,7 @@ def save_training_checkpoint(uri: str, g: Generator, d: Discriminator, g_ema: Ge
 @torch.no_grad()
 def sample_grid(g: Generator, seed: int, rows: int = 8, columns: int = 8) -> Image.Image:
     """rows x columns samples of `g` from z drawn with `seed`, rendered with the stored noise maps."""
-    z = torch.randn(rows * columns, g.style_dim, generator=torch.Generator().manual_seed(seed)).to(_device_of(g))
+    z = torch.randn(rows * columns, g.style_dim, generator=torch.Generator().manual_seed(seed)).to(g.input.input.device)
     images = to_uint8(g([z], randomize_noise=False)[0])
     return image_grid([list(images[r * columns:(r + 1) * columns]) for r in range(rows)], pad=0)
 
