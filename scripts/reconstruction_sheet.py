@@ -24,9 +24,10 @@ def main() -> int:
     from PIL import Image
 
     from fstrain.models.checkpoints import load_generator
+    from fstrain.models.hub import lpips_at
     from fstrain.models.psp import load_encoder
     from fstrain.stylize.images import image_grid, pil_to_tensor, to_uint8
-    from fstrain.stylize.refine import RefineSettings, load_refiner
+    from fstrain.stylize.refine import CodeRefiner, RefineSettings
     from fstrain.world.files import FILES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,9 +54,9 @@ def main() -> int:
             columns.append(generator.synthesis(codes, randomize_noise=False))
         labels.append(f"{name} E_w+")
         if args.refine_steps > 0:
-            refiner = load_refiner(RefineSettings(steps=args.refine_steps),
-                                   base_generator_uri=str(folder / FILES["generator"]),
-                                   lpips_uri=str(folder / FILES["lpips_backbone"]), lpips_net="alex")
+            # the G already loaded above (load_refiner would read generator.pt a second time)
+            refiner = CodeRefiner(generator, lpips_at(str(folder / FILES["lpips_backbone"]), "alex"),
+                                  RefineSettings(steps=args.refine_steps))
             refined = refiner(photos, codes)
             with torch.no_grad():
                 columns.append(generator.synthesis(refined, randomize_noise=False))
