@@ -72,6 +72,8 @@ class JobSpec:
     thumbnail_size: int = 96
     # hybrid inversion (fstrain.stylize.refine): RefineSettings.describe(), {} = the encoder's codes as they are
     refine: dict[str, Any] = field(default_factory=dict)
+    # pivotal tuning (fstrain.stylize.pivotal): PivotalSettings.describe(), {} = render by G' as it is
+    pivotal: dict[str, Any] = field(default_factory=dict)
     base_generator_uri: str = ""
     base_generator_sha256: str | None = None
     lpips_uri: str = ""
@@ -263,10 +265,10 @@ def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ stage 2: GPU stylize
 def load_models(spec: JobSpec, device: str):
-    """The W+ encoder and every style's G' (with the base G and LPIPS when refining codes) as a
-    `fstrain.stylize.Stylizer` on `device`."""
-    from fstrain.models.hub import encoder_at, generator_at
-    from fstrain.stylize import RefineSettings, Stylizer, load_refiner
+    """The W+ encoder and every style's G' (with the base G and LPIPS, loaded once, when refining codes or tuning
+    pivots) as a `fstrain.stylize.Stylizer` on `device`."""
+    from fstrain.models.hub import encoder_at, generator_at, lpips_at
+    from fstrain.stylize import CodeRefiner, PivotalSettings, PivotalTuner, RefineSettings, Stylizer
 
     # The hub's loaders: fetched once per machine (locked, pinned), format detected, loaded strictly.
     encoder = encoder_at(spec.encoder_uri, "w+", spec.encoder_sha256, device)
@@ -275,12 +277,16 @@ def load_models(spec: JobSpec, device: str):
         loaded = generator_at(spec.generator_uris[style], load_discriminator=False)
         generators[style] = loaded.generator.to(device).eval().requires_grad_(False)
         latent_avgs[style] = loaded.latent_avg.to(device)
-    refiner = None
-    if spec.refine:
-        refiner = load_refiner(RefineSettings(**spec.refine), base_generator_uri=spec.base_generator_uri,
-                               base_generator_sha256=spec.base_generator_sha256, lpips_uri=spec.lpips_uri,
-                               lpips_net=spec.lpips_net, lpips_sha256=spec.lpips_sha256, device=device)
-    return Stylizer(encoder, generators, latent_avgs, refiner)
+    refiner = tuner = None
+    if spec.refine or spec.pivotal:
+        base = generator_at(spec.base_generator_uri, spec.base_generator_sha256, load_discriminator=False)
+        base_generator = base.generator.to(device)
+        lpips = lpips_at(spec.lpips_uri, spec.lpips_net, spec.lpips_sha256, device)
+        if spec.refine:
+            refiner = CodeRefiner(base_generator, lpips, RefineSettings(**spec.refine))
+        if spec.pivotal:
+            tuner = PivotalTuner(base_generator, lpips, PivotalSettings(**spec.pivotal))
+    return Stylizer(encoder, generators, latent_avgs, refiner, tuner)
 
 
 class StylizeActor:
@@ -341,10 +347,11 @@ class StylizeActor:
             faces = from_uint8(batch["image"][rows]).to(self.device)
             w_plus = self.stylizer.encode(faces)
             out["w_plus"][rows] = w_plus.float().cpu().numpy()
+            pivots = self.stylizer.pivots(faces, w_plus)     # None unless pivotal tuning is on
             similarity = {}
             input_embedding = self.identity(faces) if self.identity is not None else None
             for index, style in enumerate(spec.styles):
-                images, codes = self._render(w_plus, style)
+                images, codes = self._render(w_plus, style, pivots)
                 if input_embedding is not None:   # cosine of identity embeddings: aligned input vs output
                     similarity[style] = (input_embedding * self.identity(images[:, 0])).sum(1).float().cpu()
                 out[spec.style_column(index)][rows] = to_uint8(images.flatten(0, 1)).reshape(
@@ -376,17 +383,19 @@ class StylizeActor:
     def _style_dim(self) -> int:
         return next(iter(self.stylizer.generators.values())).style_dim
 
-    def _render(self, w_plus, style: str):
-        """(images (N, S, 3, H, W), mixing codes (N, S, L, D) or None) for one style."""
+    def _render(self, w_plus, style: str, pivots=None):
+        """(images (N, S, 3, H, W), mixing codes (N, S, L, D) or None) for one style; `pivots`: one weight change
+        per face (fstrain.stylize.pivotal) or None."""
         spec = self.spec
         if spec.mode == "general":
-            return self.stylizer.general(w_plus, style).unsqueeze(1), None
+            return self.stylizer.general(w_plus, style, pivots).unsqueeze(1), None
         if spec.mode == "multimodal":
             codes = self.stylizer.multimodal_codes(w_plus, style, spec.layer, spec.psi, spec.samples, spec.seed)
-            images = self.stylizer.render(codes.flatten(0, 1), style).unflatten(0, codes.shape[:2])
+            per_sample = None if pivots is None else [p for p in pivots for _ in range(spec.samples)]
+            images = self.stylizer.render(codes.flatten(0, 1), style, per_sample).unflatten(0, codes.shape[:2])
             return images, codes
         codes = self.stylizer.reference_codes(w_plus, self.references[style].w, spec.layer)
-        return self.stylizer.render(codes, style).unsqueeze(1), codes.unsqueeze(1)
+        return self.stylizer.render(codes, style, pivots).unsqueeze(1), codes.unsqueeze(1)
 
 
 # ------------------------------------------------------------------------------------ stage 3: CPU encode + upload
@@ -490,7 +499,7 @@ class EncodeUpload:
         np.savez(buffer, **latents, meta=np.array(json.dumps(
             {"key": key, "mode": spec.mode, "styles": spec.styles, "layer": spec.layer, "samples": spec.samples,
              "psi": spec.psi, "seed": spec.seed, "reference_id": spec.reference_id,
-             "refined": spec.refine or None})))
+             "refined": spec.refine or None, "pivotal": spec.pivotal or None})))
         outputs["latents"] = latents_uri(spec, key)
         storage.write_bytes(outputs["latents"], buffer.getvalue())
         return outputs

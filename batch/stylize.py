@@ -70,6 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="refine each face's W+ code against the base G for N steps before rendering (default: "
                              "the config's stylize.refine_steps; 0 = the encoder's codes; needs --config for "
                              "models.base_generator and models.lpips_backbone)")
+    parser.add_argument("--pivotal-steps", type=int, default=None,
+                        help="tune a copy of the base G on each face for N steps and render every style by G' + "
+                             "that weight change (default: the config's stylize.pivotal_steps; 0 = G' as it is; "
+                             "needs --config like --refine-steps)")
     parser.add_argument("--aligned", action="store_true", help="inputs are already aligned face crops")
     parser.add_argument("--format", dest="image_format", choices=sorted(OUTPUT_FORMATS), default="png")
     parser.add_argument("--job-id", default=None, help="names <out>/_jobs/<id>/; reuse it to resume")
@@ -159,12 +163,12 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
             detector = resolve_detector_kind(kind, detector_root)
         except DetectorMissingError as exc:
             raise SystemExit(str(exc)) from None
-    refine = _refine_fields(args, config, defaults, root)
-    size, provenance = _model_facts(encoder, generators, refine)
+    base_fields = _base_model_fields(args, config, defaults, root)
+    size, provenance = _model_facts(encoder, generators, base_fields)
     return JobSpec(input=args.input, output=args.output, job_id=manifest.check_job_id(args.job_id),
                    styles=styles, generator_uris=generators, encoder_uri=encoder,
                    encoder_sha256=(config.models.sha256.get("encoder_wplus") if config else None),
-                   **_identity_fields(args, config, root), **refine,
+                   **_identity_fields(args, config, root), **base_fields,
                    mode=args.mode, layer=defaults.mix_layer if args.layer is None else args.layer,
                    samples=defaults.samples if args.samples is None else args.samples,
                    psi=defaults.truncation if args.psi is None else args.psi,
@@ -177,9 +181,9 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
 
 
 def _model_facts(encoder: str, generators: dict[str, str],
-                 refine: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+                 base_fields: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     """(output size, provenance): the sha256 of the encoder and of each style's G' (fetched once per machine, as
-    the workers do) and, when refining, the refinement settings with the base G's and perceptual net's sha256;
+    the workers do) and, when refining or tuning pivots, their settings with the base G's and perceptual net's sha256;
     the size read off the first G' state dict, memory-mapped, without building a network (other formats, e.g.
     NVIDIA pickles, are loaded through the model hub)."""
     import torch
@@ -190,11 +194,13 @@ def _model_facts(encoder: str, generators: dict[str, str],
     paths = {style: fetch(uri) for style, uri in generators.items()}
     provenance = {"encoder": sha256_file(fetch(encoder)),
                   "generators": {style: sha256_file(path) for style, path in paths.items()}}
-    if refine and refine.get("refine"):
-        provenance["refine"] = {**refine["refine"],
-                                "base_generator": sha256_file(fetch(refine["base_generator_uri"],
-                                                                    refine["base_generator_sha256"])),
-                                "lpips": sha256_file(fetch(refine["lpips_uri"], refine["lpips_sha256"]))}
+    if base_fields:      # refinement and/or pivotal tuning (_base_model_fields)
+        base_models = {"base_generator": sha256_file(fetch(base_fields["base_generator_uri"],
+                                                           base_fields["base_generator_sha256"])),
+                       "lpips": sha256_file(fetch(base_fields["lpips_uri"], base_fields["lpips_sha256"]))}
+        for key in ("refine", "pivotal"):
+            if base_fields.get(key):
+                provenance[key] = {**base_fields[key], **base_models}
     first_style = next(iter(generators))
     try:
         checkpoint = torch.load(str(paths[first_style]), map_location="cpu", weights_only=True, mmap=True)
@@ -223,25 +229,33 @@ def _identity_fields(args: argparse.Namespace, config, root: str) -> dict[str, A
             "identity_sha256": config.models.sha256.get("identity") if config and not args.identity else None}
 
 
-def _refine_fields(args: argparse.Namespace, config, defaults, root: str) -> dict[str, Any]:
-    """JobSpec fields of the hybrid inversion (fstrain.stylize.refine): its settings, the base G and the
-    perceptual net from the config; {} when not refining."""
+def _base_model_fields(args: argparse.Namespace, config, defaults, root: str) -> dict[str, Any]:
+    """JobSpec fields of what renders the base G per face, code refinement (fstrain.stylize.refine) and pivotal
+    tuning (fstrain.stylize.pivotal): their settings, the base G and the perceptual net from the config; {} when
+    neither is asked for."""
     from fstrain.models.hub import resolve_uri
+    from fstrain.stylize.pivotal import PivotalSettings
     from fstrain.stylize.refine import settings_from_config
 
-    settings = settings_from_config(defaults, args.refine_steps)
-    if not settings.steps:
+    refine = settings_from_config(defaults, args.refine_steps)
+    pivotal = PivotalSettings(steps=defaults.pivotal_steps if args.pivotal_steps is None else args.pivotal_steps,
+                              lr=defaults.pivotal_lr)
+    asked = [f"{flag} {steps}" for flag, steps in (("--refine-steps", refine.steps), ("--pivotal-steps", pivotal.steps))
+             if steps]
+    if not asked:
         return {}
+    undo = " and ".join(f"{flag.split()[0]} 0" for flag in asked)
     if config is None:
-        raise SystemExit(f"--refine-steps {settings.steps}: refinement renders the base G and measures LPIPS; pass "
-                         f"--config with models.base_generator and models.lpips_backbone (or --refine-steps 0)")
+        raise SystemExit(f"{', '.join(asked)}: this renders the base G and measures LPIPS; pass --config with "
+                         f"models.base_generator and models.lpips_backbone (or {undo})")
     fields = {"base_generator_uri": resolve_uri(config.models.base_generator, root),
               "lpips_uri": resolve_uri(config.models.lpips_backbone, root)}
     for key, uri in (("base_generator", fields["base_generator_uri"]), ("lpips_backbone", fields["lpips_uri"])):
         if not storage.exists(uri):
-            raise SystemExit(f"{uri}: models.{key} not found, needed to refine codes (stylize.refine_steps = "
-                             f"{settings.steps}); fix models.{key} in {args.config} or pass --refine-steps 0")
-    return {"refine": settings.describe(), **fields, "lpips_net": config.models.lpips_net,
+            raise SystemExit(f"{uri}: models.{key} not found, needed for {', '.join(asked)} (stylize.refine_steps / "
+                             f"pivotal_steps); fix models.{key} in {args.config} or pass {undo}")
+    return {"refine": refine.describe() if refine.steps else {},
+            "pivotal": pivotal.describe() if pivotal.steps else {}, **fields, "lpips_net": config.models.lpips_net,
             "base_generator_sha256": config.models.sha256.get("base_generator"),
             "lpips_sha256": config.models.sha256.get("lpips_backbone")}
 
@@ -351,6 +365,8 @@ def stale_reasons(records: list[manifest.Record], provenance: dict[str, Any]) ->
                            f"{str(provenance.get('encoder'))[:8]}…)")
         if record.provenance.get("refine") != provenance.get("refine"):
             changed.append("code refinement changed (stylize.refine_*, base G or perceptual net)")
+        if record.provenance.get("pivotal") != provenance.get("pivotal"):
+            changed.append("pivotal tuning changed (stylize.pivotal_*, base G or perceptual net)")
         for reason in changed:
             counts[reason] = counts.get(reason, 0) + 1
     return [f"{reason}: {n} ok record(s) recomputed" for reason, n in sorted(counts.items())]
@@ -431,6 +447,7 @@ def preflight_checks(args: argparse.Namespace) -> None:
     for flag, value, allowed in (("--layer", args.layer, Count), ("--samples", args.samples, AtLeast1),
                                  ("--psi", args.psi, Fraction), ("--seed", args.seed, Count),
                                  ("--refine-steps", args.refine_steps, Count),
+                                 ("--pivotal-steps", args.pivotal_steps, Count),
                                  ("--batch-size", args.batch_size, AtLeast1),
                                  ("--cpu-batch-size", args.cpu_batch_size, AtLeast1),
                                  ("--min-actors", args.min_actors, AtLeast1), ("--max-actors", args.max_actors, AtLeast1),

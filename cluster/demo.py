@@ -197,7 +197,8 @@ def ground_truth_fidelity(config, *, root: str, run_id: str, photos_uri: str, tr
     """Per style and row of FIDELITY_ROWS: G(E(photo)) of the run's fine-tune against the photo's ground truth,
     measured by fstrain.study.evaluation with the evaluation nets of `<root>/models` (fstrain.study.instruments).
     The codes are the ones the batch job renders: E_w+(photo), refined against the base G when the config's
-    stylize.refine_steps asks for it (fstrain.stylize.refine).
+    stylize.refine_steps asks for it (fstrain.stylize.refine). Pivotal tuning (stylize.pivotal_steps) is not applied
+    here: the table compares the two fine-tunes at the same codes.
     Returns {"instruments": [labels], "styles": {style: {label: {gt_perceptual, gt_attribute, ...}}}}."""
     import torch
 

@@ -106,6 +106,10 @@ class StylizeConfig:
     refine_lr: Positive = 0.01
     refine_lpips_weight: NonNegative = 0.5
     refine_anchor_weight: NonNegative = 0.1   # pull toward E_w+(x), so the code stays where G' stylizes well
+    # Pivotal tuning (fstrain.stylize.pivotal): per face, tune a copy of models.base_generator's weights on the photo
+    # at its code and render each style by G' + that change; 0 = render by G' as it is.
+    pivotal_steps: Count = 0
+    pivotal_lr: Positive = 0.002
 
 
 @dataclass

@@ -188,6 +188,10 @@ def test_rerun_reuses_only_records_made_with_the_same_models():
     assert not keep_previous(ok, False, refined)
     assert stale_reasons([ok], refined) == [
         "code refinement changed (stylize.refine_*, base G or perceptual net): 1 ok record(s) recomputed"]
+    tuned = {**models, "pivotal": {"steps": 1500, "lr": 0.002, "base_generator": "b" * 64, "lpips": "l" * 64}}
+    assert not keep_previous(ok, False, tuned)
+    assert stale_reasons([ok], tuned) == [
+        "pivotal tuning changed (stylize.pivotal_*, base G or perceptual net): 1 ok record(s) recomputed"]
 
 
 def test_detector_largest_face_and_no_face_through_insightface(tmp_path):
@@ -495,6 +499,73 @@ def test_refinement_is_resolved_from_the_config_pinned_in_provenance_and_marked_
             np.testing.assert_allclose(latents["w_plus"], want[i].numpy(), rtol=1e-4, atol=1e-5)
             assert np.abs(latents["w_plus"] - encoded[i].numpy()).max() > 1e-3
             assert json.loads(str(latents["meta"]))["refined"] == settings.describe()
+
+
+def test_pivotal_tuning_renders_each_photo_by_its_own_weights_and_is_pinned_in_provenance(tmp_path, tiny_models):
+    """--pivotal-steps / stylize.pivotal_steps: the base G and LPIPS come from --config and join the provenance with
+    the settings; each written image is G' + that face's own tuned change (not G' as it is), in every mode the job
+    renders; the latents' meta says so; without --config it is a usage error naming the fix."""
+    import json
+
+    import torch
+
+    from batch import stages
+    from batch.stylize import build_spec, parse_args
+    from fstrain.models.registry import sha256_file
+    from fstrain.stylize import PivotalSettings
+    from fstrain.stylize.images import from_uint8, to_uint8
+    from support.portraits import portrait_photos
+
+    root, inputs, out = str(tmp_path / "root"), str(tmp_path / "in"), str(tmp_path / "out")
+    publish_styles(tiny_models, root, styles=("cartoon",))
+    faces = np.stack([p.array() for p in portrait_photos(2, tiny_models.size, seed=13)])
+    for i, pixels in enumerate(faces):
+        storage.write_bytes(storage.join(inputs, f"f{i}.png"), _png(pixels))
+    t = tiny_models
+    config = tmp_path / "job.yaml"
+    config.write_text("models:\n"
+                      f"  base_generator: {t.generator}\n  encoder_wplus: {t.encoder_wplus}\n"
+                      f"  encoder_zplus: {t.encoder_zplus}\n  identity: ''\n"
+                      f"  lpips_backbone: {t.lpips_backbone}\n  lpips_net: {t.lpips_net}\n"
+                      "stylize:\n  pivotal_steps: 4\n  pivotal_lr: 0.01\n")
+    base_args = ["--input", inputs, "--output", out, "--styles", "cartoon", "--root", root, "--aligned",
+                 "--job-id", "pivotal", "--min-input-side", "32"]
+    with pytest.raises(SystemExit, match="--pivotal-steps 3: .*pass --config with models.base_generator"):
+        build_spec(parse_args(base_args + ["--encoder", t.encoder_wplus, "--pivotal-steps", "3"]))
+    spec = build_spec(parse_args(base_args + ["--config", str(config)]))
+    settings = PivotalSettings(steps=4, lr=0.01)
+    assert spec.pivotal == settings.describe() and spec.refine == {}
+    assert spec.provenance["pivotal"] == {**settings.describe(), "base_generator": sha256_file(t.generator),
+                                          "lpips": sha256_file(t.lpips_backbone)}
+    assert "pivotal" not in build_spec(parse_args(base_args + ["--config", str(config), "--pivotal-steps", "0"])
+                                       ).provenance
+
+    spec.thumbnail_keys = []
+    items = list_inputs(inputs)
+    batch = {"key": np.array([i["key"] for i in items], dtype=object),
+             "uri": np.array([i["uri"] for i in items], dtype=object)}
+    actor = stages.StylizeActor(spec)
+    result = stages.EncodeUpload(spec)(actor(stages.PrepareFaces(spec)(batch)))
+    assert result["status"].tolist() == ["ok", "ok"], [json.loads(r)["message"] for r in result["record"]]
+
+    aligned = from_uint8(faces)
+    stylizer = actor.stylizer
+    w_plus = stylizer.encode(aligned)
+    plain = stylizer.general(w_plus, "cartoon")
+    for i in range(2):
+        delta = stylizer.tuner(aligned[i:i + 1], w_plus[i:i + 1])[0]       # face i tuned on its own
+        cartoon = stages.load_models(spec, "cpu").generator("cartoon")
+        with torch.no_grad():
+            for name, p in cartoon.named_parameters():
+                if name in delta:
+                    p.add_(delta[name])
+            want = to_uint8(cartoon.synthesis(w_plus[i:i + 1]))[0]
+        written = np.asarray(Image.open(io.BytesIO(storage.read_bytes(output_uri(spec, "cartoon", f"f{i}.png",
+                                                                                  None)))))
+        assert np.abs(written.astype(int) - want.astype(int)).max() <= 1
+        assert np.abs(written.astype(int) - to_uint8(plain[i:i + 1])[0].astype(int)).max() > 2
+        with np.load(storage.join(out, "latents", f"f{i}.png.npz")) as latents:
+            assert json.loads(str(latents["meta"]))["pivotal"] == settings.describe()
 
 
 # -------------------------------------------------------------- odd keys, storage faults, reruns (issue 21)

@@ -336,11 +336,93 @@ def test_cli_refine_steps_changes_the_codes_and_names_a_missing_base_generator(t
     refined = grid(str(tmp_path / "refined"))                       # the config's refine_steps: 4
     assert plain.shape == refined.shape
     assert not np.array_equal(plain, refined)
+    # --pivotal-steps renders by G' + each face's tuned change: the input column stays, the outputs move
+    tuned = grid(str(tmp_path / "tuned"), "--refine-steps", "0", "--pivotal-steps", "3")
+    assert tuned.shape == plain.shape and not np.array_equal(plain, tuned)
+    cell = SIZE + 2   # image_grid's pad
+    np.testing.assert_array_equal(tuned[:, :cell], plain[:, :cell])
     missing = str(tmp_path / "nowhere" / "generator.pt")
     from fstrain.cli import UsageError
     with pytest.raises(UsageError, match=r"models.base_generator: .*nowhere/generator.pt does not exist"):
         main([config(missing), str(tmp_path / "faces"), "--root", local_root, "--styles", "anime",
               "--out", str(tmp_path / "x")])
+    with pytest.raises(UsageError, match=r"models.base_generator: .*nowhere/generator.pt does not exist"):
+        main([config(missing), str(tmp_path / "faces"), "--root", local_root, "--styles", "anime",
+              "--out", str(tmp_path / "z"), "--refine-steps", "0", "--pivotal-steps", "2"])
     # Without refinement the base G is not needed, so its absence is no error.
     assert main([config(missing), str(tmp_path / "faces"), "--root", local_root, "--styles", "anime",
                  "--out", str(tmp_path / "y"), "--refine-steps", "0"]) == 0
+
+
+# ---------------------------------------------------------------------------- pivotal tuning (per-face weights)
+def test_pivotal_tuning_draws_the_face_closer_and_leaves_the_generator_and_mapping_alone(lpips_alex_random):
+    from fstrain.stylize import PivotalSettings, PivotalTuner
+
+    base = tiny_generator(1)
+    faces = torch.cat([portrait.tensor() for portrait in portrait_photos(2, size=SIZE, seed=9)])
+    _, w_plus = _reachable_faces(base, 2, seed=10)      # codes of other faces: only the weights can close the gap
+    before_state = {k: v.clone() for k, v in base.state_dict().items()}
+    deltas = PivotalTuner(base, lpips_alex_random, PivotalSettings(steps=30, lr=0.01))(faces, w_plus)
+    assert len(deltas) == 2
+    assert all(torch.equal(v, before_state[k]) for k, v in base.state_dict().items())
+    assert all(p.grad is None for p in base.parameters())
+    assert not any(name.startswith("style.") for name in deltas[0])        # the mapping network never moves
+    assert set(deltas[0]) == {n for n, _ in base.named_parameters() if not n.startswith("style.")}
+    for i, delta in enumerate(deltas):
+        tuned = tiny_generator(1)
+        with torch.no_grad():
+            for name, p in tuned.named_parameters():
+                if name in delta:
+                    p.add_(delta[name])
+            l1_before = (base.synthesis(w_plus[i:i + 1]) - faces[i:i + 1]).abs().mean()
+            l1_after = (tuned.synthesis(w_plus[i:i + 1]) - faces[i:i + 1]).abs().mean()
+        assert l1_after < 0.8 * l1_before, (i, l1_before, l1_after)
+    with pytest.raises(ValueError, match="at least one step"):
+        PivotalTuner(base, lpips_alex_random, PivotalSettings(steps=0))
+    with pytest.raises(ValueError, match="share one resolution"):
+        PivotalTuner(base, lpips_alex_random, PivotalSettings(steps=1))(faces[:, :, :16, :16], w_plus)
+
+
+def test_pivotal_delta_of_a_face_does_not_depend_on_its_batch(lpips_alex_random):
+    from fstrain.stylize import PivotalSettings, PivotalTuner
+
+    base = tiny_generator(1)
+    faces = torch.cat([portrait.tensor() for portrait in portrait_photos(3, size=SIZE, seed=11)])
+    _, w_plus = _reachable_faces(base, 3, seed=12)
+    tuner = PivotalTuner(base, lpips_alex_random, PivotalSettings(steps=5, lr=0.01))
+    together, alone = tuner(faces, w_plus)[1], tuner(faces[1:2], w_plus[1:2])[0]
+    for name in together:
+        torch.testing.assert_close(alone[name], together[name], rtol=0, atol=1e-6)
+    assert max(d.abs().max() for d in together.values()) > 1e-3
+
+
+def test_stylizer_renders_each_face_by_its_own_generator_plus_delta(stylizer: Stylizer, faces: torch.Tensor,
+                                                                     lpips_alex_random):
+    from fstrain.stylize import DeltaRenderer, PivotalSettings, PivotalTuner
+
+    tuner = PivotalTuner(tiny_generator(1), lpips_alex_random, PivotalSettings(steps=4, lr=0.01))
+    tuning = Stylizer(stylizer.encoder, stylizer.generators, tuner=tuner)
+    assert stylizer.pivots(faces, stylizer.encode(faces)) is None         # no tuner: G' as it is
+    w_plus = tuning.encode(faces)
+    pivots = tuning.pivots(faces, w_plus)
+    assert len(pivots) == 3
+    cartoon = stylizer.generator("cartoon")
+    before = {k: v.clone() for k, v in cartoon.state_dict().items()}
+    general = tuning.general(w_plus, "cartoon", pivots)
+    assert all(torch.equal(v, before[k]) for k, v in cartoon.state_dict().items())     # G' itself untouched
+    for i in (0, 2):
+        moved = tiny_generator(1)                       # the cartoon G' (same seed), plus face i's change
+        with torch.no_grad():
+            for name, p in moved.named_parameters():
+                if name in pivots[i]:
+                    p.add_(pivots[i][name])
+        torch.testing.assert_close(general[i:i + 1], moved.synthesis(w_plus[i:i + 1]), rtol=1e-4, atol=1e-5)
+    assert (general - tuning.general(w_plus, "cartoon")).abs().max() > 1e-4
+    zero = [{name: torch.zeros_like(d) for name, d in pivots[0].items()}] * 3
+    torch.testing.assert_close(DeltaRenderer(cartoon).render(w_plus, zero),
+                               torch.cat([cartoon.synthesis(w_plus[i:i + 1]) for i in range(3)]))
+    # multimodal and reference render through the same per-face weights
+    multimodal = tuning.multimodal(w_plus, "cartoon", k=tuning.n_latent, psi=0.7, n=2, seed=0, pivots=pivots)
+    torch.testing.assert_close(multimodal[:, 1], general)
+    with pytest.raises(ValueError, match="3 codes but 2 pivotal deltas"):
+        tuning.general(w_plus, "anime", pivots[:2])

@@ -1,7 +1,9 @@
 """Stylization of aligned faces: general, multimodal and reference-guided modes (`Stylizer`), V-space reference
 inversion with stored, reusable codes (`invert_reference`, `ReferenceStore`), hybrid inversion of the content code
-(`CodeRefiner`)."""
+(`CodeRefiner`), pivotal tuning of the generator per face (`PivotalTuner`)."""
 from fstrain.stylize.modes import Stylizer  # noqa: F401
+from fstrain.stylize.pivotal import (DeltaRenderer, PivotalSettings, PivotalTuner,  # noqa: F401
+                                     tuner_from_config)
 from fstrain.stylize.refine import (CodeRefiner, RefineSettings, load_refiner,  # noqa: F401
                                     refiner_from_config, settings_from_config)
 from fstrain.stylize.reference import (ReferenceCode, ReferenceStore, generator_fingerprint,  # noqa: F401

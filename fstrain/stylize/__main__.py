@@ -2,14 +2,16 @@
 
     python -m fstrain.stylize CONFIG INPUT --root URI --styles cartoon,anime --out DIR
         [--generator STYLE=URI ...] [--layer K] [--psi PSI] [--samples N] [--seed S]
-        [--reference IMAGE] [--reference-id ID] [--refine-steps N] [--device cpu|cuda]
+        [--reference IMAGE] [--reference-id ID] [--refine-steps N] [--pivotal-steps N] [--device cpu|cuda]
 
 Inputs must be aligned face crops (batch.stylize detects and aligns photos). Each style's G' is
 `<root>/styles/<style>/generator.pt` unless `--generator STYLE=URI` says otherwise. Grid rows are inputs; columns:
 input | general | multimodal x N | reference (when a reference is given). A reference image is inverted once per
 style and stored under `<root>/references/<style>/<id>.npz` (id = content hash, or `--reference-id`); a later run
 with the same image or `--reference-id` alone reuses the stored code. With `stylize.refine_steps` (or
-`--refine-steps`) > 0 each face's encoder code is refined against the base G first (fstrain.stylize.refine).
+`--refine-steps`) > 0 each face's encoder code is refined against the base G first (fstrain.stylize.refine); with
+`stylize.pivotal_steps` (or `--pivotal-steps`) > 0 each face is rendered by G' + its own pivotal weight change
+(fstrain.stylize.pivotal).
 """
 from __future__ import annotations
 
@@ -32,21 +34,25 @@ from fstrain.data.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 
 
 def load_stylizer(config, *, root: str, styles: list[str], generator_uris: dict[str, str] | None = None,
-                  device: str | torch.device = "cpu", refine_steps: int | None = None) -> Stylizer:
+                  device: str | torch.device = "cpu", refine_steps: int | None = None,
+                  pivotal_steps: int | None = None) -> Stylizer:
     """The W+ encoder from the config and each style's G' (published location unless overridden); with refinement
-    (`refine_steps`, default the config's stylize.refine_steps) also the base G and the perceptual net."""
+    or pivotal tuning (`refine_steps` / `pivotal_steps`, default the config's stylize.*_steps) also the base G and the
+    perceptual net."""
     from fstrain.models.hub import ModelHub, generator_at
+    from fstrain.stylize.pivotal import tuner_from_config
     from fstrain.stylize.refine import refiner_from_config
 
     encoder = ModelHub(config.models, root).encoder("encoder_wplus")
     refiner = refiner_from_config(config, root, device, steps=refine_steps)
+    tuner = tuner_from_config(config, root, device, steps=pivotal_steps, refiner=refiner)
     generators, latent_avgs = {}, {}
     for style in styles:
         uri = (generator_uris or {}).get(style) or layout.published_generator(root, style)
         loaded = generator_at(uri, load_discriminator=False)
         generators[style] = loaded.generator.to(device)
         latent_avgs[style] = loaded.latent_avg.to(device)
-    return Stylizer(encoder.to(device), generators, latent_avgs, refiner)
+    return Stylizer(encoder.to(device), generators, latent_avgs, refiner, tuner)
 
 
 def list_inputs(path: str) -> list[str]:
@@ -77,9 +83,9 @@ def generator_overrides(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
 
-def preflight_checks(config, args, styles: list[str], overrides: dict[str, str], refine_steps: int) -> None:
-    """The input, every style's G', the encoder (the base G and LPIPS for refinement, LPIPS for a new reference)
-    and the output, before any work."""
+def preflight_checks(config, args, styles: list[str], overrides: dict[str, str], base_steps: int) -> None:
+    """The input, every style's G', the encoder (the base G and LPIPS when `base_steps` of refinement or pivotal
+    tuning are asked for, LPIPS for a new reference) and the output, before any work."""
     from fstrain import preflight
 
     if not styles:
@@ -87,8 +93,8 @@ def preflight_checks(config, args, styles: list[str], overrides: dict[str, str],
     preflight.input_exists(args.input, "INPUT")
     if args.reference:
         preflight.input_exists(args.reference, "--reference")
-    needed = ["encoder_wplus"] + (["base_generator"] if refine_steps else []) \
-        + (["lpips_backbone"] if args.reference or refine_steps else [])
+    needed = ["encoder_wplus"] + (["base_generator"] if base_steps else []) \
+        + (["lpips_backbone"] if args.reference or base_steps else [])
     preflight.models_exist(config, args.root, needed, args.config)
     preflight.published_generators_exist(args.root, styles, overrides)
     preflight.storage_usable(args.out, "--out", write=True)
@@ -115,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine-steps", type=int, default=None,
                         help="refine each face's code against the base G for N steps (default: config "
                              "stylize.refine_steps; 0 = the encoder's codes)")
+    parser.add_argument("--pivotal-steps", type=int, default=None,
+                        help="tune a copy of the base G on each face for N steps and render by G' + that change "
+                             "(default: config stylize.pivotal_steps; 0 = G' as it is)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -128,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     seed = cfg.seed if args.seed is None else check_value(args.seed, Count, "--seed")
     refine_steps = cfg.refine_steps if args.refine_steps is None else check_value(args.refine_steps, Count,
                                                                                  "--refine-steps")
+    pivotal_steps = cfg.pivotal_steps if args.pivotal_steps is None else check_value(args.pivotal_steps, Count,
+                                                                                    "--pivotal-steps")
     styles = [s for s in args.styles.split(",") if s]
     overrides = generator_overrides(args.generator)
-    preflight_checks(config, args, styles, overrides, refine_steps)
+    preflight_checks(config, args, styles, overrides, refine_steps + pivotal_steps)
 
     stylizer = load_stylizer(config, root=args.root, styles=styles, generator_uris=overrides, device=args.device,
-                             refine_steps=refine_steps)
+                             refine_steps=refine_steps, pivotal_steps=pivotal_steps)
     size = next(iter(stylizer.generators.values())).size
     inputs = list_inputs(args.input)
     from tqdm import tqdm   # on stderr; TQDM_DISABLE=1 silences it
@@ -141,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     faces = torch.cat([pil_to_tensor(read_image(uri)[0], size)
                        for uri in tqdm(inputs, desc="read faces", unit="image", leave=False)]).to(args.device)
     w_plus = stylizer.encode(faces)
+    pivots = stylizer.pivots(faces, w_plus)
 
     reference_tensor, ref_id = None, args.reference_id
     if args.reference:
@@ -151,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     lpips = None
 
     for style in tqdm(styles, desc=f"stylize {len(inputs)} faces", unit="style"):
-        row_cells = [to_uint8(faces), to_uint8(stylizer.general(w_plus, style))]
-        multimodal = stylizer.multimodal(w_plus, style, k, psi, n, seed)
+        row_cells = [to_uint8(faces), to_uint8(stylizer.general(w_plus, style, pivots))]
+        multimodal = stylizer.multimodal(w_plus, style, k, psi, n, seed, pivots)
         row_cells += [to_uint8(multimodal[:, i]) for i in range(n)]
         if ref_id:
             generator = stylizer.generator(style)
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             code, reused = store.get_or_invert(style, ref_id, invert, generator_fingerprint(generator))
             print(f"[{style}] reference {ref_id}: {'reused stored code' if reused else 'inverted and stored'} "
                   f"({store.uri(style, ref_id)})", file=sys.stderr)
-            row_cells.append(to_uint8(stylizer.reference(w_plus, style, code, k)))
+            row_cells.append(to_uint8(stylizer.reference(w_plus, style, code, k, pivots)))
         grid = [[column[i] for column in row_cells] for i in range(len(inputs))]
         out_uri = storage.join(args.out, f"{style}_grid.png")
         labels = ["input", "general", *(f"multi {i + 1}" for i in range(n)), *(["reference"] if ref_id else [])]

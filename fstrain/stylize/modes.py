@@ -1,7 +1,8 @@
 """The three stylization modes on batches of aligned faces: general, multimodal, reference-guided.
 
 All three start from the content code w+ = E_w+(x) of the input photo (encode once, render every style), refined
-by optimisation against the base G when the Stylizer has a `CodeRefiner` (fstrain.stylize.refine):
+by optimisation against the base G when the Stylizer has a `CodeRefiner` (fstrain.stylize.refine), and rendered by
+G' + the face's own weight change when it has a `PivotalTuner` (fstrain.stylize.pivotal; `pivots(...)`):
 - general:         y = G'(w+)
 - multimodal:      layers >= k of w+ replaced by random z+ mapped layer by layer and truncated toward
                    G''s mean w with psi; `n` samples per face.
@@ -20,6 +21,7 @@ from torch import nn
 
 from fstrain.models.checkpoints import MEAN_LATENT_SAMPLES
 from fstrain.models.latents import broadcast_w, mix_layers, truncate
+from fstrain.stylize.pivotal import Delta, DeltaRenderer, PivotalTuner
 from fstrain.stylize.refine import CodeRefiner
 
 
@@ -28,11 +30,13 @@ class Stylizer:
 
     `latent_avgs[style]` is G''s mean w (the checkpoint's `latent_avg`); when missing it is estimated once from
     `MEAN_LATENT_SAMPLES` mapped z with a fixed seed, so results stay reproducible. With a `refiner`, `encode`
-    returns the encoder's codes refined against the base G (hybrid inversion).
+    returns the encoder's codes refined against the base G (hybrid inversion). With a `tuner`, `pivots(images, w+)`
+    gives each face's weight change and every mode renders a face by G' + its change when given `pivots`.
     """
 
     def __init__(self, encoder_wplus: nn.Module, generators: Mapping[str, nn.Module],
-                 latent_avgs: Mapping[str, torch.Tensor] | None = None, refiner: CodeRefiner | None = None):
+                 latent_avgs: Mapping[str, torch.Tensor] | None = None, refiner: CodeRefiner | None = None,
+                 tuner: PivotalTuner | None = None):
         if not generators:
             raise ValueError("Stylizer needs at least one style generator")
         n_latents = {style: g.n_latent for style, g in generators.items()}
@@ -42,9 +46,12 @@ class Stylizer:
         self.generators = {style: g.eval() for style, g in generators.items()}
         self.n_latent = next(iter(n_latents.values()))
         self.refiner = refiner
-        if refiner is not None and refiner.generator.n_latent != self.n_latent:
-            raise ValueError(f"the base generator used for refinement has n_latent {refiner.generator.n_latent}; "
-                             f"the style generators have {self.n_latent}: they must come from the same base G")
+        self.tuner = tuner
+        for name, base in (("refinement", refiner), ("pivotal tuning", tuner)):
+            if base is not None and base.generator.n_latent != self.n_latent:
+                raise ValueError(f"the base generator used for {name} has n_latent {base.generator.n_latent}; "
+                                 f"the style generators have {self.n_latent}: they must come from the same base G")
+        self._delta_renderers: dict[str, DeltaRenderer] = {}
         self._latent_avgs: dict[str, torch.Tensor] = {}
         for style, avg in (latent_avgs or {}).items():
             self._latent_avgs[style] = avg.detach().reshape(1, -1)
@@ -81,15 +88,23 @@ class Stylizer:
             w_plus = self.refiner(images, w_plus)
         return w_plus
 
+    def pivots(self, images: torch.Tensor, w_plus: torch.Tensor) -> list[Delta] | None:
+        """Each face's pivotal weight change around its code (None without a tuner: render by G' as it is)."""
+        return None if self.tuner is None else self.tuner(images, w_plus)
+
     @torch.no_grad()
-    def render(self, w_plus: torch.Tensor, style: str) -> torch.Tensor:
-        """G'(w+) with G''s stored noise: (N, n_latent, D) -> (N, 3, H, W)."""
+    def render(self, w_plus: torch.Tensor, style: str, pivots: list[Delta] | None = None) -> torch.Tensor:
+        """G'(w+) with G''s stored noise: (N, n_latent, D) -> (N, 3, H, W); with `pivots`, face i by G' + pivots[i]."""
         g = self.generator(style)
+        if pivots is not None:
+            if style not in self._delta_renderers:
+                self._delta_renderers[style] = DeltaRenderer(g)
+            return self._delta_renderers[style].render(w_plus, pivots)
         return g.synthesis(w_plus.to(g.input.input.device), randomize_noise=False)
 
-    def general(self, w_plus: torch.Tensor, style: str) -> torch.Tensor:
+    def general(self, w_plus: torch.Tensor, style: str, pivots: list[Delta] | None = None) -> torch.Tensor:
         """General stylization: y = G'(w+)."""
-        return self.render(w_plus, style)
+        return self.render(w_plus, style, pivots)
 
     @torch.no_grad()
     def multimodal_codes(self, w_plus: torch.Tensor, style: str, k: int, psi: float, n: int,
@@ -109,12 +124,13 @@ class Stylizer:
         return torch.stack(mixed, 1)
 
     @torch.no_grad()
-    def multimodal(self, w_plus: torch.Tensor, style: str, k: int, psi: float, n: int, seed: int) -> torch.Tensor:
+    def multimodal(self, w_plus: torch.Tensor, style: str, k: int, psi: float, n: int, seed: int,
+                   pivots: list[Delta] | None = None) -> torch.Tensor:
         """Multimodal stylization: (N, n, 3, H, W), `n` samples per face differing only in layers >= k."""
         codes = self.multimodal_codes(w_plus, style, k, psi, n, seed)
         # One render per sample index over the face batch: the same batching as `general`, so k = n_latent
         # gives exactly the general images (grouped convs round differently for other batch sizes).
-        return torch.stack([self.render(codes[:, i], style) for i in range(n)], 1)
+        return torch.stack([self.render(codes[:, i], style, pivots) for i in range(n)], 1)
 
     @torch.no_grad()
     def reference_codes(self, w_plus: torch.Tensor, reference_w: torch.Tensor, k: int) -> torch.Tensor:
@@ -122,8 +138,9 @@ class Stylizer:
         reference_w = reference_w.reshape(1, -1).to(w_plus.device, w_plus.dtype)
         return mix_layers(w_plus, broadcast_w(reference_w, self.n_latent), k)
 
-    def reference(self, w_plus: torch.Tensor, style: str, reference_code, k: int) -> torch.Tensor:
+    def reference(self, w_plus: torch.Tensor, style: str, reference_code, k: int,
+                  pivots: list[Delta] | None = None) -> torch.Tensor:
         """Reference-guided stylization with a `ReferenceCode` (or a plain w tensor) inverted for this style's G'."""
         reference_w = getattr(reference_code, "w", reference_code)
         return self.render(self.reference_codes(w_plus.to(self.generator(style).input.input.device),
-                                                reference_w, k), style)
+                                                reference_w, k), style, pivots)

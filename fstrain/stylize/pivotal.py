@@ -1,0 +1,126 @@
+"""Pivotal tuning: what a face's code cannot say, a small per-face change of the generator's weights can.
+
+A W+ code (even refined, fstrain.stylize.refine) only reaches faces the base G can draw; a rare detail (a bun, curls,
+glasses rims at 64 px) outside that range is lost before any style sees it. Pivotal tuning (Roich et al., PTI)
+fine-tunes a copy of the base G's synthesis weights on one photo with the code w held fixed (the pivot), until
+G_tuned(w) draws the photo. The change `delta = G_tuned - G` is then added to each style's G' and the face rendered
+by G' + delta at w, as HyperStyle carries its per-image weight offsets over to fine-tuned generators: G' began as a
+copy of G, so the same change of the same weights draws the same detail, in the style.
+
+    min_theta  weighted L1(G_theta(w), x) + LPIPS(G_theta(w), x)      (CodeRefiner's per-face loss, w fixed)
+
+Only synthesis weights move (the mapping network is irrelevant to a fixed w); the stored noise maps stay, so the
+detail must live in the weights G' shares. Measured on validation identities (docs/study/pivotal_probe/): 1500
+steps at lr 0.002 carry glasses and buns into the styles; twice the delta breaks the faces.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fstrain.losses import ImageMetric
+from fstrain.stylize.refine import CodeRefiner, RefineSettings
+
+MAPPING_PREFIX = "style."      # rosinality's mapping network: not tuned, never part of a delta
+
+Delta = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PivotalSettings:
+    """The tuning's knobs (the config's stylize.pivotal_* keys)."""
+    steps: int = 1500
+    lr: float = 0.002
+
+    def describe(self) -> dict:
+        return {"steps": self.steps, "lr": self.lr}
+
+
+class PivotalTuner:
+    """`tuner(images, w_plus)` -> one Delta per face ({synthesis weight name: change}, on the base G's device).
+    Each face is tuned on its own from the untouched base G, so a face's delta does not depend on its batch."""
+
+    def __init__(self, base_generator: nn.Module, lpips: ImageMetric, settings: PivotalSettings):
+        if settings.steps < 1:
+            raise ValueError(f"pivotal tuning needs at least one step; got steps={settings.steps} (0 = do not tune: "
+                             f"leave the tuner out)")
+        self.generator = base_generator.eval().requires_grad_(False)
+        self.lpips = lpips
+        self.settings = settings
+
+    def _tune_one(self, image: torch.Tensor, w_plus: torch.Tensor) -> Delta:
+        tuned = copy.deepcopy(self.generator)
+        # the refiner's per-face loss (eye-band weighted L1 + LPIPS) with no anchor: here w stays, the weights move
+        loss_of = CodeRefiner(tuned, self.lpips, RefineSettings(lpips_weight=1.0, anchor_weight=0.0)).per_face_loss
+        weights = [p for name, p in tuned.named_parameters() if not name.startswith(MAPPING_PREFIX)]
+        for p in weights:
+            p.requires_grad_(True)
+        optimiser = torch.optim.Adam(weights, lr=self.settings.lr)
+        with torch.enable_grad():
+            for _ in range(self.settings.steps):
+                loss = loss_of(w_plus, image, w_plus).sum()
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+        before = dict(self.generator.named_parameters())
+        return {name: (p - before[name]).detach() for name, p in tuned.named_parameters()
+                if not name.startswith(MAPPING_PREFIX)}
+
+    def __call__(self, images: torch.Tensor, w_plus: torch.Tensor) -> list[Delta]:
+        size = self.generator.size
+        if images.shape[-1] != size or images.shape[-2] != size:
+            raise ValueError(f"pivotal tuning renders the base G at {size} px; faces are {tuple(images.shape[-2:])}: "
+                             f"the base generator and the style generators must share one resolution")
+        if images.shape[0] != w_plus.shape[0]:
+            raise ValueError(f"{images.shape[0]} faces but {w_plus.shape[0]} codes")
+        device = self.generator.input.input.device
+        images, w_plus = images.to(device).float(), w_plus.detach().to(device).float()
+        return [self._tune_one(images[i:i + 1], w_plus[i:i + 1]) for i in range(images.shape[0])]
+
+
+class DeltaRenderer:
+    """Render faces each through `generator + its delta`, without touching `generator`: one scratch copy whose
+    weights are overwritten per face (no model copy per face)."""
+
+    def __init__(self, generator: nn.Module):
+        self.generator = generator
+        self.scratch = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.original = {name: p.detach() for name, p in generator.named_parameters()}
+
+    @torch.no_grad()
+    def render(self, w_plus: torch.Tensor, deltas: list[Delta]) -> torch.Tensor:
+        if len(deltas) != w_plus.shape[0]:
+            raise ValueError(f"{w_plus.shape[0]} codes but {len(deltas)} pivotal deltas")
+        params = dict(self.scratch.named_parameters())
+        device = self.scratch.input.input.device
+        images = []
+        for i, delta in enumerate(deltas):
+            unknown = set(delta) - set(params)
+            if unknown:
+                raise ValueError(f"pivotal delta names weights this generator lacks: {sorted(unknown)[:3]}: the "
+                                 f"base G and the style generators must share one architecture")
+            for name, p in params.items():
+                p.copy_(self.original[name] + delta[name].to(p) if name in delta else self.original[name])
+            images.append(self.scratch.synthesis(w_plus[i:i + 1].to(device), randomize_noise=False))
+        return torch.cat(images)
+
+
+def tuner_from_config(config, root: str, device: str | torch.device = "cpu", steps: int | None = None,
+                      refiner: CodeRefiner | None = None) -> PivotalTuner | None:
+    """The tuner a pipeline config asks for (stylize.pivotal_steps, `steps` overriding it; stylize.pivotal_lr);
+    None when it asks for none. Its base G and perceptual net are the `refiner`'s when there is one (loaded once),
+    else models.base_generator and models.lpips_backbone through the model hub."""
+    from fstrain.models.hub import ModelHub
+
+    settings = PivotalSettings(steps=config.stylize.pivotal_steps if steps is None else steps,
+                               lr=config.stylize.pivotal_lr)
+    if not settings.steps:
+        return None
+    if refiner is not None:
+        return PivotalTuner(refiner.generator, refiner.lpips, settings)
+    hub = ModelHub(config.models, root)
+    generator = hub.generator(load_discriminator=False).generator.to(device)
+    return PivotalTuner(generator, hub.lpips(device), settings)
