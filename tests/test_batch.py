@@ -442,24 +442,14 @@ def test_stages_in_process_reference_mode_matches_stylizer(tmp_path, tiny_models
     assert storage.exists(storage.join(out, "_gallery", "anime", "f0.png.jpg"))
 
 
-def test_refinement_is_resolved_from_the_config_pinned_in_provenance_and_marked_in_the_latents(tmp_path,
-                                                                                                tiny_models):
-    """--refine-steps: the base G and LPIPS come from --config, their sha256 and the settings join the provenance,
-    the written w_plus is the refined code (not the encoder's) and the latents' meta says so."""
-    import json
-
-    import torch
-
-    from batch import stages
-    from batch.stylize import build_spec, parse_args
-    from fstrain.models.registry import sha256_file
-    from fstrain.stylize import CodeRefiner, RefineSettings
-    from fstrain.stylize.images import from_uint8
+def _base_model_job(tmp_path, tiny_models, *, seed: int, stylize_yaml: str, job_id: str):
+    """Two aligned photos, one published style and a --config naming the base G and LPIPS (what refinement and
+    pivotal tuning need): (faces (2, H, W, 3) uint8, config path, the job's flags without --config/--encoder, out)."""
     from support.portraits import portrait_photos
 
     root, inputs, out = str(tmp_path / "root"), str(tmp_path / "in"), str(tmp_path / "out")
     publish_styles(tiny_models, root, styles=("cartoon",))
-    faces = np.stack([p.array() for p in portrait_photos(2, tiny_models.size, seed=8)])
+    faces = np.stack([p.array() for p in portrait_photos(2, tiny_models.size, seed=seed)])
     for i, pixels in enumerate(faces):
         storage.write_bytes(storage.join(inputs, f"f{i}.png"), _png(pixels))
     t = tiny_models
@@ -468,9 +458,44 @@ def test_refinement_is_resolved_from_the_config_pinned_in_provenance_and_marked_
                       f"  base_generator: {t.generator}\n  encoder_wplus: {t.encoder_wplus}\n"
                       f"  encoder_zplus: {t.encoder_zplus}\n  identity: ''\n"
                       f"  lpips_backbone: {t.lpips_backbone}\n  lpips_net: {t.lpips_net}\n"
-                      "stylize:\n  refine_steps: 6\n  refine_lr: 0.05\n")
+                      f"stylize:\n{stylize_yaml}")
     base_args = ["--input", inputs, "--output", out, "--styles", "cartoon", "--root", root, "--aligned",
-                 "--job-id", "refined", "--min-input-side", "32"]
+                 "--job-id", job_id, "--min-input-side", "32"]
+    return faces, config, base_args, out
+
+
+def _run_inline(spec):
+    """The job's three stages in this process on every input: (the stylize actor, EncodeUpload's result)."""
+    import json
+
+    from batch import stages
+
+    spec.thumbnail_keys = []
+    items = list_inputs(spec.input)
+    batch = {"key": np.array([i["key"] for i in items], dtype=object),
+             "uri": np.array([i["uri"] for i in items], dtype=object)}
+    actor = stages.StylizeActor(spec)
+    result = stages.EncodeUpload(spec)(actor(stages.PrepareFaces(spec)(batch)))
+    assert result["status"].tolist() == ["ok"] * len(items), [json.loads(r)["message"] for r in result["record"]]
+    return actor, result
+
+
+def test_refinement_is_resolved_from_the_config_pinned_in_provenance_and_marked_in_the_latents(tmp_path,
+                                                                                                tiny_models):
+    """--refine-steps: the base G and LPIPS come from --config, their sha256 and the settings join the provenance,
+    the written w_plus is the refined code (not the encoder's) and the latents' meta says so."""
+    import json
+
+    import torch
+
+    from batch.stylize import build_spec, parse_args
+    from fstrain.models.registry import sha256_file
+    from fstrain.stylize import CodeRefiner, RefineSettings
+    from fstrain.stylize.images import from_uint8
+
+    t = tiny_models
+    faces, config, base_args, out = _base_model_job(tmp_path, t, seed=8, job_id="refined",
+                                                    stylize_yaml="  refine_steps: 6\n  refine_lr: 0.05\n")
     with pytest.raises(SystemExit, match="--refine-steps 3: .*pass --config with models.base_generator"):
         build_spec(parse_args(base_args + ["--encoder", t.encoder_wplus, "--refine-steps", "3"]))
     spec = build_spec(parse_args(base_args + ["--config", str(config)]))
@@ -481,13 +506,7 @@ def test_refinement_is_resolved_from_the_config_pinned_in_provenance_and_marked_
     assert "refine" not in build_spec(parse_args(base_args + ["--config", str(config), "--refine-steps", "0"])
                                       ).provenance
 
-    spec.thumbnail_keys = []
-    items = list_inputs(inputs)
-    batch = {"key": np.array([i["key"] for i in items], dtype=object),
-             "uri": np.array([i["uri"] for i in items], dtype=object)}
-    actor = stages.StylizeActor(spec)
-    result = stages.EncodeUpload(spec)(actor(stages.PrepareFaces(spec)(batch)))
-    assert result["status"].tolist() == ["ok", "ok"], [json.loads(r)["message"] for r in result["record"]]
+    actor, _ = _run_inline(spec)
 
     aligned = from_uint8(faces)
     with torch.no_grad():
@@ -514,22 +533,10 @@ def test_pivotal_tuning_renders_each_photo_by_its_own_weights_and_is_pinned_in_p
     from fstrain.models.registry import sha256_file
     from fstrain.stylize import PivotalSettings
     from fstrain.stylize.images import from_uint8, to_uint8
-    from support.portraits import portrait_photos
 
-    root, inputs, out = str(tmp_path / "root"), str(tmp_path / "in"), str(tmp_path / "out")
-    publish_styles(tiny_models, root, styles=("cartoon",))
-    faces = np.stack([p.array() for p in portrait_photos(2, tiny_models.size, seed=13)])
-    for i, pixels in enumerate(faces):
-        storage.write_bytes(storage.join(inputs, f"f{i}.png"), _png(pixels))
     t = tiny_models
-    config = tmp_path / "job.yaml"
-    config.write_text("models:\n"
-                      f"  base_generator: {t.generator}\n  encoder_wplus: {t.encoder_wplus}\n"
-                      f"  encoder_zplus: {t.encoder_zplus}\n  identity: ''\n"
-                      f"  lpips_backbone: {t.lpips_backbone}\n  lpips_net: {t.lpips_net}\n"
-                      "stylize:\n  pivotal_steps: 4\n  pivotal_lr: 0.01\n")
-    base_args = ["--input", inputs, "--output", out, "--styles", "cartoon", "--root", root, "--aligned",
-                 "--job-id", "pivotal", "--min-input-side", "32"]
+    faces, config, base_args, out = _base_model_job(tmp_path, t, seed=13, job_id="pivotal",
+                                                    stylize_yaml="  pivotal_steps: 4\n  pivotal_lr: 0.01\n")
     with pytest.raises(SystemExit, match="--pivotal-steps 3: .*pass --config with models.base_generator"):
         build_spec(parse_args(base_args + ["--encoder", t.encoder_wplus, "--pivotal-steps", "3"]))
     spec = build_spec(parse_args(base_args + ["--config", str(config)]))
@@ -540,13 +547,7 @@ def test_pivotal_tuning_renders_each_photo_by_its_own_weights_and_is_pinned_in_p
     assert "pivotal" not in build_spec(parse_args(base_args + ["--config", str(config), "--pivotal-steps", "0"])
                                        ).provenance
 
-    spec.thumbnail_keys = []
-    items = list_inputs(inputs)
-    batch = {"key": np.array([i["key"] for i in items], dtype=object),
-             "uri": np.array([i["uri"] for i in items], dtype=object)}
-    actor = stages.StylizeActor(spec)
-    result = stages.EncodeUpload(spec)(actor(stages.PrepareFaces(spec)(batch)))
-    assert result["status"].tolist() == ["ok", "ok"], [json.loads(r)["message"] for r in result["record"]]
+    actor, _ = _run_inline(spec)
 
     aligned = from_uint8(faces)
     stylizer = actor.stylizer

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fstrain.losses import ImageMetric
-from fstrain.stylize.refine import CodeRefiner, RefineSettings
+from fstrain.stylize.refine import CodeRefiner, RefineSettings, check_faces_fit
 
 MAPPING_PREFIX = "style."      # rosinality's mapping network: not tuned, never part of a delta
 
@@ -70,10 +70,7 @@ class PivotalTuner:
                 if not name.startswith(MAPPING_PREFIX)}
 
     def __call__(self, images: torch.Tensor, w_plus: torch.Tensor) -> list[Delta]:
-        size = self.generator.size
-        if images.shape[-1] != size or images.shape[-2] != size:
-            raise ValueError(f"pivotal tuning renders the base G at {size} px; faces are {tuple(images.shape[-2:])}: "
-                             f"the base generator and the style generators must share one resolution")
+        check_faces_fit(self.generator, images, "pivotal tuning")
         if images.shape[0] != w_plus.shape[0]:
             raise ValueError(f"{images.shape[0]} faces but {w_plus.shape[0]} codes")
         device = self.generator.input.input.device

@@ -36,6 +36,14 @@ class RefineSettings:
                 "anchor_weight": self.anchor_weight}
 
 
+def check_faces_fit(base_generator: nn.Module, images: torch.Tensor, what: str) -> None:
+    """Faces compared with the base G's renders must be at its size (they were aligned for the style G')."""
+    size = base_generator.size
+    if images.shape[-1] != size or images.shape[-2] != size:
+        raise ValueError(f"{what} renders the base G at {size} px; faces are {tuple(images.shape[-2:])}: "
+                         f"the base generator and the style generators must share one resolution")
+
+
 class CodeRefiner:
     """`refiner(images, w_init)` -> refined w+ (same shape), images aligned faces in [-1, 1] at G's size.
     The base generator is frozen in place (requires_grad False, eval): only the codes receive gradients."""
@@ -66,10 +74,7 @@ class CodeRefiner:
         return loss
 
     def __call__(self, images: torch.Tensor, w_init: torch.Tensor) -> torch.Tensor:
-        size = self.generator.size
-        if images.shape[-1] != size or images.shape[-2] != size:
-            raise ValueError(f"refinement renders the base G at {size} px; faces are {tuple(images.shape[-2:])}: "
-                             f"the base generator and the style generators must share one resolution")
+        check_faces_fit(self.generator, images, "refinement")
         device = self._device()
         images = images.to(device).float()
         w_anchor = w_init.detach().to(device).float()
