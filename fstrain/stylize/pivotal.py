@@ -11,7 +11,8 @@ copy of G, so the same change of the same weights draws the same detail, in the 
 
 Only synthesis weights move (the mapping network is irrelevant to a fixed w); the stored noise maps stay, so the
 detail must live in the weights G' shares. Measured on validation identities (docs/study/pivotal_probe/): 500
-steps at lr 0.006 (or 1500 at 0.002) carry glasses, buns and hair style into the styles; twice the delta breaks faces.
+steps at lr 0.006 carry part of the glasses and hair style into the styles (the reader's errors drop in all five);
+twice the delta breaks faces.
 """
 from __future__ import annotations
 
