@@ -234,12 +234,11 @@ def _base_model_fields(args: argparse.Namespace, config, defaults, root: str) ->
     tuning (fstrain.stylize.pivotal): their settings, the base G and the perceptual net from the config; {} when
     neither is asked for."""
     from fstrain.models.hub import resolve_uri
-    from fstrain.stylize.pivotal import PivotalSettings
+    from fstrain.stylize.pivotal import pivotal_settings_from_config
     from fstrain.stylize.refine import settings_from_config
 
     refine = settings_from_config(defaults, args.refine_steps)
-    pivotal = PivotalSettings(steps=defaults.pivotal_steps if args.pivotal_steps is None else args.pivotal_steps,
-                              lr=defaults.pivotal_lr)
+    pivotal = pivotal_settings_from_config(defaults, args.pivotal_steps)
     asked = [f"{flag} {steps}" for flag, steps in (("--refine-steps", refine.steps), ("--pivotal-steps", pivotal.steps))
              if steps]
     if not asked:

@@ -84,7 +84,6 @@ class DeltaRenderer:
     weights are overwritten per face (no model copy per face)."""
 
     def __init__(self, generator: nn.Module):
-        self.generator = generator
         self.scratch = copy.deepcopy(generator).eval().requires_grad_(False)
         self.original = {name: p.detach() for name, p in generator.named_parameters()}
 
@@ -106,6 +105,13 @@ class DeltaRenderer:
         return torch.cat(images)
 
 
+def pivotal_settings_from_config(stylize_config, steps: int | None = None) -> PivotalSettings:
+    """The `stylize.pivotal_*` keys of a pipeline config (fstrain.settings.StylizeConfig); `steps` (a command
+    line's --pivotal-steps) overrides pivotal_steps when given."""
+    return PivotalSettings(steps=stylize_config.pivotal_steps if steps is None else steps,
+                           lr=stylize_config.pivotal_lr)
+
+
 def tuner_from_config(config, root: str, device: str | torch.device = "cpu", steps: int | None = None,
                       refiner: CodeRefiner | None = None) -> PivotalTuner | None:
     """The tuner a pipeline config asks for (stylize.pivotal_steps, `steps` overriding it; stylize.pivotal_lr);
@@ -113,8 +119,7 @@ def tuner_from_config(config, root: str, device: str | torch.device = "cpu", ste
     else models.base_generator and models.lpips_backbone through the model hub."""
     from fstrain.models.hub import ModelHub
 
-    settings = PivotalSettings(steps=config.stylize.pivotal_steps if steps is None else steps,
-                               lr=config.stylize.pivotal_lr)
+    settings = pivotal_settings_from_config(config.stylize, steps)
     if not settings.steps:
         return None
     if refiner is not None:
