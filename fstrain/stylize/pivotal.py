@@ -93,14 +93,16 @@ class DeltaRenderer:
             raise ValueError(f"{w_plus.shape[0]} codes but {len(deltas)} pivotal deltas")
         params = dict(self.scratch.named_parameters())
         device = self.scratch.input.input.device
-        images = []
+        images, loaded = [], None
         for i, delta in enumerate(deltas):
-            unknown = set(delta) - set(params)
-            if unknown:
-                raise ValueError(f"pivotal delta names weights this generator lacks: {sorted(unknown)[:3]}: the "
-                                 f"base G and the style generators must share one architecture")
-            for name, p in params.items():
-                p.copy_(self.original[name] + delta[name].to(p) if name in delta else self.original[name])
+            if delta is not loaded:     # a face's samples repeat its delta back to back: load its weights once
+                unknown = set(delta) - set(params)
+                if unknown:
+                    raise ValueError(f"pivotal delta names weights this generator lacks: {sorted(unknown)[:3]}: "
+                                     f"the base G and the style generators must share one architecture")
+                for name, p in params.items():
+                    p.copy_(self.original[name] + delta[name].to(p) if name in delta else self.original[name])
+                loaded = delta
             images.append(self.scratch.synthesis(w_plus[i:i + 1].to(device), randomize_noise=False))
         return torch.cat(images)
 
