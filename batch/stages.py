@@ -391,9 +391,7 @@ class StylizeActor:
             return self.stylizer.general(w_plus, style, pivots).unsqueeze(1), None
         if spec.mode == "multimodal":
             codes = self.stylizer.multimodal_codes(w_plus, style, spec.layer, spec.psi, spec.samples, spec.seed)
-            per_sample = None if pivots is None else [p for p in pivots for _ in range(spec.samples)]
-            images = self.stylizer.render(codes.flatten(0, 1), style, per_sample).unflatten(0, codes.shape[:2])
-            return images, codes
+            return self.stylizer.render_samples(codes, style, pivots), codes
         codes = self.stylizer.reference_codes(w_plus, self.references[style].w, spec.layer)
         return self.stylizer.render(codes, style, pivots).unsqueeze(1), codes.unsqueeze(1)
 

@@ -424,5 +424,10 @@ def test_stylizer_renders_each_face_by_its_own_generator_plus_delta(stylizer: St
     # multimodal and reference render through the same per-face weights
     multimodal = tuning.multimodal(w_plus, "cartoon", k=tuning.n_latent, psi=0.7, n=2, seed=0, pivots=pivots)
     torch.testing.assert_close(multimodal[:, 1], general)
+    mixed_codes = tuning.multimodal_codes(w_plus, "cartoon", k=2, psi=0.7, n=2, seed=0)
+    mixed = tuning.multimodal(w_plus, "cartoon", k=2, psi=0.7, n=2, seed=0, pivots=pivots)
+    for sample in range(2):         # face j's sample i is face j's code mix rendered by G' + face j's change
+        torch.testing.assert_close(mixed[:, sample], tuning.render(mixed_codes[:, sample], "cartoon", pivots))
+    assert (mixed[:, 0] - mixed[:, 1]).abs().max() > 1e-4
     with pytest.raises(ValueError, match="3 codes but 2 pivotal deltas"):
         tuning.general(w_plus, "anime", pivots[:2])

@@ -127,10 +127,20 @@ class Stylizer:
     def multimodal(self, w_plus: torch.Tensor, style: str, k: int, psi: float, n: int, seed: int,
                    pivots: list[Delta] | None = None) -> torch.Tensor:
         """Multimodal stylization: (N, n, 3, H, W), `n` samples per face differing only in layers >= k."""
-        codes = self.multimodal_codes(w_plus, style, k, psi, n, seed)
+        return self.render_samples(self.multimodal_codes(w_plus, style, k, psi, n, seed), style, pivots)
+
+    @torch.no_grad()
+    def render_samples(self, codes: torch.Tensor, style: str, pivots: list[Delta] | None = None) -> torch.Tensor:
+        """Codes (N, n, n_latent, D), n per face -> (N, n, 3, H, W); with `pivots`, face i's by G' + pivots[i]."""
+        faces, n = codes.shape[:2]
+        if pivots is not None:
+            # Face-major, each face's delta repeated for its samples back to back: the renderer loads a face's
+            # weights once, not once per sample, and renders one image at a time as `general` does with pivots.
+            repeated = [delta for delta in pivots for _ in range(n)]
+            return self.render(codes.flatten(0, 1), style, repeated).unflatten(0, (faces, n))
         # One render per sample index over the face batch: the same batching as `general`, so k = n_latent
         # gives exactly the general images (grouped convs round differently for other batch sizes).
-        return torch.stack([self.render(codes[:, i], style, pivots) for i in range(n)], 1)
+        return torch.stack([self.render(codes[:, i], style) for i in range(n)], 1)
 
     @torch.no_grad()
     def reference_codes(self, w_plus: torch.Tensor, reference_w: torch.Tensor, k: int) -> torch.Tensor:
