@@ -267,8 +267,9 @@ def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
 def load_models(spec: JobSpec, device: str):
     """The W+ encoder and every style's G' (with the base G and LPIPS, loaded once, when refining codes or tuning
     pivots) as a `fstrain.stylize.Stylizer` on `device`."""
-    from fstrain.models.hub import encoder_at, generator_at, lpips_at
-    from fstrain.stylize import CodeRefiner, PivotalSettings, PivotalTuner, RefineSettings, Stylizer
+    from fstrain.models.hub import encoder_at, generator_at
+    from fstrain.stylize import (CodeRefiner, PivotalSettings, PivotalTuner, RefineSettings, Stylizer,
+                                 load_base_models)
 
     # The hub's loaders: fetched once per machine (locked, pinned), format detected, loaded strictly.
     encoder = encoder_at(spec.encoder_uri, "w+", spec.encoder_sha256, device)
@@ -279,9 +280,9 @@ def load_models(spec: JobSpec, device: str):
         latent_avgs[style] = loaded.latent_avg.to(device)
     refiner = tuner = None
     if spec.refine or spec.pivotal:
-        base = generator_at(spec.base_generator_uri, spec.base_generator_sha256, load_discriminator=False)
-        base_generator = base.generator.to(device)
-        lpips = lpips_at(spec.lpips_uri, spec.lpips_net, spec.lpips_sha256, device)
+        base_generator, lpips = load_base_models(
+            base_generator_uri=spec.base_generator_uri, base_generator_sha256=spec.base_generator_sha256,
+            lpips_uri=spec.lpips_uri, lpips_net=spec.lpips_net, lpips_sha256=spec.lpips_sha256, device=device)
         if spec.refine:
             refiner = CodeRefiner(base_generator, lpips, RefineSettings(**spec.refine))
         if spec.pivotal:

@@ -54,7 +54,7 @@ def main() -> int:
             columns.append(generator.synthesis(codes, randomize_noise=False))
         labels.append(f"{name} E_w+")
         if args.refine_steps > 0:
-            # the G already loaded above (load_refiner would read generator.pt a second time)
+            # the G already loaded above (load_base_models would read generator.pt a second time)
             refiner = CodeRefiner(generator, lpips_at(str(folder / FILES["lpips_backbone"]), "alex"),
                                   RefineSettings(steps=args.refine_steps))
             refined = refiner(photos, codes)

@@ -4,7 +4,7 @@ inversion with stored, reusable codes (`invert_reference`, `ReferenceStore`), hy
 from fstrain.stylize.modes import Stylizer  # noqa: F401
 from fstrain.stylize.pivotal import (DeltaRenderer, PivotalSettings, PivotalTuner,  # noqa: F401
                                      tuner_from_config)
-from fstrain.stylize.refine import (CodeRefiner, RefineSettings, load_refiner,  # noqa: F401
-                                    refiner_from_config, settings_from_config)
+from fstrain.stylize.refine import (CodeRefiner, RefineSettings, base_models_from_config,  # noqa: F401
+                                    load_base_models, refiner_from_config, settings_from_config)
 from fstrain.stylize.reference import (ReferenceCode, ReferenceStore, generator_fingerprint,  # noqa: F401
                                        invert_reference, reference_id)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fstrain.losses import ImageMetric
-from fstrain.stylize.refine import CodeRefiner, RefineSettings, check_faces_fit
+from fstrain.stylize.refine import CodeRefiner, RefineSettings, base_models_from_config, check_faces_fit
 
 MAPPING_PREFIX = "style."      # rosinality's mapping network: not tuned, never part of a delta
 
@@ -118,14 +118,10 @@ def tuner_from_config(config, root: str, device: str | torch.device = "cpu", ste
                       refiner: CodeRefiner | None = None) -> PivotalTuner | None:
     """The tuner a pipeline config asks for (stylize.pivotal_steps, `steps` overriding it; stylize.pivotal_lr);
     None when it asks for none. Its base G and perceptual net are the `refiner`'s when there is one (loaded once),
-    else models.base_generator and models.lpips_backbone through the model hub."""
-    from fstrain.models.hub import ModelHub
-
+    else the config's (`base_models_from_config`, as the refiner loads them)."""
     settings = pivotal_settings_from_config(config.stylize, steps)
     if not settings.steps:
         return None
     if refiner is not None:
         return PivotalTuner(refiner.generator, refiner.lpips, settings)
-    hub = ModelHub(config.models, root)
-    generator = hub.generator(load_discriminator=False).generator.to(device)
-    return PivotalTuner(generator, hub.lpips(device), settings)
+    return PivotalTuner(*base_models_from_config(config, root, device), settings)

@@ -112,24 +112,29 @@ def settings_from_config(stylize_config, steps: int | None = None) -> RefineSett
 
 def refiner_from_config(config, root: str, device: str | torch.device = "cpu",
                         steps: int | None = None) -> CodeRefiner | None:
-    """The refiner a pipeline config asks for (stylize.refine_*, `steps` overriding refine_steps), with its
-    models.base_generator and models.lpips_backbone (fetched once, verified against the config's sha256 pins);
-    None when it asks for no refinement."""
-    from fstrain.models.hub import ModelHub
-
+    """The refiner a pipeline config asks for (stylize.refine_*, `steps` overriding refine_steps), with the config's
+    base G and perceptual net (`base_models_from_config`); None when it asks for no refinement."""
     settings = settings_from_config(config.stylize, steps)
     if not settings.steps:
         return None
+    return CodeRefiner(*base_models_from_config(config, root, device), settings)
+
+
+def base_models_from_config(config, root: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ImageMetric]:
+    """(base G, perceptual net): models.base_generator (models.base_generator_which, default g_ema) and
+    models.lpips_backbone of a pipeline config through the model hub (fetched once, verified against the config's
+    sha256 pins), as refinement and pivotal tuning render and measure with them."""
+    from fstrain.models.hub import ModelHub
+
     hub = ModelHub(config.models, root)
-    return load_refiner(settings, base_generator_uri=str(hub.path("base_generator")),
-                        lpips_uri=str(hub.path("lpips_backbone")), lpips_net=config.models.lpips_net, device=device)
+    return hub.generator(load_discriminator=False).generator.to(device), hub.lpips(device)
 
 
-def load_refiner(settings: RefineSettings, *, base_generator_uri: str, lpips_uri: str, lpips_net: str = "vgg",
-                 base_generator_sha256: str | None = None, lpips_sha256: str | None = None,
-                 device: str | torch.device = "cpu") -> CodeRefiner:
-    """A CodeRefiner with the base G (g_ema) and the perceptual net read through the model hub."""
+def load_base_models(*, base_generator_uri: str, lpips_uri: str, lpips_net: str = "vgg",
+                     base_generator_sha256: str | None = None, lpips_sha256: str | None = None,
+                     device: str | torch.device = "cpu") -> tuple[nn.Module, ImageMetric]:
+    """(base G (g_ema), perceptual net) read through the model hub's loaders, on `device`."""
     from fstrain.models.hub import generator_at, lpips_at
 
     generator = generator_at(base_generator_uri, base_generator_sha256, load_discriminator=False).generator
-    return CodeRefiner(generator.to(device), lpips_at(lpips_uri, lpips_net, lpips_sha256, device), settings)
+    return generator.to(device), lpips_at(lpips_uri, lpips_net, lpips_sha256, device)
