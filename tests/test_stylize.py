@@ -11,6 +11,7 @@ import torch
 
 from fstrain.data import storage
 from support.portraits import portrait_photos, style_images
+from support.tiny_models import add_delta
 from fstrain.losses import perceptual_distance
 from fstrain.models.latents import broadcast_w
 from fstrain.models.psp import PSPEncoder, build_encoder
@@ -370,10 +371,8 @@ def test_pivotal_tuning_draws_the_face_closer_and_leaves_the_generator_and_mappi
     assert set(deltas[0]) == {n for n, _ in base.named_parameters() if not n.startswith("style.")}
     for i, delta in enumerate(deltas):
         tuned = tiny_generator(1)
+        add_delta(tuned, delta)
         with torch.no_grad():
-            for name, p in tuned.named_parameters():
-                if name in delta:
-                    p.add_(delta[name])
             l1_before = (base.synthesis(w_plus[i:i + 1]) - faces[i:i + 1]).abs().mean()
             l1_after = (tuned.synthesis(w_plus[i:i + 1]) - faces[i:i + 1]).abs().mean()
         assert l1_after < 0.8 * l1_before, (i, l1_before, l1_after)
@@ -412,10 +411,7 @@ def test_stylizer_renders_each_face_by_its_own_generator_plus_delta(stylizer: St
     assert all(torch.equal(v, before[k]) for k, v in cartoon.state_dict().items())     # G' itself untouched
     for i in (0, 2):
         moved = tiny_generator(1)                       # the cartoon G' (same seed), plus face i's change
-        with torch.no_grad():
-            for name, p in moved.named_parameters():
-                if name in pivots[i]:
-                    p.add_(pivots[i][name])
+        add_delta(moved, pivots[i])
         torch.testing.assert_close(general[i:i + 1], moved.synthesis(w_plus[i:i + 1]), rtol=1e-4, atol=1e-5)
     assert (general - tuning.general(w_plus, "cartoon")).abs().max() > 1e-4
     zero = [{name: torch.zeros_like(d) for name, d in pivots[0].items()}] * 3

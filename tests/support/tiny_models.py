@@ -62,3 +62,14 @@ def make_tiny_models(root: Path, **overrides: Any) -> TinyModels:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """Paths of the shared tiny random model set (see module docstring)."""
     return make_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+def add_delta(generator, delta) -> None:
+    """Add a pivotal delta ({weight name: change}) to `generator`'s weights in place: the tests' own, plain reference
+    for what fstrain.stylize.DeltaRenderer renders."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in generator.named_parameters():
+            if name in delta:
+                p.add_(delta[name])
