@@ -33,27 +33,26 @@ sys.path.insert(0, str(REPO))
 from refine_probe import PER_ATTRIBUTE, SHOWN  # noqa: E402 - scripts/, beside this file
 from validation_probe import add_common_flags, load_setup, markdown_table  # noqa: E402
 
-MAPPING_PREFIX = "style."
-
-
 def is_convolution(name: str, weight) -> bool:
     """A modulated convolution's (1, out, in, k, k) kernel: where HyperStyle puts its per-channel offsets."""
     return name.endswith("conv.weight") and weight.dim() == 5
 
 
 def main() -> int:
+    import copy
+
     import numpy as np
     import torch
     import torch.nn.functional as F
     from PIL import Image
-    from torch.func import functional_call
+    from torch.nn.utils import parametrize
 
     from fstrain import layout
-    from fstrain.losses import SemanticLoss, face_weight_map, perceptual_distance
+    from fstrain.losses import SemanticLoss
     from fstrain.study.evaluation import TestSet, ground_truth_fidelity, render_test_images
     from fstrain.stylize.images import to_uint8
     from fstrain.stylize.pivotal import DeltaRenderer, PivotalSettings, PivotalTuner
-    from fstrain.stylize.refine import FEATURE_WEIGHT, CodeRefiner, encode_in_batches, settings_from_config
+    from fstrain.stylize.refine import CodeRefiner, RefineSettings, encode_in_batches, settings_from_config
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser, root_help="a root `make demo` wrote (models, published styles, runs/<run-id>)",
@@ -77,17 +76,60 @@ def main() -> int:
     codes = encode_in_batches(setup.encoder, photos, args.batch_size,
                               CodeRefiner(base, lpips, refine) if refine.steps else None)
 
-    class Synthesis(torch.nn.Module):
-        """g.synthesis as a module, so functional_call can render it with substituted weights."""
-        def __init__(self, generator):
+    class ChannelScale(torch.nn.Module):
+        """W = W_G * (1 + r): a parametrised kernel whose trainable original is r, one offset per (out, in) channel."""
+        def __init__(self, weight):
             super().__init__()
-            self.g = generator
+            self.register_buffer("base", weight.detach().clone())
 
-        def forward(self, w_plus):
-            return self.g.synthesis(w_plus, randomize_noise=False)
+        def forward(self, r):
+            return self.base * (1 + r)
 
-    def synthesis_weights(generator) -> dict:
-        return {n: p.detach() for n, p in generator.named_parameters() if not n.startswith(MAPPING_PREFIX)}
+        def right_inverse(self, weight):
+            return torch.zeros(1, weight.shape[1], weight.shape[2], 1, 1, dtype=weight.dtype)
+
+    def owner(generator, name: str):
+        return generator.get_submodule(name.rsplit(".", 1)[0])
+
+    def tune_channel_scales(image, w_plus) -> dict:
+        """One face's offsets r ({kernel name: (1, out, in, 1, 1)}), tuned with PivotalTuner's loss and optimiser."""
+        tuned = copy.deepcopy(base)
+        names = [n for n, w in tuned.named_parameters() if is_convolution(n, w)]
+        for name in names:
+            parametrize.register_parametrization(owner(tuned, name), "weight", ChannelScale(owner(tuned, name).weight),
+                                                 unsafe=True)
+        loss_of = CodeRefiner(tuned, lpips, RefineSettings(lpips_weight=1.0, anchor_weight=0.0)).per_face_loss
+        offsets = {name: owner(tuned, name).parametrizations.weight.original for name in names}
+        for r in offsets.values():
+            r.requires_grad_(True)
+        optimiser = torch.optim.Adam(list(offsets.values()), lr=args.lr)
+        with torch.enable_grad():
+            for _ in range(args.steps):
+                loss = loss_of(w_plus, image, w_plus).sum()
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+        return {name: r.detach().clone() for name, r in offsets.items()}
+
+    def tune_semantic(g, d, semantic, delta, w_plus, target) -> dict:
+        """One face's change of G', started at its base-G delta, tuned with the fine-tune's loss at the pivot."""
+        tuned = copy.deepcopy(g).requires_grad_(False)
+        original = dict(g.named_parameters())
+        params = {n: p for n, p in tuned.named_parameters() if n in delta}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(original[n] + delta[n])
+        for p in params.values():
+            p.requires_grad_(True)
+        optimiser = torch.optim.Adam(list(params.values()), lr=args.semantic_lr)
+        with torch.enable_grad():
+            for _ in range(args.semantic_steps):
+                x = tuned.synthesis(w_plus, randomize_noise=False)
+                loss = F.softplus(-d(x)).mean() + setup.config.train.lambda_sem * semantic(target, x)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+        return {n: (p - original[n]).detach() for n, p in params.items()}
 
     seconds = {}
     started = time.perf_counter()
@@ -98,27 +140,13 @@ def main() -> int:
     scales = []
     if "channel-scale" in args.transfer:
         started = time.perf_counter()
-        weights, call = synthesis_weights(base), Synthesis(base)
-        pixel_weight = face_weight_map(base.size, FEATURE_WEIGHT)
-        for i in range(photos.shape[0]):
-            r = {n: torch.zeros(1, w.shape[1], w.shape[2], 1, 1, requires_grad=True)
-                 for n, w in weights.items() if is_convolution(n, w)}
-            optimiser = torch.optim.Adam(list(r.values()), lr=args.lr)
-            for _ in range(args.steps):     # the refiner's loss, as PivotalTuner's: eye-band weighted L1 + LPIPS
-                x = functional_call(call, {"g." + n: w * (1 + r[n]) if n in r else w for n, w in weights.items()},
-                                    (codes[i:i + 1],))
-                loss = ((x - photos[i:i + 1]).abs() * pixel_weight).mean() + \
-                    perceptual_distance(lpips, x, photos[i:i + 1]).sum()
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-            scales.append({n: t.detach() for n, t in r.items()})
+        scales = [tune_channel_scales(photos[i:i + 1], codes[i:i + 1]) for i in range(photos.shape[0])]
         seconds["channel-scale"] = (time.perf_counter() - started) / len(scales)
 
     def scaled_deltas(generator) -> list[dict]:
-        """Each face's channel offsets as an additive change of this generator's own weights: W * r."""
-        weights = synthesis_weights(generator)
-        return [{n: weights[n] * r for n, r in face.items()} for face in scales]
+        """Each face's channel offsets as an additive change of this generator's own kernels: W * r."""
+        weights = dict(generator.named_parameters())
+        return [{n: weights[n].detach() * r for n, r in face.items()} for face in scales]
 
     def measured(outputs, truths):
         row = ground_truth_fidelity(outputs, truths, setup.instruments, args.batch_size, setup.device)
@@ -136,8 +164,10 @@ def main() -> int:
     if scales:
         results["rows"]["base G reconstruction (vs photo)"]["G channel-scaled"] = measured(
             DeltaRenderer(base).render(codes, scaled_deltas(base)), photos)
-    tc = setup.config.train
-    semantic = SemanticLoss(lpips, hub.identity(setup.device), tc.lambda_id, lambda_eyes=tc.lambda_eyes)
+    semantic = None
+    if "semantic" in args.transfer:
+        tc = setup.config.train
+        semantic = SemanticLoss(lpips, hub.identity(setup.device), tc.lambda_id, lambda_eyes=tc.lambda_eyes)
     semantic_seconds = 0.0
     for style in args.styles:
         g = hub.generator_at(layout.published_generator(root, style), load_discriminator=False).generator.eval()
@@ -146,29 +176,18 @@ def main() -> int:
             outputs = {"G'": g.synthesis(codes), "G' + delta": DeltaRenderer(g).render(codes, deltas)}
         if scales:
             outputs["G' channel-scaled"] = DeltaRenderer(g).render(codes, scaled_deltas(g))
-        if "semantic" in args.transfer:
+        if semantic is not None:
             started = time.perf_counter()
             checkpoint = sorted(Path(layout.mode_run(root, args.run_id, style, "sc+pc"), "checkpoints").glob("*.pt"))[-1]
             d = hub.generator_at(str(checkpoint)).discriminator.eval().requires_grad_(False)
-            weights, call = synthesis_weights(g.requires_grad_(False)), Synthesis(g)
-            tuned = []
-            for i, delta in enumerate(deltas):
-                change = {n: delta[n].clone().requires_grad_(True) for n in delta}
-                optimiser = torch.optim.Adam(list(change.values()), lr=args.semantic_lr)
-                for _ in range(args.semantic_steps):
-                    x = functional_call(call, {"g." + n: w + change[n] for n, w in weights.items()},
-                                        (codes[i:i + 1],))
-                    loss = F.softplus(-d(x)).mean() + tc.lambda_sem * semantic(targets[i:i + 1], x)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                tuned.append({n: t.detach() for n, t in change.items()})
+            tuned = [tune_semantic(g, d, semantic, delta, codes[i:i + 1], targets[i:i + 1])
+                     for i, delta in enumerate(deltas)]
             semantic_seconds += (time.perf_counter() - started) / len(deltas)
             outputs["G' + semantic delta'"] = DeltaRenderer(g).render(codes, tuned)
         results["rows"][style] = {name: measured(images, truths) for name, images in outputs.items()}
         strip_sheet([photos, truths, *outputs.values()], out / f"{style}.jpg")
         print(f"{style} measured", file=sys.stderr, flush=True)
-    if "semantic" in args.transfer:
+    if semantic is not None:
         seconds["semantic (all styles)"] = semantic_seconds
     results["seconds_per_face"] = {k: round(v, 1) for k, v in seconds.items()}
     (out / "transfer.json").write_text(json.dumps(results, indent=1))
