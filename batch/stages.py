@@ -76,6 +76,7 @@ class JobSpec:
     pivotal: dict[str, Any] = field(default_factory=dict)
     base_generator_uri: str = ""
     base_generator_sha256: str | None = None
+    base_generator_which: str = "g_ema"     # models.base_generator_which: which generator of the file
     lpips_uri: str = ""
     lpips_net: str = "vgg"
     lpips_sha256: str | None = None
@@ -282,6 +283,7 @@ def load_models(spec: JobSpec, device: str):
     if spec.refine or spec.pivotal:
         base_generator, lpips = load_base_models(
             base_generator_uri=spec.base_generator_uri, base_generator_sha256=spec.base_generator_sha256,
+            base_generator_which=spec.base_generator_which,
             lpips_uri=spec.lpips_uri, lpips_net=spec.lpips_net, lpips_sha256=spec.lpips_sha256, device=device)
         if spec.refine:
             refiner = CodeRefiner(base_generator, lpips, RefineSettings(**spec.refine))

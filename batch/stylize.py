@@ -198,6 +198,8 @@ def _model_facts(encoder: str, generators: dict[str, str],
         base_models = {"base_generator": sha256_file(fetch(base_fields["base_generator_uri"],
                                                            base_fields["base_generator_sha256"])),
                        "lpips": sha256_file(fetch(base_fields["lpips_uri"], base_fields["lpips_sha256"]))}
+        if base_fields["base_generator_which"] != "g_ema":   # g and g_ema share one file, so one sha256
+            base_models["base_generator_which"] = base_fields["base_generator_which"]
         for key in ("refine", "pivotal"):
             if base_fields.get(key):
                 provenance[key] = {**base_fields[key], **base_models}
@@ -256,6 +258,7 @@ def _base_model_fields(args: argparse.Namespace, config, defaults, root: str) ->
     return {"refine": refine.describe() if refine.steps else {},
             "pivotal": pivotal.describe() if pivotal.steps else {}, **fields, "lpips_net": config.models.lpips_net,
             "base_generator_sha256": config.models.sha256.get("base_generator"),
+            "base_generator_which": config.models.base_generator_which,
             "lpips_sha256": config.models.sha256.get("lpips_backbone")}
 
 

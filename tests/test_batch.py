@@ -568,6 +568,41 @@ def test_pivotal_tuning_renders_each_photo_by_its_own_weights_and_is_pinned_in_p
             assert json.loads(str(latents["meta"]))["pivotal"] == settings.describe()
 
 
+def test_base_generator_which_reaches_the_workers_and_the_provenance(tmp_path, tiny_models):
+    """models.base_generator_which: g picks the file's training G for refinement on the workers (not g_ema, which
+    shares the file and so its sha256); the provenance says which, so records refined with g_ema are recomputed."""
+    import torch
+
+    from batch import stages
+    from batch.stylize import build_spec, parse_args, stale_reasons
+
+    t = tiny_models
+    _, config, base_args, _ = _base_model_job(tmp_path, t, seed=8, job_id="which",
+                                              stylize_yaml="  refine_steps: 2\n")
+    default_spec = build_spec(parse_args(base_args + ["--config", str(config)]))
+    assert default_spec.base_generator_which == "g_ema"
+    assert "base_generator_which" not in default_spec.provenance["refine"]      # g_ema jobs keep their provenance
+
+    checkpoint = torch.load(t.generator, map_location="cpu", weights_only=True)
+    torch.manual_seed(0)
+    checkpoint["g"] = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                       for k, v in checkpoint["g_ema"].items()}
+    two_generators = tmp_path / "g_and_g_ema.pt"
+    torch.save(checkpoint, two_generators)
+    config.write_text(config.read_text().replace(f"base_generator: {t.generator}\n",
+                                                 f"base_generator: {two_generators}\n  base_generator_which: g\n"))
+    spec = build_spec(parse_args(base_args + ["--config", str(config)]))
+    assert spec.base_generator_which == "g" and spec.provenance["refine"]["base_generator_which"] == "g"
+
+    loaded = stages.load_models(spec, "cpu").refiner.generator.state_dict()
+    name = "conv1.conv.weight"
+    assert torch.equal(loaded[name], checkpoint["g"][name]) and not torch.equal(loaded[name], checkpoint["g_ema"][name])
+    record = manifest.Record(key="f0.png", input="in/f0.png", status="ok",
+                             provenance={**spec.provenance, "refine": default_spec.provenance["refine"]})
+    assert stale_reasons([record], spec.provenance) == [
+        "code refinement changed (stylize.refine_*, base G or perceptual net): 1 ok record(s) recomputed"]
+
+
 # -------------------------------------------------------------- odd keys, storage faults, reruns (issue 21)
 from support.fault_proxy import fault_proxy  # noqa: E402,F401 - the fixture, for this module
 

@@ -131,10 +131,13 @@ def base_models_from_config(config, root: str, device: str | torch.device = "cpu
 
 
 def load_base_models(*, base_generator_uri: str, lpips_uri: str, lpips_net: str = "vgg",
-                     base_generator_sha256: str | None = None, lpips_sha256: str | None = None,
+                     base_generator_sha256: str | None = None, base_generator_which: str = "g_ema",
+                     lpips_sha256: str | None = None,
                      device: str | torch.device = "cpu") -> tuple[nn.Module, ImageMetric]:
-    """(base G (g_ema), perceptual net) read through the model hub's loaders, on `device`."""
+    """(base G (`base_generator_which` of the file), perceptual net) read through the model hub's loaders, on
+    `device`."""
     from fstrain.models.hub import generator_at, lpips_at
 
-    generator = generator_at(base_generator_uri, base_generator_sha256, load_discriminator=False).generator
+    generator = generator_at(base_generator_uri, base_generator_sha256, which=base_generator_which,
+                             load_discriminator=False).generator
     return generator.to(device), lpips_at(lpips_uri, lpips_net, lpips_sha256, device)
