@@ -220,8 +220,10 @@ def test_rerunning_one_stage_keeps_every_other_file_and_records_both_commands(ti
     assert after["command"] == before["command"]
     assert after["reruns"][0]["command"].endswith("--stages eval_perceptual")
     assert after["reruns"][0]["stages"] == ["eval_perceptual", "report"]
-    report = json.loads((copy / "instruments.json").read_text())
-    assert set(report["stages"]) == set(json.loads((out / "instruments.json").read_text())["stages"])
+    report, full_run = (json.loads((folder / "instruments.json").read_text()) for folder in (copy, out))
+    assert set(report["stages"]) == set(full_run["stages"])
+    # a rerun at another budget (0.5 vs the full run's 0.75 min) measures on the full run's data sizes
+    assert report["plan"] == full_run["plan"] and report["budget_seconds"] == full_run["budget_seconds"] == 45
     markdown = (copy / "instruments.md").read_text()
     assert "Rerun: `python -m fstrain.world.pretrain" in markdown
     made_by = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in markdown.splitlines()

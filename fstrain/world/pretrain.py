@@ -28,7 +28,8 @@ must beat. G and the encoders are stored in float16 before the report, so the re
 the generator's warm-start encoder is deleted once the encoders stage has started from it.
 
 --stages retrains only the named stages inside an OUT that a full run wrote (same --size and --seed; each stage
-gets its share of --budget-min), then rewrites the report, models.json and manifest; the manifest keeps the full
+gets its share of --budget-min, while data sizes and the report's held-out sets stay the full run's, so the report
+compares with it), then rewrites the report, models.json and manifest; the manifest keeps the full
 run's command and lists every rerun's, so the folder still says exactly how each file was made. A rerun of
 `generator` continues the folder's G/D with more adversarial steps, and one of `encoders` continues its E_w+
 (from the encoder trained alongside G when a generator rerun left one); `generator` needs `encoders` with it.
@@ -470,7 +471,7 @@ def pretrain_world(out: str | Path, budget_min: float = 60.0, size: int = 64, se
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     previous = _previous_report(out, size, seed) if only else None
-    plan = Plan.for_budget(budget_min * 60, size, seed)
+    plan = _full_run_plan(previous) if previous else Plan.for_budget(budget_min * 60, size, seed)
     wanted = tuple(k for k in STAGES if only is None or k in only or k == "report")
     stages = Stages(budget_min * 60, log, wanted)
     log(WARNING)
@@ -570,6 +571,15 @@ def _previous_report(out: Path, size: int, seed: int) -> dict[str, Any]:
         raise SystemExit(f"error: {out} was made with --size {previous.get('size')} --seed {previous.get('seed')}; "
                          f"a rerun must use the same (got --size {size} --seed {seed})")
     return previous
+
+
+def _full_run_plan(previous: dict[str, Any]) -> Plan:
+    """A rerun's data sizes: the full run's, so its report measures on the same held-out sets as the full run's (FID
+    and the other figures move with the sample counts) and the folder's plan stays one plan; --budget-min sets only
+    the rerun's time. Fields a report predates take what the full run's budget gives them."""
+    plan = Plan.for_budget(previous["budget_seconds"], previous["size"], previous["seed"])
+    known = {f.name for f in dataclasses.fields(Plan)}
+    return dataclasses.replace(plan, **{k: v for k, v in previous.get("plan", {}).items() if k in known})
 
 
 def machine() -> str:
