@@ -4,6 +4,7 @@
 #
 #   here, once:   bash scripts/device_world_g.sh prepare        # .devrun/: the demo's 12 photos + the lpips wheel
 #   device tool:  run  command="bash scripts/device_world_g.sh run"  carry=[".devrun"]  timeout_s=590
+#   (what travels: the tracked tree, 58 MB on 2026-12-07 with assets/world64, + .devrun 0.15 MB, of the 64 MiB allowed)
 #
 # On the device (python3 there holds torch; of our dependencies only lpips is missing, carried as a wheel):
 #   1. with GPU_TEST=1, tests/test_world.py's GPU test (G/D and encoders train on cuda, their files load on the CPU);
