@@ -48,9 +48,9 @@ run)
         --budget-min "${BUDGET_MIN:-10}" --size 64 --seed 0 --reference-autoencoder none --device "${DEVICE:-cuda}" 2>&1 | tee -a "$log"
     cp /tmp/W/instruments.md "$OUT/"
     # what the two stages and the report rewrote (the folder's other instruments are assets/world64's, unchanged)
-    changed=$(cd /tmp/W && ls generator.pt generator.pt.json encoder_wplus.pt encoder_zplus.pt generator_samples*.png \
-        encoders_preview.png instruments.json instruments.md models.json manifest.json 2>/dev/null)
-    tar -czf "$OUT/world64_gpu.tgz" -C /tmp/W $changed
+    tar -czf "$OUT/world64_gpu.tgz" -C /tmp/W generator.pt generator.pt.json encoder_wplus.pt encoder_zplus.pt \
+        generator_samples.png generator_samples_grid.png encoders_preview.png instruments.json instruments.md \
+        models.json manifest.json
     "$py" scripts/reconstruction_sheet.py "$OUT/sheet.png" --photos .devrun/photos \
         --folder assets/world64 --folder /tmp/W 2>&1 | tee -a "$log"
     ls -la "$OUT" | tee -a "$log"
