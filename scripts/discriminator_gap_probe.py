@@ -5,7 +5,7 @@ never saw, and on G's samples.
 
 Columns: `train_seen` (the first identities of the TRAIN photos G/D trained on, same views), `train_unseen` (TRAIN
 identities far past the ones drawn, same views), `heldout` (HELDOUT identities), `g_ema_fake` (g_ema at z ~ N(0, I),
-seeded). A D that memorises its training photos scores `train_seen` above `train_unseen`/`heldout` by a growing
+seeded, stored noise). A D that memorises its training photos scores `train_seen` above `train_unseen`/`heldout` by a growing
 margin (ADA's overfitting signal); a G that is short of capacity leaves `g_ema_fake` ever further below every real
 column while that margin stays flat. Figures are D's raw logits (D in eval mode), comparable between folders only as
 gaps.
@@ -13,7 +13,6 @@ gaps.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,9 +26,8 @@ def main() -> int:
     import torch
 
     from fstrain.data import storage
-    from fstrain.models.checkpoints import metadata_uri, read_checkpoint
+    from fstrain.models.hub import generator_at
     from fstrain.world.files import FILES
-    from fstrain.world.generator import GeneratorSettings
     from fstrain.world.splits import HELDOUT, TRAIN, render_identities
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,22 +41,19 @@ def main() -> int:
     print("| folder | train_seen | train_unseen | heldout | g_ema_fake | seen - heldout | heldout - fake |")
     print("|---|---|---|---|---|---|---|")
     for folder in args.folder:
-        generator_uri = storage.join(folder.rstrip("/"), FILES["generator"])
-        checkpoint = read_checkpoint(generator_uri)
-        metadata = json.loads(storage.read_bytes(metadata_uri(generator_uri)).decode("utf-8"))
-        settings = GeneratorSettings(**metadata["world_generator"]["settings"])
+        loaded = generator_at(storage.join(folder.rstrip("/"), FILES["generator"]))     # g_ema and d
+        g_ema, d = loaded.generator, loaded.discriminator
+        if d is None:
+            raise SystemExit(f"{folder}/{FILES['generator']} keeps no discriminator 'd': nothing to probe")
         if not reals:     # every folder is scored on the same photos (same size: the world's G files are one size)
             def photos(identity_set, first: int = 0) -> torch.Tensor:
-                return render_identities(identity_set, args.identities, 2, "photo", settings.size,
+                return render_identities(identity_set, args.identities, 2, "photo", g_ema.size,
                                          first_identity=first).tensor()
             reals = {"train_seen": photos(TRAIN), "train_unseen": photos(TRAIN, UNSEEN_FIRST_IDENTITY),
                      "heldout": photos(HELDOUT)}
-        d, g_ema = settings.discriminator().eval(), settings.generator().eval()
-        d.load_state_dict({k: v.float() for k, v in checkpoint["d"].items()})
-        g_ema.load_state_dict({k: v.float() for k, v in checkpoint["g_ema"].items()})
         with torch.no_grad():
             rng = torch.Generator().manual_seed(0)
-            fakes = torch.cat([g_ema([torch.randn(100, settings.style_dim, generator=rng)])[0]
+            fakes = torch.cat([g_ema([torch.randn(100, g_ema.style_dim, generator=rng)], randomize_noise=False)[0]
                                for _ in range(max(args.samples // 100, 1))])
             logit = {name: d(x).mean().item() for name, x in {**reals, "g_ema_fake": fakes}.items()}
         print(f"| {folder} | " + " | ".join(f"{logit[k]:+.3f}" for k in (*reals, "g_ema_fake"))
