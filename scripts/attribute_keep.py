@@ -33,8 +33,7 @@ def main() -> int:
     from fstrain.models.latents import broadcast_w
     from fstrain.settings import PipelineConfig
     from fstrain.study.evaluation import render_codes
-    from fstrain.study.instruments import load_instruments
-    from fstrain.study.settings import StudyEvaluationConfig
+    from fstrain.study.instruments import load_attribute_reader
     from fstrain.world.report import attributes_kept
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,9 +50,10 @@ def main() -> int:
     config = load_config(args.config, PipelineConfig)
     device = torch.device("cpu")
     hub = ModelHub(config.models, root)
-    reader = load_instruments(StudyEvaluationConfig(feature_net="none"), config, root, device).attributes
-    if reader is None:
-        raise SystemExit(f"{root}/models has no attribute reader (models.json): nothing to read attributes with")
+    try:
+        reader = load_attribute_reader(config, root, device)
+    except FileNotFoundError as missing:
+        raise SystemExit(str(missing))
     base = hub.generator(load_discriminator=False).generator.eval()
     z = torch.randn(args.samples, base.style_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

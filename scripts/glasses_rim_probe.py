@@ -57,8 +57,7 @@ def main() -> int:
     from fstrain.models.hub import ModelHub
     from fstrain.settings import PipelineConfig
     from fstrain.study.evaluation import render_codes
-    from fstrain.study.instruments import load_instruments
-    from fstrain.study.settings import StudyEvaluationConfig
+    from fstrain.study.instruments import load_attribute_reader
     from fstrain.stylize.images import image_grid, to_uint8
     from fstrain.stylize.pivotal import DeltaRenderer, tuner_from_config
     from fstrain.stylize.refine import encode_in_batches, refiner_from_config
@@ -86,9 +85,10 @@ def main() -> int:
     config = load_config(args.config, PipelineConfig)
     device = torch.device("cpu")
     hub = ModelHub(config.models, root)
-    reader = load_instruments(StudyEvaluationConfig(feature_net="none"), config, root, device).attributes
-    if reader is None:
-        raise SystemExit(f"{root}/models has no attribute reader (models.json): nothing to read glasses with")
+    try:
+        reader = load_attribute_reader(config, root, device)
+    except FileNotFoundError as missing:
+        raise SystemExit(str(missing))
     base = hub.generator(load_discriminator=False).generator.eval()
     encoder = hub.encoder("encoder_wplus", device)
     refiner = refiner_from_config(config, root, device)

@@ -213,6 +213,24 @@ def test_auto_instruments_are_the_listed_evaluation_nets_else_the_pipelines_labe
     assert chosen.identity is None and chosen.feature_net == str(root / "models" / "x.pth")
 
 
+def test_attribute_reader_alone_is_the_listed_evaluation_reader_or_a_clear_error(tiny_models, tmp_path):
+    import shutil
+    from fstrain.config import load_config
+    from fstrain.settings import PipelineConfig
+    from fstrain.study.instruments import load_attribute_reader
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_models.root, root / "models")
+    pipeline = load_config(str(REPO / "configs" / "tiny_five_styles.yaml"), PipelineConfig)
+    with pytest.raises(FileNotFoundError, match=f"{root}/models has no evaluation attribute reader"):
+        load_attribute_reader(pipeline, str(root), torch.device("cpu"))
+    _random_evaluation_nets(root / "models")
+    reader = load_attribute_reader(pipeline, str(root), torch.device("cpu"))
+    assert reader.random_init and reader.kinds["glasses"] == "categorical"
+    read = reader(torch.zeros(3, 3, 32, 32))
+    assert read["glasses"].shape == (3, 2) and read["hair_style"].shape == (3, 6)
+
+
 def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     from cluster.study import main
     bad = tmp_path / "bad.yaml"

@@ -208,6 +208,16 @@ def load_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, root:
     return Instruments(extractor=extractor, lpips=lpips, identity=identity, attributes=attributes, labels=labels)
 
 
+def load_attribute_reader(pipeline: PipelineConfig, root: str, device: torch.device) -> WorldAttributeReader:
+    """The evaluation attribute reader alone, found as `load_instruments` finds it (<root>/models/models.json's
+    evaluation net), for tools that read attributes and need none of the other instruments."""
+    uri = resolve_instruments(StudyEvaluationConfig(feature_net="none"), pipeline, root).attribute_reader
+    if not uri:
+        raise FileNotFoundError(f"{root}/models has no evaluation attribute reader (models.json): nothing to read "
+                                f"attributes with; point the root at a `make demo` or `fstrain.world.pretrain` output")
+    return WorldAttributeReader(reader_at(uri, device=device), random_init=marked_random(uri))
+
+
 @torch.no_grad()
 def attribute_error(reader: AttributeReader, outputs: torch.Tensor, truths: torch.Tensor) -> dict[str, float]:
     """Per attribute, how far the reader's reading of each output is from its reading of the true render:
