@@ -116,11 +116,14 @@ def main() -> int:
     photos, twins = to_tensor(np.stack(photos)), to_tensor(np.stack(twins))
     tuned = [i for group in groups for i in [j for j, name in enumerate(labels) if name == group]
              [:args.pivotal_per_colour]]
-    everyone = list(range(len(photos)))
+    # groups put the wearers first, so the wearers are a prefix of the faces and of `tuned`: only they need a twin
+    # (a non-wearer's twin is itself)
+    wearers = len(labels) - len(groups["none"])
 
-    def renderings(images: torch.Tensor) -> list[tuple[str, torch.Tensor, list[int]]]:
+    def renderings(images: torch.Tensor, tuned: list[int]) -> list[tuple[str, torch.Tensor, list[int]]]:
         """(label, outputs, which faces) for every renderer of the demo's path, as the module docstring lists."""
         started = time.perf_counter()
+        everyone = list(range(len(images)))
         e_codes = encode_in_batches(encoder, images, 64)
         refined = encode_in_batches(encoder, images, 64, refiner)
         out = [("photo", images, everyone), ("G(E_w+(x))", render_codes(base, e_codes, 64, device), everyone),
@@ -137,7 +140,8 @@ def main() -> int:
               flush=True)
         return out
 
-    with_glasses, without = renderings(photos), renderings(twins)
+    with_glasses = renderings(photos, tuned)
+    without = renderings(twins[:wearers], [i for i in tuned if i < wearers])
 
     def high_pass(difference: torch.Tensor) -> torch.Tensor:
         return difference - F.avg_pool2d(difference, 5, stride=1, padding=2, count_include_pad=False)
@@ -165,7 +169,8 @@ def main() -> int:
     for (label, outputs, faces), (_, twin_outputs, _) in zip(with_glasses, without):
         with torch.no_grad():
             read = read_attributes(reader, outputs, 64)["glasses"].argmax(1) == 1
-        kept = rim_structure(outputs, twin_outputs, faces)
+        paired = len(twin_outputs)           # the wearers, first among `faces`
+        kept = rim_structure(outputs[:paired], twin_outputs, faces[:paired])
         group_of = [labels[i] for i in faces]
         cells = []
         for group in (*colours, "none"):
