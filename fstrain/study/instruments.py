@@ -196,8 +196,7 @@ def load_instruments(cfg: StudyEvaluationConfig, pipeline: PipelineConfig, root:
         labels.append(Instrument("identity net", None, "not configured", "GT identity and retrieval not computed"))
     attributes = None
     if where.attribute_reader:
-        attributes = WorldAttributeReader(reader_at(where.attribute_reader, device=device),
-                                          random_init=marked_random(where.attribute_reader))
+        attributes = attribute_reader_at(where.attribute_reader, device)
         labels.append(Instrument("attribute reader", where.attribute_reader,
                                  "RANDOM" if attributes.random_init else "evaluation net",
                                  f"attributes: {', '.join(attributes.kinds)}"))
@@ -215,6 +214,11 @@ def load_attribute_reader(pipeline: PipelineConfig, root: str, device: torch.dev
     if not uri:
         raise FileNotFoundError(f"{root}/models has no evaluation attribute reader (models.json): nothing to read "
                                 f"attributes with; point the root at a `make demo` or `fstrain.world.pretrain` output")
+    return attribute_reader_at(uri, device)
+
+
+def attribute_reader_at(uri: str, device: torch.device) -> WorldAttributeReader:
+    """A world image reader file as an AttributeReader, labelled random when its sidecar says so."""
     return WorldAttributeReader(reader_at(uri, device=device), random_init=marked_random(uri))
 
 
