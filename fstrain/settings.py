@@ -109,7 +109,7 @@ class StylizeConfig:
     # Pivotal tuning (fstrain.stylize.pivotal): per face, tune a copy of models.base_generator's weights on the photo
     # at its code and render each style by G' + that change; 0 = render by G' as it is.
     pivotal_steps: Count = 0
-    pivotal_lr: Positive = 0.006   # for ~500 steps (docs/study/pivotal_probe/)
+    pivotal_lr: Positive = 0.006   # for 500-2000 steps (docs/study/pivotal_probe/)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Which glasses survive? Held-out wearers split by the colour of their rims, through the demo's path.
 
     python scripts/glasses_rim_probe.py --root demo-out [--per-colour 40] [--pivotal-per-colour 10] \
-        [--sheet-rows 3] [--out-dir DIR]
+        [--pivotal-steps N] [--sheet-rows 3] [--out-dir DIR]
 
 The world draws glasses rims in one of three colours (fstrain.data.synthetic.params: near-black, brown, silver-grey,
 each jittered). Taken: the first `--per-colour` wearers of each colour and as many non-wearers among held-out
@@ -70,6 +70,8 @@ def main() -> int:
     parser.add_argument("--first-identity", type=int, default=5000)
     parser.add_argument("--per-colour", type=int, default=40)
     parser.add_argument("--pivotal-per-colour", type=int, default=10)
+    parser.add_argument("--pivotal-steps", type=int, default=None,
+                        help="tuning steps per face (default: the config's stylize.pivotal_steps)")
     parser.add_argument("--sheet-rows", type=int, default=3, help="wearers per colour on the sheet")
     parser.add_argument("--out-dir", default=None, help="write glasses_rims.md and glasses_rims.png here")
     args = parser.parse_args()
@@ -92,7 +94,9 @@ def main() -> int:
     base = hub.generator(load_discriminator=False).generator.eval()
     encoder = hub.encoder("encoder_wplus", device)
     refiner = refiner_from_config(config, root, device)
-    tuner = tuner_from_config(config, root, device, refiner=refiner)
+    if args.pivotal_steps is not None and args.pivotal_steps < 1:
+        raise SystemExit(f"--pivotal-steps must be at least 1; got {args.pivotal_steps}")
+    tuner = tuner_from_config(config, root, device, steps=args.pivotal_steps, refiner=refiner)
     if refiner is None or tuner is None:
         raise SystemExit(f"{args.config} asks for no refinement or no pivotal tuning: this probe measures the demo's")
     styles = {style: hub.generator_at(layout.published_generator(root, style), load_discriminator=False)
@@ -159,7 +163,7 @@ def main() -> int:
     colours = list(RIM_BASES)
     head = (f"held-out identities from {args.first_identity} on, view 1000: the first {args.per_colour} wearers per "
             f"rim colour and {args.per_colour} non-wearers ({args.pivotal_per_colour} of each group for the pivotal "
-            f"rows). Photos' own glasses change, mean |x - x0| over R: " +
+            f"rows, {tuner.settings.steps} tuning steps at lr {tuner.settings.lr}). Photos' own glasses change, mean |x - x0| over R: " +
             ", ".join(f"{c} {float(photo_change[[i for i, n in enumerate(labels) if n == c]].mean()):.3f}"
                       for c in colours) + " (RGB in [-1, 1])")
     table = [head, "",

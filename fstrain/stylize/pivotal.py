@@ -11,8 +11,9 @@ copy of G, so the same change of the same weights draws the same detail, in the 
 
 Only synthesis weights move (the mapping network is irrelevant to a fixed w); the stored noise maps stay, so the
 detail must live in the weights G' shares. Measured on validation identities (docs/study/pivotal_probe/): 500
-steps at lr 0.006 carry part of the glasses and hair style into the styles (the reader's errors drop in all five);
-twice the delta breaks faces.
+steps at lr 0.006 carry part of the glasses and hair style into the styles (the reader's errors drop in all five),
+1000 steps a little more (lowest GT attribute error of 500 / 1000 / 2000; more of the glasses rims' structure,
+docs/study/glasses_rim_probe/); twice the delta breaks faces.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ Delta = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class PivotalSettings:
     """The tuning's knobs (the config's stylize.pivotal_* keys)."""
-    steps: int = 500
+    steps: int = 1000
     lr: float = 0.006
 
     def describe(self) -> dict:
