@@ -78,6 +78,8 @@ def main() -> int:
     if not 0 < args.pivotal_per_colour <= args.per_colour:
         raise SystemExit(f"--pivotal-per-colour must be in 1..--per-colour ({args.per_colour}); "
                          f"got {args.pivotal_per_colour}")
+    if args.pivotal_steps is not None and args.pivotal_steps < 1:
+        raise SystemExit(f"--pivotal-steps must be at least 1; got {args.pivotal_steps}")
     if args.sheet_rows > args.pivotal_per_colour:
         raise SystemExit(f"--sheet-rows {args.sheet_rows} > --pivotal-per-colour {args.pivotal_per_colour}: the "
                          f"sheet shows pivotal-tuned faces")
@@ -94,8 +96,6 @@ def main() -> int:
     base = hub.generator(load_discriminator=False).generator.eval()
     encoder = hub.encoder("encoder_wplus", device)
     refiner = refiner_from_config(config, root, device)
-    if args.pivotal_steps is not None and args.pivotal_steps < 1:
-        raise SystemExit(f"--pivotal-steps must be at least 1; got {args.pivotal_steps}")
     tuner = tuner_from_config(config, root, device, steps=args.pivotal_steps, refiner=refiner)
     if refiner is None or tuner is None:
         raise SystemExit(f"{args.config} asks for no refinement or no pivotal tuning: this probe measures the demo's")
@@ -163,7 +163,8 @@ def main() -> int:
     colours = list(RIM_BASES)
     head = (f"held-out identities from {args.first_identity} on, view 1000: the first {args.per_colour} wearers per "
             f"rim colour and {args.per_colour} non-wearers ({args.pivotal_per_colour} of each group for the pivotal "
-            f"rows, {tuner.settings.steps} tuning steps at lr {tuner.settings.lr}). Photos' own glasses change, mean |x - x0| over R: " +
+            f"rows, {tuner.settings.steps} tuning steps at lr {tuner.settings.lr}). Photos' own glasses change, "
+            f"mean |x - x0| over R: " +
             ", ".join(f"{c} {float(photo_change[[i for i, n in enumerate(labels) if n == c]].mean()):.3f}"
                       for c in colours) + " (RGB in [-1, 1])")
     table = [head, "",
