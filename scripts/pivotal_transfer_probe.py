@@ -1,7 +1,8 @@
 """Other ways to carry a photo's pivotal tuning into the styles, against the adopted one (G' + delta).
 
     python scripts/pivotal_transfer_probe.py --root demo-out --out OUT [--identities 24] \\
-        [--transfer channel-scale semantic] [--semantic-steps 60] [--semantic-lr 0.003]
+        [--transfer channel-scale semantic] [--semantic-steps 60] [--semantic-lr 0.003] \\
+        [--semantic-adversarial-weights 1 0]
 
 The adopted stage (fstrain/stylize/pivotal.py, the demo's 500 steps at lr 0.006) tunes the base G's weights on the
 photo at the face's code w and adds the change delta to each style's G'. Two alternatives, each measured on the
@@ -12,9 +13,10 @@ evaluation nets, beside G' alone and G' + delta:
   every synthesis convolution, W_G * (1 + r), instead of every weight; the style renders with W_G' * (1 + r). Fewer
   degrees of freedom, relative to each G's own weights.
 - `semantic`: start at G' + delta and tune each style's own copy per face with the fine-tune's loss at the face's
-  pivot: softplus(-D'(x)) + lambda_sem * L_sem(G_tuned(w), x), x = (G' + delta')(w), D' the style's fine-tuned
+  pivot: a * softplus(-D'(x)) + lambda_sem * L_sem(G_tuned(w), x), x = (G' + delta')(w), D' the style's fine-tuned
   discriminator (the run's last checkpoint; <root>/runs/<run-id>/<style>/sc+pc), L_sem the training config's
-  (LPIPS + lambda_id ID + lambda_eyes eye band, the training perceptual and identity nets).
+  (LPIPS + lambda_id ID + lambda_eyes eye band, the training perceptual and identity nets), one row for each a of
+  --semantic-adversarial-weights (1 = the fine-tune's balance; 0 = L_sem alone, no D').
 
 Writes OUT/transfer.json, OUT/transfer.md (the table, seconds per face) and OUT/<style>.jpg (photo, truth, G',
 G' + delta, then each alternative; first 12 identities).
@@ -64,6 +66,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.006)
     parser.add_argument("--semantic-steps", type=int, default=60)
     parser.add_argument("--semantic-lr", type=float, default=0.003)
+    parser.add_argument("--semantic-adversarial-weights", type=float, nargs="+", default=[1.0],
+                        help="the weights of D''s term in the semantic transfer, a row each (0: L_sem alone)")
     parser.add_argument("--run-id", default="demo", help="the run whose SC&PC checkpoints hold each style's D'")
     parser.add_argument("--batch-size", type=int, default=25)
     args = parser.parse_args()
@@ -111,7 +115,7 @@ def main() -> int:
                 optimiser.step()
         return {name: r.detach().clone() for name, r in offsets.items()}
 
-    def tune_semantic(g, d, semantic, delta, w_plus, target) -> dict:
+    def tune_semantic(g, d, semantic, delta, w_plus, target, adversarial_weight: float) -> dict:
         """One face's change of G', started at its base-G delta, tuned with the fine-tune's loss at the pivot."""
         tuned = copy.deepcopy(g).requires_grad_(False)
         original = dict(g.named_parameters())
@@ -125,7 +129,9 @@ def main() -> int:
         with torch.enable_grad():
             for _ in range(args.semantic_steps):
                 x = tuned.synthesis(w_plus, randomize_noise=False)
-                loss = F.softplus(-d(x)).mean() + setup.config.train.lambda_sem * semantic(target, x)
+                loss = setup.config.train.lambda_sem * semantic(target, x)
+                if adversarial_weight:
+                    loss = loss + adversarial_weight * F.softplus(-d(x)).mean()
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -180,10 +186,12 @@ def main() -> int:
             started = time.perf_counter()
             checkpoint = sorted(Path(layout.mode_run(root, args.run_id, style, "sc+pc"), "checkpoints").glob("*.pt"))[-1]
             d = hub.generator_at(str(checkpoint)).discriminator.eval().requires_grad_(False)
-            tuned = [tune_semantic(g, d, semantic, delta, codes[i:i + 1], targets[i:i + 1])
-                     for i, delta in enumerate(deltas)]
+            for weight in args.semantic_adversarial_weights:
+                tuned = [tune_semantic(g, d, semantic, delta, codes[i:i + 1], targets[i:i + 1], weight)
+                         for i, delta in enumerate(deltas)]
+                label = "G' + semantic delta'" + ("" if weight == 1 else f", D' weight {weight:g}")
+                outputs[label] = DeltaRenderer(g).render(codes, tuned)
             semantic_seconds += (time.perf_counter() - started) / len(deltas)
-            outputs["G' + semantic delta'"] = DeltaRenderer(g).render(codes, tuned)
         results["rows"][style] = {name: measured(images, truths) for name, images in outputs.items()}
         strip_sheet([photos, truths, *outputs.values()], out / f"{style}.jpg")
         print(f"{style} measured", file=sys.stderr, flush=True)
