@@ -4,10 +4,10 @@
         [--transfer channel-scale semantic] [--semantic-steps 60] [--semantic-lr 0.003] \\
         [--semantic-adversarial-weights 1 0]
 
-The adopted stage (fstrain/stylize/pivotal.py, the demo's 500 steps at lr 0.006) tunes the base G's weights on the
-photo at the face's code w and adds the change delta to each style's G'. Two alternatives, each measured on the
-first --identities validation photos (configs/study_validation.yaml, never the study's test block) with the study's
-evaluation nets, beside G' alone and G' + delta:
+The adopted stage (fstrain/stylize/pivotal.py; --steps at lr 0.006, 500 by default here, the demo's 1000) tunes the
+base G's weights on the photo at the face's code w and adds the change delta to each style's G'. Two alternatives,
+each measured on the first --identities validation photos (configs/study_validation.yaml, never the study's test
+block) with the study's evaluation nets, beside G' alone and G' + delta:
 
 - `channel-scale` (HyperStyle's parameterisation): tune one multiplicative offset per (output, input) channel of
   every synthesis convolution, W_G * (1 + r), instead of every weight; the style renders with W_G' * (1 + r). Fewer
@@ -45,12 +45,11 @@ def main() -> int:
 
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from PIL import Image
     from torch.nn.utils import parametrize
 
     from fstrain import layout
-    from fstrain.losses import SemanticLoss
+    from fstrain.losses import SemanticLoss, generator_adversarial_loss
     from fstrain.study.evaluation import TestSet, ground_truth_fidelity, render_test_images
     from fstrain.stylize.images import to_uint8
     from fstrain.stylize.pivotal import DeltaRenderer, PivotalSettings, PivotalTuner
@@ -131,7 +130,7 @@ def main() -> int:
                 x = tuned.synthesis(w_plus, randomize_noise=False)
                 loss = setup.config.train.lambda_sem * semantic(target, x)
                 if adversarial_weight:
-                    loss = loss + adversarial_weight * F.softplus(-d(x)).mean()
+                    loss = loss + adversarial_weight * generator_adversarial_loss(d(x))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
